@@ -1,0 +1,164 @@
+"""Decoding, caching and cropping images for training and evaluation.
+
+* :func:`load_rgb` decodes a file to ``(H, W, 3)`` uint8 (with the intensity rules of
+  :mod:`napari_pmt_iqa.imaging` for 16-bit or float files) and enlarges images smaller than a crop.
+* :class:`DecodeCache` decodes each image once into a ``.npy`` file and memory-maps it afterwards,
+  so that JPEG decoding does not starve the model in later epochs.
+* :class:`RandomCropDataset` yields random crops (and horizontal flips) for training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..imaging import ImageError, read_image, standardize_layout, to_rgb01
+from .datasets import Sample
+
+
+def load_rgb(path: str | os.PathLike, min_side: int = 224) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8, enlarged so that both sides are >= ``min_side``.
+
+    Raises
+    ------
+    ImageError
+        The file cannot be decoded, or it is a stack rather than one 2D image.
+    """
+    arr = read_image(path)
+    arr = standardize_layout(arr)
+    if arr.ndim != 3:
+        raise ImageError(f"{path}: a single 2D image is needed for training; got shape {arr.shape}.")
+    if arr.dtype == np.uint8 and arr.shape[-1] in (3, 4):
+        rgb = np.ascontiguousarray(arr[..., :3])
+    elif arr.dtype == np.uint8 and arr.shape[-1] == 1:
+        rgb = np.repeat(arr, 3, axis=-1)
+    else:
+        rgb = (to_rgb01(arr) * 255.0 + 0.5).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    if min(h, w) < min_side:
+        from PIL import Image
+
+        f = min_side / min(h, w)
+        size = (max(min_side, round(w * f)), max(min_side, round(h * f)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+    return rgb
+
+
+class DecodeCache:
+    """Decode images once into ``.npy`` files and memory-map them afterwards.
+
+    Parameters
+    ----------
+    folder
+        Where the decoded arrays go (one file per image, named by a hash of the path and mtime).
+    """
+
+    def __init__(self, folder: str | os.PathLike, min_side: int = 224) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.min_side = min_side
+
+    def _key(self, path: Path) -> Path:
+        st = path.stat()
+        h = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{self.min_side}".encode()).hexdigest()
+        return self.folder / f"{h[:20]}.npy"
+
+    def get(self, path: str | os.PathLike) -> np.ndarray:
+        path = Path(path)
+        key = self._key(path)
+        if key.exists():
+            try:
+                return np.load(key, mmap_mode="r")
+            except (ValueError, OSError):
+                key.unlink(missing_ok=True)
+        arr = load_rgb(path, self.min_side)
+        tmp = key.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, key)
+        return arr
+
+
+def check_samples(samples: Sequence[Sample], cache: DecodeCache | None = None) -> tuple[list[Sample], list[str]]:
+    """Decode every sample once; return the good ones and a list of ``"path: reason"`` for the rest."""
+    good, bad = [], []
+    for s in samples:
+        try:
+            if cache is not None:
+                cache.get(s.path)
+            else:
+                load_rgb(s.path)
+            good.append(s)
+        except (ImageError, OSError, ValueError) as exc:
+            bad.append(f"{s.path}: {exc}")
+    return good, bad
+
+
+def random_crop(
+    img: np.ndarray, size: int, rng: np.random.Generator, flip: bool = True
+) -> np.ndarray:
+    """A random ``size`` x ``size`` crop of an ``(H, W, 3)`` image, flipped left-right half the time."""
+    h, w = img.shape[:2]
+    y = int(rng.integers(0, h - size + 1))
+    x = int(rng.integers(0, w - size + 1))
+    crop = np.asarray(img[y : y + size, x : x + size])
+    if flip and rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return crop
+
+
+class RandomCropDataset:
+    """A torch-style data set of random crops with their internal (0-100) target scores.
+
+    Item ``i`` is ``(crops, target)``: ``crops`` is a uint8 array ``(K, 3, S, S)`` of
+    ``crops_per_image`` random crops of sample ``i``, ``target`` a float (internal scale).
+    Convert on the training device with ``x.float() / 255`` and the model's normalisation.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        targets: Sequence[float],
+        crop_size: int = 224,
+        crops_per_image: int = 1,
+        flip: bool = True,
+        cache: DecodeCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(samples) != len(targets):
+            raise ValueError("samples and targets differ in length")
+        self.samples = list(samples)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.crop_size = crop_size
+        self.crops_per_image = crops_per_image
+        self.flip = flip
+        self.cache = cache
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the crops of an epoch reproducible (also across worker processes)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, i: int) -> np.ndarray:
+        s = self.samples[i]
+        return self.cache.get(s.path) if self.cache else load_rgb(s.path, self.crop_size)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        try:
+            img = self.image(i)
+        except (ImageError, OSError, ValueError) as exc:
+            warnings.warn(f"skipping an undecodable image: {exc}", RuntimeWarning, stacklevel=2)
+            raise
+        crops = np.stack(
+            [random_crop(img, self.crop_size, rng, self.flip) for _ in range(self.crops_per_image)]
+        )
+        return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), float(self.targets[i])

@@ -1,0 +1,160 @@
+"""Reading image files and turning arrays of any dtype and layout into RGB planes in [0, 1].
+
+Intensity normalisation (documented behaviour of :func:`to_rgb01`)
+-----------------------------------------------------------------
+* ``uint8`` and ``bool``: divided by 255 (resp. 1): a photo is used as it is.
+* float data already within [0, 1]: used as it is.
+* ``uint16`` and other integer or float data: scaled linearly from the 0.1th to the 99.9th
+  percentile of the plane to [0, 1], then clipped. This makes 12-bit microscopy data in a 16-bit
+  container score like its display, not like a nearly black image. Pass ``intensity_range=(lo, hi)``
+  to use a fixed range instead (for example ``(0, 65535)`` for true 16-bit photos).
+
+Layouts: ``(H, W)`` grayscale, ``(H, W, 3|4)`` RGB(A) channel-last, ``(3|4, H, W)`` channel-first,
+and stacks ``(..., H, W)`` or ``(..., H, W, 3|4)``. Grayscale is repeated to three channels; alpha
+is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An image that cannot be scored, with a message that says why."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into a numpy array (TIFF through tifffile, the rest through Pillow).
+
+    Raises
+    ------
+    ImageError
+        The file does not exist, is not an image, or is truncated.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found.")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image, ImageFile
+
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except ImageError:
+        raise
+    except Exception as exc:  # PIL.UnidentifiedImageError, OSError (truncated), tifffile errors
+        kind = "truncated or corrupt" if "truncated" in str(exc).lower() else "not a readable image"
+        raise ImageError(f"{path}: {kind} ({type(exc).__name__}: {exc}).") from exc
+    return arr
+
+
+def is_rgb_shape(shape: tuple[int, ...]) -> bool:
+    """True when the last axis looks like colour channels (3 or 4) of an image."""
+    return len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4
+
+
+def standardize_layout(
+    image: np.ndarray, rgb: bool | None = None, channel_axis: int | None = None
+) -> np.ndarray:
+    """Return ``(..., H, W, C)`` with C of 1, 3 or 4, validating shape and dtype.
+
+    Parameters
+    ----------
+    image
+        Any array described in the module docstring.
+    rgb
+        Force (True) or refuse (False) the interpretation of an axis of 3/4 as colour.
+    channel_axis
+        The colour axis, when it is neither the last axis nor obvious.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+    ):
+        raise ImageError(f"Image data must be numeric; got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise ImageError("Complex-valued images cannot be scored; take the magnitude first.")
+    if arr.size == 0:
+        raise ImageError(f"The image is empty (shape {arr.shape}).")
+    if arr.ndim < 2:
+        raise ImageError(f"An image needs at least 2 dimensions; got shape {arr.shape}.")
+    if channel_axis is not None:
+        arr = np.moveaxis(arr, channel_axis, -1)
+        if arr.shape[-1] not in (1, 3, 4):
+            raise ImageError(f"The channel axis has {arr.shape[-1]} entries; 1, 3 or 4 are supported.")
+        return arr
+    if rgb is None:
+        if is_rgb_shape(arr.shape):
+            rgb = True
+        elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4 and arr.shape[1] > 4:
+            arr = np.moveaxis(arr, 0, -1)  # channel-first colour image
+            rgb = True
+        else:
+            rgb = False
+    if rgb:
+        if arr.ndim < 3 or arr.shape[-1] not in (3, 4):
+            raise ImageError(f"An RGB image needs a last axis of 3 or 4; got shape {arr.shape}.")
+        return arr
+    return arr[..., None]
+
+
+def to_rgb01(
+    plane: np.ndarray, intensity_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """One ``(H, W, C)`` plane to float32 RGB in [0, 1] (see the module docstring).
+
+    Raises
+    ------
+    ImageError
+        NaN or infinite values, or a plane with fewer than 2 x 2 pixels.
+    """
+    if plane.shape[0] < 2 or plane.shape[1] < 2:
+        raise ImageError(
+            f"The image is {plane.shape[0]} x {plane.shape[1]} pixels; at least 2 x 2 are needed "
+            "(it is resized up to one crop)."
+        )
+    c = plane.shape[-1]
+    if c == 4:
+        plane = plane[..., :3]
+    elif c == 1:
+        plane = np.repeat(plane, 3, axis=-1)
+    dtype = plane.dtype
+    if np.issubdtype(dtype, np.floating) and not np.isfinite(plane).all():
+        raise ImageError(
+            "The image contains NaN or infinite values; replace them (e.g. np.nan_to_num) first."
+        )
+    if intensity_range is not None:
+        lo, hi = map(float, intensity_range)
+        if not hi > lo:
+            raise ImageError(f"intensity_range needs high > low; got {intensity_range}.")
+        out = (plane.astype(np.float32) - lo) / (hi - lo)
+    elif dtype == np.uint8:
+        return plane.astype(np.float32) / 255.0
+    elif dtype == bool:
+        return plane.astype(np.float32)
+    else:
+        f = plane.astype(np.float32)
+        if np.issubdtype(dtype, np.floating) and f.min() >= 0.0 and f.max() <= 1.0:
+            return f
+        lo, hi = np.percentile(f, [0.1, 99.9])
+        if hi <= lo:
+            lo, hi = float(f.min()), float(f.max())
+        if hi <= lo:  # constant image
+            return np.full(f.shape, 0.5, np.float32)
+        out = (f - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)

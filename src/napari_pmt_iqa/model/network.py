@@ -1,0 +1,270 @@
+"""The PMT-IQA network: a backbone, multi-scale (MS) taps, a shared trunk and two heads.
+
+Layout (paper configuration, ResNet-50, a 224 x 224 crop)::
+
+    layer1 256x56x56  -> 1x1 conv 256->16  -> avg-pool to 8x8 -> 1024 -> Linear -> 28
+    layer2 512x28x28  -> 1x1 conv 512->32  -> avg-pool to 4x4 ->  512 -> Linear -> 28
+    layer3 1024x14x14 -> 1x1 conv 1024->64 -> avg-pool to 2x2 ->  256 -> Linear -> 28
+    layer4 2048x7x7   ->                      avg-pool to 1x1 -> 2048 -> Linear -> 28
+    concat (112) -> Linear 112 -> LeakyReLU -> Linear 14 -> LeakyReLU -> { regression: Linear 14->1
+                                                                         { classes: 14->14->10
+
+The authors pool with fixed 7x7 kernels, so their model only accepts 224 x 224 crops. Here the
+pooling is adaptive to the same grids (8, 4, 2, 1): at 224 it is exactly the 7x7 pooling, and other
+crop sizes work too.
+
+Two ways to run it:
+
+* :meth:`PMTIQA.forward` on a batch of crops, the training path.
+* :meth:`PMTIQA.stage_maps` once over a whole image (or a large tile) followed by
+  :meth:`PMTIQA.windows`, which pools every 224-window on a 32-pixel lattice out of the shared
+  feature maps. This is the fast scoring path: the backbone runs once per image instead of once per
+  crop, and the per-window outputs are the local quality maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BACKBONES, STAGE_STRIDES, build_backbone
+
+#: Pooling grids of the four taps (cells per side) for the paper's 224 crop.
+TAP_GRIDS = (8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`PMTIQA` (stored in every checkpoint)."""
+
+    backbone: str = "resnet50"
+    num_classes: int = 10
+    tap_channels: tuple[int, int, int] = (16, 32, 64)
+    tap_dim: int = 28
+    trunk_dim: int = 14
+    crop_size: int = 224
+    multiscale: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "num_classes": self.num_classes,
+            "tap_channels": list(self.tap_channels),
+            "tap_dim": self.tap_dim,
+            "trunk_dim": self.trunk_dim,
+            "crop_size": self.crop_size,
+            "multiscale": self.multiscale,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "tap_channels" in known:
+            known["tap_channels"] = tuple(int(c) for c in known["tap_channels"])
+        cfg = cls(**known)
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {cfg.backbone!r} in the model configuration.")
+        return cfg
+
+
+@dataclass
+class PMTOutput:
+    """What a forward pass returns.
+
+    Attributes
+    ----------
+    score
+        Regression head output, shape ``(N,)``, on the model's internal 0-100 scale.
+    logits
+        Classification head output, shape ``(N, num_classes)``.
+    taps
+        The four 28-d multi-scale vectors, each ``(N, tap_dim)`` (their concatenation is the MS
+        feature).
+    """
+
+    score: torch.Tensor
+    logits: torch.Tensor
+    taps: list[torch.Tensor] = field(default_factory=list)
+
+
+class PMTIQA(nn.Module):
+    """Progressive multi-task IQA network.
+
+    Parameters
+    ----------
+    config
+        Architecture; see :class:`ModelConfig`. Keyword arguments override its fields.
+    pretrained
+        Start the backbone from ImageNet weights when they can be had.
+
+    Examples
+    --------
+    >>> model = PMTIQA(backbone="resnet18", pretrained=False)
+    >>> out = model(torch.rand(2, 3, 224, 224))
+    >>> out.score.shape, out.logits.shape
+    (torch.Size([2]), torch.Size([2, 10]))
+    """
+
+    def __init__(
+        self, config: ModelConfig | None = None, *, pretrained: bool = True, **overrides
+    ) -> None:
+        super().__init__()
+        config = config or ModelConfig()
+        if overrides:
+            config = ModelConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        self.backbone = build_backbone(config.backbone, pretrained=pretrained)
+        spec = self.backbone.spec
+        c1, c2, c3, c4 = spec.channels
+        t1, t2, t3 = config.tap_channels
+        d = config.tap_dim
+        g1, g2, g3, _ = TAP_GRIDS
+        self.reduce = nn.ModuleList(
+            [
+                nn.Conv2d(c1, t1, 1, bias=False),
+                nn.Conv2d(c2, t2, 1, bias=False),
+                nn.Conv2d(c3, t3, 1, bias=False),
+            ]
+        )
+        if config.multiscale:
+            self.tap_fc = nn.ModuleList(
+                [
+                    nn.Linear(t1 * g1 * g1, d),
+                    nn.Linear(t2 * g2 * g2, d),
+                    nn.Linear(t3 * g3 * g3, d),
+                    nn.Linear(c4, d),
+                ]
+            )
+        else:  # ablation: only the last stage, projected to the same width
+            self.tap_fc = nn.ModuleList([nn.Linear(c4, 4 * d)])
+        ms = 4 * d
+        self.trunk = nn.Sequential(
+            nn.Linear(ms, ms), nn.LeakyReLU(0.01), nn.Linear(ms, config.trunk_dim), nn.LeakyReLU(0.01)
+        )
+        self.reg_head = nn.Linear(config.trunk_dim, 1)
+        # start the regression at the middle of the internal 0-100 scale, not at 0
+        nn.init.constant_(self.reg_head.bias, 50.0)
+        self.cls_head = nn.Sequential(
+            nn.Linear(config.trunk_dim, config.trunk_dim),
+            nn.LeakyReLU(0.01),
+            nn.Linear(config.trunk_dim, config.num_classes),
+        )
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.backbone.spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.backbone.spec.std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map RGB in [0, 1] (``N, 3, H, W``) to the backbone's input normalisation."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone stage maps, the first three already reduced by their 1x1 convolutions.
+
+        ``x`` is normalised input (see :meth:`normalize`) of any size.
+        """
+        f1, f2, f3, f4 = self.backbone(x)
+        return [self.reduce[0](f1), self.reduce[1](f2), self.reduce[2](f3), f4]
+
+    def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""
+        if not self.config.multiscale:
+            v = self.tap_fc[0](pooled[3].flatten(1))
+            return list(v.chunk(4, dim=1))
+        return [fc(p.flatten(1)) for fc, p in zip(self.tap_fc, pooled)]
+
+    def heads(self, taps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score and class logits from the four MS vectors."""
+        h = self.trunk(torch.cat(taps, dim=1))
+        return self.reg_head(h).squeeze(1), self.cls_head(h)
+
+    # ------------------------------------------------------------------ crop path
+    def forward(self, x: torch.Tensor, normalized: bool = True) -> PMTOutput:
+        """Score a batch of crops.
+
+        Parameters
+        ----------
+        x
+            ``(N, 3, H, W)``; normalised for the backbone unless ``normalized=False``, in which
+            case RGB in [0, 1] is expected and normalised here.
+        """
+        if not normalized:
+            x = self.normalize(x)
+        maps = self.stage_maps(x)
+        pooled = [F.adaptive_avg_pool2d(m, g) for m, g in zip(maps, TAP_GRIDS)]
+        taps = self.taps_from_pooled(pooled)
+        score, logits = self.heads(taps)
+        return PMTOutput(score=score, logits=logits, taps=taps)
+
+    # ------------------------------------------------------------------ window path
+    @property
+    def lattice(self) -> int:
+        """Pixel step of the window lattice of the fast path (the coarsest stage's stride)."""
+        return STAGE_STRIDES[-1]
+
+    def window_pooled(
+        self, maps: list[torch.Tensor], step: int | None = None
+    ) -> tuple[list[torch.Tensor], int, int]:
+        """Pool every ``crop_size`` window of a lattice out of whole-image stage maps.
+
+        Parameters
+        ----------
+        maps
+            Output of :meth:`stage_maps` for images whose sides are multiples of 32 and at least
+            ``crop_size``.
+        step
+            Window step in pixels, a multiple of 32 (default 32).
+
+        Returns
+        -------
+        pooled, ny, nx
+            Four tensors ``(N * ny * nx, C, g, g)`` (row-major over the windows of each image)
+            and the number of windows per column and row.
+        """
+        step = step or self.lattice
+        crop = self.config.crop_size
+        if crop % self.lattice or step % self.lattice:
+            raise ValueError("The window path needs a crop size and step that are multiples of 32.")
+        out = []
+        ny = nx = 0
+        for m, s, g in zip(maps, STAGE_STRIDES, TAP_GRIDS):
+            cells = crop // s // g  # feature pixels per pooling cell (7 at 224)
+            box = F.avg_pool2d(m, kernel_size=cells, stride=1)
+            win = crop // s
+            st = step // s
+            ny = (m.shape[-2] - win) // st + 1
+            nx = (m.shape[-1] - win) // st + 1
+            if ny < 1 or nx < 1:
+                raise ValueError("The image is smaller than one crop.")
+            iy = (st * torch.arange(ny, device=m.device))[:, None] + cells * torch.arange(
+                g, device=m.device
+            )[None, :]
+            ix = (st * torch.arange(nx, device=m.device))[:, None] + cells * torch.arange(
+                g, device=m.device
+            )[None, :]
+            sel = box[:, :, iy][..., ix]  # N, C, ny, g, nx, g
+            sel = sel.permute(0, 2, 4, 1, 3, 5).reshape(-1, m.shape[1], g, g)
+            out.append(sel)
+        return out, ny, nx
+
+    def windows(self, maps: list[torch.Tensor], step: int | None = None) -> tuple[PMTOutput, int, int]:
+        """Outputs of every lattice window of whole-image stage maps (see :meth:`window_pooled`)."""
+        pooled, ny, nx = self.window_pooled(maps, step)
+        taps = self.taps_from_pooled(pooled)
+        score, logits = self.heads(taps)
+        return PMTOutput(score=score, logits=logits, taps=taps), ny, nx
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())

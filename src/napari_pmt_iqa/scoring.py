@@ -1,0 +1,498 @@
+"""Scoring: one function, :func:`score`, that the GUI, the CLI, the benchmarks and the tests call.
+
+How an image is scored
+----------------------
+1. The array is brought to RGB in [0, 1] (see :mod:`napari_pmt_iqa.imaging` for the intensity
+   rules). A plane smaller than one crop (224 px) is enlarged to it (bilinear).
+2. The plane is cut centrally to a multiple of 32 pixels per side (at most 31 pixels are dropped).
+3. **Crop grid**: every 224 x 224 window whose corner lies on a 32-pixel lattice is a crop (a
+   500 x 500 photo has 9 x 9 = 81 of them). The grid is fixed, so the same image always gives the
+   same score on the same device: no random test crops.
+4. Each crop gets a score (regression head) and class probabilities (classification head). The image
+   score is the mean of the crop scores, mapped to the checkpoint's units; the class probabilities
+   are averaged likewise.
+
+``method="fast"`` (default) runs the backbone **once** over the plane (or over large tiles of it,
+within ``memory_mb``) and pools every crop's window out of the shared feature maps
+(:meth:`PMTIQA.windows`). ``method="crops"`` runs every crop through the network separately; it is
+the reference, about ten times slower, and it differs only in what a crop sees beyond its border
+(``docs/results.md`` measures the difference on LIVE-C).
+
+Maps (``maps=True``) come from the same pass at almost no cost:
+
+* ``quality``: the crop scores as a map (one value per crop position, in score units);
+* ``class_map`` / ``confidence``: each crop's most likely quality class and its probability;
+* ``scale_maps``: for each of the four multi-scale taps (strides 4, 8, 16, 32), how much that scale
+  moves a crop's score: the crop score minus the score obtained when that tap's 28-d vector is
+  replaced by its mean over the image. Positive: at this place, this scale sees better quality than
+  the image average; negative: this scale pulls the score down here.
+
+A map cell covers the 32 x 32 pixels around its crop's centre; ``MapGeometry`` gives the
+``scale``/``translate`` that lay it exactly over the image in napari.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .imaging import ImageError, standardize_layout, to_rgb01
+
+LATTICE = 32
+TAP_NAMES = ("stride 4 (fine)", "stride 8", "stride 16", "stride 32 (coarse)")
+#: Rough peak inference memory per input pixel, bytes (measured, rounded up).
+BYTES_PER_PIXEL = {"resnet50": 900, "resnet34": 500, "resnet18": 450, "efficientnet_lite0": 450}
+MAX_LEADING_AXES = 2
+
+
+class ScoringCancelled(RuntimeError):
+    """Raised inside :func:`score` when its ``cancel`` callback returns True."""
+
+
+@dataclass
+class MapGeometry:
+    """Where a map's cells lie on the original image (napari ``scale``/``translate``)."""
+
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+
+
+@dataclass
+class QualityMaps:
+    """Per-task and per-scale maps of one plane (see the module docstring).
+
+    All arrays are ``(ny, nx)`` over the crop grid; ``scale_maps`` is ``(4, ny, nx)``.
+    """
+
+    quality: np.ndarray
+    class_map: np.ndarray
+    confidence: np.ndarray
+    scale_maps: np.ndarray
+    geometry: MapGeometry
+    tap_names: tuple[str, ...] = TAP_NAMES
+
+
+@dataclass
+class ScoreResult:
+    """The result of scoring one 2D plane.
+
+    Attributes
+    ----------
+    score
+        Mean crop score in the checkpoint's units (``units``, ``score_range``; higher is better
+        unless ``higher_is_better`` is False).
+    class_probs
+        Mean class probabilities over the crops, ``(num_classes,)``.
+    class_edges
+        Bin edges of the classes in score units (``num_classes + 1``).
+    crop_scores
+        ``(ny, nx)`` scores of every crop, in score units.
+    crop_positions
+        ``(ny, nx, 2)`` top-left corner ``(y, x)`` of every crop in original pixel coordinates.
+    crop_size
+        Side of a crop in original pixels (224, or less where the plane was enlarged).
+    maps
+        :class:`QualityMaps`, when asked for.
+    """
+
+    score: float
+    class_probs: np.ndarray
+    class_edges: list[float]
+    crop_scores: np.ndarray
+    crop_positions: np.ndarray
+    crop_size: float
+    units: str
+    score_range: tuple[float, float]
+    higher_is_better: bool
+    maps: QualityMaps | None = None
+    method: str = "fast"
+
+    @property
+    def n_crops(self) -> int:
+        return int(self.crop_scores.size)
+
+    @property
+    def predicted_class(self) -> int:
+        return int(np.argmax(self.class_probs))
+
+    def to_dict(self) -> dict:
+        """Plain-data summary (JSON-serialisable), e.g. for a layer's metadata."""
+        return {
+            "score": float(self.score),
+            "units": self.units,
+            "score_range": [float(v) for v in self.score_range],
+            "higher_is_better": bool(self.higher_is_better),
+            "class_probs": [float(p) for p in self.class_probs],
+            "class_edges": [float(e) for e in self.class_edges],
+            "predicted_class": self.predicted_class,
+            "n_crops": self.n_crops,
+            "crop_size": float(self.crop_size),
+            "method": self.method,
+        }
+
+
+@dataclass
+class StackResult:
+    """The result of scoring a stack: one :class:`ScoreResult` per 2D plane.
+
+    ``scores`` has the shape of the stack's leading axes.
+    """
+
+    planes: list[ScoreResult]
+    shape: tuple[int, ...]
+    units: str = ""
+    score_range: tuple[float, float] = (0.0, 100.0)
+    higher_is_better: bool = True
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([p.score for p in self.planes], dtype=np.float64).reshape(self.shape)
+
+    @property
+    def score(self) -> float:
+        """Mean of the plane scores."""
+        return float(np.mean([p.score for p in self.planes]))
+
+
+# --------------------------------------------------------------------------- model cache
+_MODEL_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def get_model(model=None, device: str = "auto"):
+    """Resolve ``model`` (None, a registered name, a checkpoint path or a PMTIQA) on ``device``.
+
+    Loaded checkpoints are kept in a small cache, so that repeated calls do not reload them.
+    """
+    from .devices import resolve_device
+    from .model.network import PMTIQA
+
+    dev = resolve_device(device)
+    if isinstance(model, PMTIQA):
+        return model if next(model.parameters()).device == dev else model.to(dev)
+    from .weights import load_checkpoint, resolve_weights
+
+    path = resolve_weights(model)
+    st = os.stat(path)
+    key = (str(path), st.st_mtime_ns, st.st_size, str(dev))
+    with _CACHE_LOCK:
+        if key in _MODEL_CACHE:
+            _MODEL_CACHE.move_to_end(key)
+            return _MODEL_CACHE[key]
+    m = load_checkpoint(path).to(dev)
+    with _CACHE_LOCK:
+        _MODEL_CACHE[key] = m
+        while len(_MODEL_CACHE) > 4:
+            _MODEL_CACHE.popitem(last=False)
+    return m
+
+
+def clear_model_cache() -> None:
+    """Forget cached models (frees their memory)."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass
+class _Prepared:
+    rgb: np.ndarray  # (H', W', 3) float32, H', W' multiples of 32, >= crop
+    factor: float  # original pixels per prepared pixel
+    offset: tuple[int, int]  # top-left of the prepared plane in (enlarged) pixels
+
+
+def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
+    rgb = to_rgb01(plane, intensity_range)
+    h, w = rgb.shape[:2]
+    factor = 1.0
+    if min(h, w) < crop:
+        import torch
+        import torch.nn.functional as F
+
+        f = crop / min(h, w)
+        nh, nw = max(crop, math.ceil(h * f)), max(crop, math.ceil(w * f))
+        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
+        rgb = t[0].permute(1, 2, 0).numpy()
+        factor = h / nh
+        h, w = nh, nw
+    hh, ww = (h // LATTICE) * LATTICE, (w // LATTICE) * LATTICE
+    oy, ox = (h - hh) // 2, (w - ww) // 2
+    return _Prepared(np.ascontiguousarray(rgb[oy : oy + hh, ox : ox + ww]), factor, (oy, ox))
+
+
+def _tile_size(backbone: str, memory_mb: float, crop: int) -> int:
+    bpp = BYTES_PER_PIXEL.get(backbone, 900)
+    side = int(math.sqrt(max(memory_mb, 16) * 2**20 / bpp))
+    return max(crop, (side // LATTICE) * LATTICE)
+
+
+# --------------------------------------------------------------------------- core
+def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, precision: str,
+                    batch_size: int, progress, cancel):
+    """Taps (N, 112) of every lattice window of one prepared plane, and (ny, nx)."""
+    import torch
+
+    from .devices import autocast
+
+    dev = next(model.parameters()).device
+    crop = model.config.crop_size
+    H, W = rgb.shape[:2]
+    ny, nx = (H - crop) // LATTICE + 1, (W - crop) // LATTICE + 1
+    taps = torch.empty(ny, nx, 4 * model.config.tap_dim)
+
+    def to_tensor(a):
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)[None]
+        return model.normalize(t)
+
+    with torch.inference_mode(), autocast(dev, precision):
+        if method == "crops":
+            coords = [(i, j) for i in range(ny) for j in range(nx)]
+            for k in range(0, len(coords), batch_size):
+                if cancel and cancel():
+                    raise ScoringCancelled("scoring was cancelled")
+                chunk = coords[k : k + batch_size]
+                x = torch.cat(
+                    [to_tensor(rgb[i * LATTICE : i * LATTICE + crop, j * LATTICE : j * LATTICE + crop]) for i, j in chunk]
+                )
+                out = model(x)
+                t = torch.cat(out.taps, dim=1).float().cpu()
+                for (i, j), v in zip(chunk, t):
+                    taps[i, j] = v
+                if progress:
+                    progress(min(k + batch_size, len(coords)), len(coords))
+        elif method == "fast":
+            T = _tile_size(model.config.backbone, memory_mb, crop)
+            per = (T - crop) // LATTICE + 1  # windows per tile side
+            tiles = [(i0, j0) for i0 in range(0, ny, per) for j0 in range(0, nx, per)]
+            for k, (i0, j0) in enumerate(tiles):
+                if cancel and cancel():
+                    raise ScoringCancelled("scoring was cancelled")
+                i1, j1 = min(ny, i0 + per), min(nx, j0 + per)
+                y0, x0 = i0 * LATTICE, j0 * LATTICE
+                y1, x1 = (i1 - 1) * LATTICE + crop, (j1 - 1) * LATTICE + crop
+                maps = model.stage_maps(to_tensor(rgb[y0:y1, x0:x1]))
+                pooled, tny, tnx = model.window_pooled(maps)
+                t = torch.cat(model.taps_from_pooled(pooled), dim=1).float().cpu()
+                taps[i0:i1, j0:j1] = t.view(tny, tnx, -1)
+                if progress:
+                    progress(k + 1, len(tiles))
+        else:
+            raise ValueError(f"method must be 'fast' or 'crops'; got {method!r}")
+    return taps.view(ny * nx, -1), ny, nx
+
+
+def _heads(model, taps):
+    import torch
+
+    with torch.inference_mode():
+        parts = list(taps.to(next(model.parameters()).device).split(model.config.tap_dim, dim=1))
+        s, logits = model.heads(parts)
+    return s.float().cpu(), logits.float().cpu(), parts
+
+
+def _score_plane(model, plane, *, method, maps, memory_mb, precision, batch_size, intensity_range,
+                 progress, cancel) -> ScoreResult:
+    prep = _prepare(plane, model.config.crop_size, intensity_range)
+    taps, ny, nx = _window_outputs(model, prep.rgb, method, memory_mb, precision, batch_size,
+                                   progress, cancel)
+    return _finish(model, taps, ny, nx, prep, maps, method)
+
+
+def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: str) -> ScoreResult:
+    """Heads, units, positions and maps from the window taps of one prepared plane."""
+    import torch
+
+    from .model.losses import ScoreScale, class_edges
+
+    crop = model.config.crop_size
+    s, logits, parts = _heads(model, taps)
+    scale: ScoreScale = getattr(model, "score_scale", None) or ScoreScale()
+    probs = torch.softmax(logits, dim=1)
+    units = scale.from_internal(s.numpy().astype(np.float64)).reshape(ny, nx)
+    f = prep.factor
+    oy, ox = prep.offset
+    ys = (oy + LATTICE * np.arange(ny)) * f
+    xs = (ox + LATTICE * np.arange(nx)) * f
+    pos = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)
+    n_cls = model.config.num_classes
+    edges = [float(scale.from_internal(e)) for e in class_edges(n_cls)]
+    qmaps = None
+    if maps:
+        sign = (scale.high - scale.low) / 100.0 * (1 if scale.higher_is_better else -1)
+        contrib = []
+        with torch.inference_mode():
+            for i in range(4):
+                alt = [p.clone() for p in parts]
+                alt[i] = parts[i].mean(dim=0, keepdim=True).expand_as(parts[i])
+                s_alt, _ = model.heads(alt)
+                contrib.append(((s - s_alt.float().cpu()).numpy() * sign).reshape(ny, nx))
+        conf, cls = probs.max(dim=1)
+        geom = MapGeometry(
+            scale=(LATTICE * f, LATTICE * f),
+            translate=((oy + crop / 2 - LATTICE / 2) * f, (ox + crop / 2 - LATTICE / 2) * f),
+        )
+        qmaps = QualityMaps(
+            quality=units.astype(np.float32),
+            class_map=cls.numpy().reshape(ny, nx).astype(np.int32),
+            confidence=conf.numpy().reshape(ny, nx).astype(np.float32),
+            scale_maps=np.stack(contrib).astype(np.float32),
+            geometry=geom,
+        )
+    return ScoreResult(
+        score=float(scale.from_internal(float(s.mean()))),
+        class_probs=probs.mean(dim=0).numpy(),
+        class_edges=edges,
+        crop_scores=units,
+        crop_positions=pos,
+        crop_size=crop * f,
+        units=scale.name,
+        score_range=(scale.low, scale.high),
+        higher_is_better=scale.higher_is_better,
+        maps=qmaps,
+        method=method,
+    )
+
+
+def iter_planes(image, rgb: bool | None = None, channel_axis: int | None = None):
+    """Split an array into 2D planes: returns ``(planes, leading_shape)``.
+
+    Each plane is ``(H, W, C)``; ``leading_shape`` is ``()`` for a single image.
+    """
+    arr = standardize_layout(image, rgb=rgb, channel_axis=channel_axis)
+    lead = arr.shape[:-3]
+    if len(lead) > MAX_LEADING_AXES:
+        raise ImageError(
+            f"The data has {arr.ndim - 1 if arr.shape[-1] == 1 else arr.ndim} dimensions (shape "
+            f"{np.shape(image)}); scoring handles 2D images and stacks with up to "
+            f"{MAX_LEADING_AXES} leading axes (e.g. T, Z). Select a sub-array first."
+        )
+    planes = arr.reshape((-1,) + arr.shape[-3:])
+    return planes, lead
+
+
+def score(
+    image,
+    model=None,
+    device: str = "auto",
+    *,
+    maps: bool = True,
+    method: str = "fast",
+    precision: str = "fp32",
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    memory_mb: float = 1024,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> ScoreResult | StackResult:
+    """Score an image (or every plane of a stack) with a PMT-IQA model.
+
+    Parameters
+    ----------
+    image
+        A numpy array of any numeric dtype: ``(H, W)`` grayscale, ``(H, W, 3|4)`` RGB(A),
+        ``(3|4, H, W)`` channel-first, or a stack ``(..., H, W[, C])`` with up to two leading axes.
+        Intensities: uint8 is divided by 255, floats in [0, 1] are used as they are, anything else is
+        stretched from its 0.1th to 99.9th percentile (or ``intensity_range``).
+    model
+        ``None`` (the default model shipped with the package), a registered name, a checkpoint
+        path, or a loaded :class:`~napari_pmt_iqa.model.PMTIQA`.
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    maps
+        Also compute the per-task and per-scale maps (nearly free).
+    method
+        ``"fast"`` (one backbone pass, default) or ``"crops"`` (each crop separately; reference).
+    precision
+        ``"fp32"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU) for the backbone.
+    rgb, channel_axis
+        Override the automatic detection of the colour axis.
+    memory_mb
+        Memory budget of one backbone pass; larger planes are processed in tiles.
+    batch_size
+        Crops per batch for ``method="crops"``.
+    progress
+        ``progress(done, total)`` called as tiles (or planes of a stack) finish.
+    cancel
+        Polled between tiles; when it returns True, :class:`ScoringCancelled` is raised.
+
+    Returns
+    -------
+    ScoreResult or StackResult
+        A :class:`ScoreResult` for a 2D image, a :class:`StackResult` for a stack.
+
+    Raises
+    ------
+    ImageError
+        Empty data, fewer than 2 x 2 pixels, NaN or infinite values, non-numeric data, too many axes.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> result = score(data.astronaut())
+    >>> round(result.score, 1), result.units  # doctest: +SKIP
+    (71.3, 'quality (0-100; LIVE-C MOS scale)')
+    """
+    planes, lead = iter_planes(image, rgb=rgb, channel_axis=channel_axis)
+    net = get_model(model, device)
+    kwargs = dict(method=method, maps=maps, memory_mb=memory_mb, precision=precision,
+                  batch_size=batch_size, intensity_range=intensity_range, cancel=cancel)
+    if not lead:
+        return _score_plane(net, planes[0], progress=progress, **kwargs)
+    results = []
+    for k, plane in enumerate(planes):
+        if cancel and cancel():
+            raise ScoringCancelled("scoring was cancelled")
+        results.append(_score_plane(net, plane, progress=None, **kwargs))
+        if progress:
+            progress(k + 1, len(planes))
+    r0 = results[0]
+    return StackResult(results, tuple(lead), r0.units, r0.score_range, r0.higher_is_better)
+
+
+def score_batch(
+    images: Sequence[np.ndarray], model=None, device: str = "auto", *, precision: str = "fp32",
+    batch_size: int = 8, maps: bool = False,
+) -> list[ScoreResult]:
+    """Score many 2D images; images of the same shape go through the backbone together.
+
+    Faster than calling :func:`score` in a loop on a GPU. Images larger than one memory tile are
+    scored one by one.
+    """
+    import torch
+
+    from .devices import autocast
+
+    net = get_model(model, device)
+    dev = next(net.parameters()).device
+    crop = net.config.crop_size
+    prepared = {}
+    results: list[ScoreResult | None] = [None] * len(images)
+    for idx, img in enumerate(images):
+        planes, lead = iter_planes(img)
+        if lead:
+            raise ImageError(f"score_batch takes 2D images; image {idx} is a stack of shape {np.shape(img)}.")
+        prepared[idx] = (planes[0], _prepare(planes[0], crop))
+    groups: dict[tuple, list[int]] = {}
+    for idx, (_, p) in prepared.items():
+        groups.setdefault(p.rgb.shape, []).append(idx)
+    for shape, idxs in groups.items():
+        for k in range(0, len(idxs), batch_size):
+            chunk = idxs[k : k + batch_size]
+            x = torch.from_numpy(np.stack([prepared[i][1].rgb for i in chunk])).to(dev).permute(0, 3, 1, 2)
+            with torch.inference_mode(), autocast(dev, precision):
+                maps_ = net.stage_maps(net.normalize(x))
+                pooled, ny, nx = net.window_pooled(maps_)
+                taps = torch.cat(net.taps_from_pooled(pooled), dim=1).float().cpu()
+            taps = taps.view(len(chunk), ny * nx, -1)
+            for b, i in enumerate(chunk):
+                results[i] = _finish(net, taps[b], ny, nx, prepared[i][1], maps, "fast")
+    return results  # type: ignore[return-value]
