@@ -44,22 +44,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
-        from PIL import Image, ImageFile
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image, ImageFile
 
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            elif im.mode == "LA":
-                im = im.convert("L")
-            arr = np.asarray(im)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                elif im.mode == "LA":
+                    im = im.convert("L")
+                arr = np.asarray(im)
     except ImageError:
         raise
     except Exception as exc:  # PIL.UnidentifiedImageError, OSError (truncated), tifffile errors
         kind = "truncated or corrupt" if "truncated" in str(exc).lower() else "not a readable image"
         raise ImageError(f"{path}: {kind} ({type(exc).__name__}: {exc}).") from exc
+    if arr.size == 0 or arr.ndim < 2:
+        # tifffile returns an empty array for some corrupt files instead of raising
+        raise ImageError(f"{path}: truncated or corrupt (no image data could be read).")
     return arr
 
 
@@ -145,7 +149,7 @@ def to_rgb01(
         out = (plane.astype(np.float32) - lo) / (hi - lo)
     elif dtype == np.uint8:
         return plane.astype(np.float32) / 255.0
-    elif dtype == bool:
+    elif dtype == np.bool_:
         return plane.astype(np.float32)
     else:
         f = plane.astype(np.float32)

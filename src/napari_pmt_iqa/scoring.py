@@ -27,8 +27,10 @@ Maps (``maps=True``) come from the same pass at almost no cost:
   replaced by its mean over the image. Positive: at this place, this scale sees better quality than
   the image average; negative: this scale pulls the score down here.
 
-A map cell covers the 32 x 32 pixels around its crop's centre; ``MapGeometry`` gives the
-``scale``/``translate`` that lay it exactly over the image in napari.
+A map cell covers the 32 x 32 pixels around its crop's centre; ``MapGeometry`` says where (cell
+size and the top-left corner of cell (0, 0) in original pixels, pixel-corner convention).
+``napari_pmt_iqa._widgets.overlays.map_transform`` turns it into napari's ``scale``/``translate``
+(napari puts pixel centres on whole numbers, hence half a cell minus half a pixel more).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,6 +51,8 @@ TAP_NAMES = ("stride 4 (fine)", "stride 8", "stride 16", "stride 32 (coarse)")
 #: Rough peak inference memory per input pixel, bytes (measured, rounded up).
 BYTES_PER_PIXEL = {"resnet50": 900, "resnet34": 500, "resnet18": 450, "efficientnet_lite0": 450}
 MAX_LEADING_AXES = 2
+#: Context (pixels, a multiple of 32) added around each tile when a plane is scored in tiles.
+TILE_HALO = 64
 
 
 class ScoringCancelled(RuntimeError):
@@ -57,7 +61,12 @@ class ScoringCancelled(RuntimeError):
 
 @dataclass
 class MapGeometry:
-    """Where a map's cells lie on the original image (napari ``scale``/``translate``)."""
+    """Where a map's cells lie on the original image.
+
+    ``scale`` is the size of a cell in original pixels; ``translate`` the top-left corner of cell
+    (0, 0) in original pixel coordinates where pixel ``p`` spans ``[p, p + 1)`` (pixel-corner
+    convention). For napari layers use ``_widgets.overlays.map_transform``.
+    """
 
     scale: tuple[float, float]
     translate: tuple[float, float]
@@ -215,8 +224,9 @@ def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
         import torch
         import torch.nn.functional as F
 
-        f = crop / min(h, w)
-        nh, nw = max(crop, math.ceil(h * f)), max(crop, math.ceil(w * f))
+        # the short side becomes exactly one crop (math.ceil(h * f) could give crop + 1)
+        nh = crop if h <= w else max(crop, round(h * crop / w))
+        nw = crop if w <= h else max(crop, round(w * crop / h))
         t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
         t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
         rgb = t[0].permute(1, 2, 0).numpy()
@@ -225,6 +235,19 @@ def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
     hh, ww = (h // LATTICE) * LATTICE, (w // LATTICE) * LATTICE
     oy, ox = (h - hh) // 2, (w - ww) // 2
     return _Prepared(np.ascontiguousarray(rgb[oy : oy + hh, ox : ox + ww]), factor, (oy, ox))
+
+
+def _use_channels_last(model) -> None:
+    """Store the model's 4D weights channels-last (once): convolutions over whole images run
+    faster in that layout (oneDNN on CPUs, cuDNN on GPUs); results are unchanged up to float
+    rounding. Modules in training keep working, in either layout.
+    """
+    import torch
+
+    if getattr(model, "_pmt_channels_last", False):
+        return
+    model.to(memory_format=torch.channels_last)
+    model._pmt_channels_last = True
 
 
 def _tile_size(backbone: str, memory_mb: float, crop: int) -> int:
@@ -248,19 +271,23 @@ def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, preci
     taps = torch.empty(ny, nx, 4 * model.config.tap_dim)
 
     def to_tensor(a):
+        # (H, W, 3) -> (1, 3, H, W) is already channels-last in memory: no copy needed
         t = torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)[None]
-        return model.normalize(t)
+        return model.normalize(t).contiguous(memory_format=torch.channels_last)
 
+    _use_channels_last(model)
     with torch.inference_mode(), autocast(dev, precision):
         if method == "crops":
             coords = [(i, j) for i in range(ny) for j in range(nx)]
+            full = to_tensor(rgb)  # normalised once; crops are views of it
             for k in range(0, len(coords), batch_size):
                 if cancel and cancel():
                     raise ScoringCancelled("scoring was cancelled")
                 chunk = coords[k : k + batch_size]
                 x = torch.cat(
-                    [to_tensor(rgb[i * LATTICE : i * LATTICE + crop, j * LATTICE : j * LATTICE + crop]) for i, j in chunk]
-                )
+                    [full[..., i * LATTICE : i * LATTICE + crop, j * LATTICE : j * LATTICE + crop]
+                     for i, j in chunk]
+                ).contiguous(memory_format=torch.channels_last)
                 out = model(x)
                 t = torch.cat(out.taps, dim=1).float().cpu()
                 for (i, j), v in zip(chunk, t):
@@ -269,18 +296,25 @@ def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, preci
                     progress(min(k + batch_size, len(coords)), len(coords))
         elif method == "fast":
             T = _tile_size(model.config.backbone, memory_mb, crop)
-            per = (T - crop) // LATTICE + 1  # windows per tile side
+            if H <= T and W <= T:  # one pass over the whole plane
+                per, halo = max(ny, nx), 0
+            else:  # tiles, each with a margin of context so that tiling barely changes scores
+                halo = TILE_HALO
+                per = max(1, (T - 2 * halo - crop) // LATTICE + 1)  # windows per tile side
             tiles = [(i0, j0) for i0 in range(0, ny, per) for j0 in range(0, nx, per)]
             for k, (i0, j0) in enumerate(tiles):
                 if cancel and cancel():
                     raise ScoringCancelled("scoring was cancelled")
                 i1, j1 = min(ny, i0 + per), min(nx, j0 + per)
-                y0, x0 = i0 * LATTICE, j0 * LATTICE
-                y1, x1 = (i1 - 1) * LATTICE + crop, (j1 - 1) * LATTICE + crop
+                y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
+                y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
+                x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
                 maps = model.stage_maps(to_tensor(rgb[y0:y1, x0:x1]))
                 pooled, tny, tnx = model.window_pooled(maps)
                 t = torch.cat(model.taps_from_pooled(pooled), dim=1).float().cpu()
-                taps[i0:i1, j0:j1] = t.view(tny, tnx, -1)
+                oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
+                t = t.view(tny, tnx, -1)[oi : oi + i1 - i0, oj : oj + j1 - j0]
+                taps[i0:i1, j0:j1] = t
                 if progress:
                     progress(k + 1, len(tiles))
         else:
@@ -416,7 +450,9 @@ def score(
     rgb, channel_axis
         Override the automatic detection of the colour axis.
     memory_mb
-        Memory budget of one backbone pass; larger planes are processed in tiles.
+        Memory budget of one backbone pass; larger planes are processed in tiles, each with
+        ``TILE_HALO`` (64) pixels of context around it, so that tiled scores stay close to
+        single-pass ones. A tile is never smaller than one crop plus that margin.
     batch_size
         Crops per batch for ``method="crops"``.
     progress
@@ -460,7 +496,7 @@ def score(
 
 def score_batch(
     images: Sequence[np.ndarray], model=None, device: str = "auto", *, precision: str = "fp32",
-    batch_size: int = 8, maps: bool = False,
+    batch_size: int = 8, maps: bool = False, memory_mb: float = 1024,
 ) -> list[ScoreResult]:
     """Score many 2D images; images of the same shape go through the backbone together.
 
@@ -482,14 +518,22 @@ def score_batch(
             raise ImageError(f"score_batch takes 2D images; image {idx} is a stack of shape {np.shape(img)}.")
         prepared[idx] = (planes[0], _prepare(planes[0], crop))
     groups: dict[tuple, list[int]] = {}
+    tile = _tile_size(net.config.backbone, memory_mb, crop)
     for idx, (_, p) in prepared.items():
+        h, w = p.rgb.shape[:2]
+        if max(h, w) > tile:  # too large for one pass: tiles, one image at a time
+            taps, ny, nx = _window_outputs(net, p.rgb, "fast", memory_mb, precision, 1, None, None)
+            results[idx] = _finish(net, taps, ny, nx, p, maps, "fast")
+            continue
         groups.setdefault(p.rgb.shape, []).append(idx)
-    for shape, idxs in groups.items():
+    for idxs in groups.values():
         for k in range(0, len(idxs), batch_size):
             chunk = idxs[k : k + batch_size]
             x = torch.from_numpy(np.stack([prepared[i][1].rgb for i in chunk])).to(dev).permute(0, 3, 1, 2)
+            _use_channels_last(net)
             with torch.inference_mode(), autocast(dev, precision):
-                maps_ = net.stage_maps(net.normalize(x))
+                x = net.normalize(x).contiguous(memory_format=torch.channels_last)
+                maps_ = net.stage_maps(x)
                 pooled, ny, nx = net.window_pooled(maps_)
                 taps = torch.cat(net.taps_from_pooled(pooled), dim=1).float().cpu()
             taps = taps.view(len(chunk), ny * nx, -1)

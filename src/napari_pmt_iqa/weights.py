@@ -163,13 +163,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: file not found.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a safetensors checkpoint ({exc}).") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors checkpoint (bad header).")
     raw = (header.get("__metadata__") or {}).get(META_KEY)
     if raw is None:
         raise CheckpointError(
             f"{path} is a safetensors file but not a napari-pmt-iqa checkpoint (no "
             f"'{META_KEY}' metadata)."
         )
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: its napari-pmt-iqa metadata is not valid JSON ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its napari-pmt-iqa metadata is not a JSON object.")
     if meta.get("architecture") != "PMT-IQA":
         raise CheckpointError(f"{path} holds a {meta.get('architecture')!r} model, not PMT-IQA.")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -205,6 +212,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the model configuration in its metadata is invalid ({exc}).") from exc
     try:
+        score_scale = ScoreScale.from_dict(meta["score_scale"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the score scale in its metadata is invalid ({exc}).") from exc
+    try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}).") from exc
@@ -230,7 +241,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(state)
     model.meta = meta
-    model.score_scale = ScoreScale.from_dict(meta["score_scale"])
+    model.score_scale = score_scale
     model.checkpoint_path = str(path)
     return model.eval().to(torch.device(device))
 

@@ -29,16 +29,28 @@ def load_rgb(path: str | os.PathLike, min_side: int = 224) -> np.ndarray:
     ImageError
         The file cannot be decoded, or it is a stack rather than one 2D image.
     """
-    arr = read_image(path)
-    arr = standardize_layout(arr)
+    return array_to_rgb8(read_image(path), min_side, name=str(path))
+
+
+def array_to_rgb8(image, min_side: int = 224, name: str = "image") -> np.ndarray:
+    """Turn an array of any layout and dtype into ``(H, W, 3)`` uint8 with both sides >= ``min_side``.
+
+    Raises
+    ------
+    ImageError
+        Not an image (see :func:`~napari_pmt_iqa.imaging.standardize_layout`), or a stack.
+    """
+    arr = standardize_layout(image)
     if arr.ndim != 3:
-        raise ImageError(f"{path}: a single 2D image is needed for training; got shape {arr.shape}.")
+        raise ImageError(f"{name}: a single 2D image is needed for training; got shape {arr.shape}.")
     if arr.dtype == np.uint8 and arr.shape[-1] in (3, 4):
         rgb = np.ascontiguousarray(arr[..., :3])
     elif arr.dtype == np.uint8 and arr.shape[-1] == 1:
         rgb = np.repeat(arr, 3, axis=-1)
     else:
         rgb = (to_rgb01(arr) * 255.0 + 0.5).astype(np.uint8)
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ImageError(f"{name}: {rgb.shape[0]} x {rgb.shape[1]} pixels is too small to train on.")
     h, w = rgb.shape[:2]
     if min(h, w) < min_side:
         from PIL import Image
@@ -47,6 +59,14 @@ def load_rgb(path: str | os.PathLike, min_side: int = 224) -> np.ndarray:
         size = (max(min_side, round(w * f)), max(min_side, round(h * f)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
     return rgb
+
+
+def load_sample_rgb(sample, min_side: int = 224) -> np.ndarray:
+    """:func:`load_rgb` for a :class:`Sample` or the array of an ``ArraySample``."""
+    arr = getattr(sample, "array", None)
+    if arr is not None:
+        return array_to_rgb8(arr, min_side, name=str(sample.path))
+    return load_rgb(sample.path, min_side)
 
 
 class DecodeCache:

@@ -51,6 +51,24 @@ class Sample:
     content: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class ArraySample:
+    """One rated image held in memory (e.g. rated in napari) instead of a file.
+
+    ``path`` is a pseudo path (``name``) that only serves as a key for splits and messages.
+    """
+
+    array: object  # numpy array, any layout :func:`~napari_pmt_iqa.imaging.standardize_layout` takes
+    mos: float
+    split: str | None = None
+    content: str | None = None
+    name: str = "array"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
+
+
 @dataclass
 class IQADataset:
     """A list of rated images and the units of their scores."""
@@ -187,8 +205,21 @@ def load_csv_dataset(
 
 
 def infer_scale(scores: Sequence[float]) -> ScoreScale:
-    """Guess the range of a list of scores: 0-1, 0-5, 0-10, 0-100 or the observed min-max."""
+    """Guess the range of a list of scores: 0-1, 0-5, 0-10, 0-100 or the observed min-max.
+
+    Raises
+    ------
+    DatasetError
+        No scores, or all scores equal (a zero-width range).
+    """
+    if len(scores) == 0:
+        raise DatasetError("No scores were given; a data set needs rated images.")
     lo, hi = min(scores), max(scores)
+    if hi <= lo:
+        raise DatasetError(
+            f"All {len(scores)} scores are equal ({lo}); a data set needs scores that differ to "
+            "train or evaluate."
+        )
     for top in (1.0, 5.0, 10.0, 100.0):
         if lo >= 0 and hi <= top and hi > top / 10:
             return ScoreScale(0.0, top, True, f"score (0-{top:g})")
@@ -220,17 +251,22 @@ def load_livec(root: str | os.PathLike) -> IQADataset:
     if len(names) != len(mos):
         raise DatasetError(f"{root}: {len(names)} image names but {len(mos)} scores.")
     images = root / "Images"
+    if not images.is_dir():
+        raise DatasetError(f"{root} is not a LIVE-C folder: its Images/ folder is missing.")
     index = _case_insensitive_index(images)
     samples, missing = [], []
     for n, m in zip(names, mos):
+        stem = Path(n).stem.lower()
+        # the 7 training images t1..t7 (in Images/trainingImages) are not part of the protocol
+        if stem.startswith("t") and stem[1:].isdigit():
+            continue
         p = index.get(n.lower())
         if p is None:
             missing.append(n)
             continue
+        if not math.isfinite(m):
+            raise DatasetError(f"{root}: the score of {n} is not a number ({m}).")
         samples.append(Sample(p, m, None, Path(n).stem))
-    # the 7 training images t1..t7 are not part of the standard protocol
-    samples = samples[7:] if names[:7] == [f"t{i}.bmp" for i in range(1, 8)] else samples
-    samples = [s for s in samples if not (s.path.stem.lower().startswith("t") and s.path.stem[1:].isdigit())]
     _check_scores(str(root), samples)
     ds = IQADataset("livec", samples, LIVEC_SCALE, root)
     ds.skipped = [f"{m}: file not found" for m in missing]
@@ -246,9 +282,11 @@ def load_biq2021(root: str | os.PathLike, part: str = "train") -> IQADataset:
     images = root / "Images"
     if not images.is_dir():
         raise DatasetError(f"{root} is not a BIQ2021 folder (no Images/ inside).")
+    if part not in ("train", "test", "all"):
+        raise DatasetError(f"BIQ2021 part must be 'train', 'test' or 'all'; got {part!r}.")
     index = _case_insensitive_index(images)
     parts = ["train", "test"] if part == "all" else [part]
-    samples, missing = [], []
+    samples, missing, bad = [], [], []
     for p in parts:
         fname = root / f"{p.capitalize()} (Images and MOS).csv"
         if not fname.exists():
@@ -263,7 +301,19 @@ def load_biq2021(root: str | os.PathLike, part: str = "train") -> IQADataset:
                 if path is None:
                     missing.append(row[0])
                     continue
-                samples.append(Sample(path, float(row[1]), p, None))
+                try:
+                    mos = float(row[1])
+                    if not math.isfinite(mos):
+                        raise ValueError
+                except ValueError:
+                    bad.append(f"{row[0]!r} has score {row[1]!r}")
+                    continue
+                samples.append(Sample(path, mos, p, None))
+    if bad:
+        raise DatasetError(
+            f"{root}: {len(bad)} rows have a missing or non-numeric MOS, e.g. "
+            + "; ".join(bad[:3]) + ". Fix the CSV."
+        )
     _check_scores(str(root), samples)
     ds = IQADataset(f"biq2021-{part}", samples, BIQ2021_SCALE, root)
     ds.skipped = [f"{m}: file not found" for m in missing]
@@ -314,10 +364,63 @@ def random_split(
         raise ValueError("test_fraction must be between 0 and 1")
     keys = [s.content if (by_content and s.content) else str(s.path) for s in ds.samples]
     unique = sorted(set(keys))
+    if len(unique) < 2:
+        raise DatasetError(
+            f"{ds.name}: {len(unique)} distinct image(s) (or contents) cannot be split into two parts."
+        )
     rng = random.Random(seed)
     rng.shuffle(unique)
-    n_test = max(1, int(round(len(unique) * test_fraction)))
+    n_test = min(len(unique) - 1, max(1, int(round(len(unique) * test_fraction))))
     test_keys = set(unique[:n_test])
     train = [s for s, k in zip(ds.samples, keys) if k not in test_keys]
     test = [s for s, k in zip(ds.samples, keys) if k in test_keys]
     return ds.subset(train, "[train]"), ds.subset(test, "[test]")
+
+
+def dataset_from_pairs(
+    pairs: Sequence[tuple],
+    scale: ScoreScale | None = None,
+    name: str = "in-memory",
+) -> IQADataset:
+    """A data set from ``(numpy_array_or_path, mos)`` pairs, e.g. images rated in napari.
+
+    Arrays become :class:`ArraySample` (kept in memory), paths become :class:`Sample`.
+
+    Raises
+    ------
+    DatasetError
+        A pair that is not ``(image, score)``, a missing or non-numeric score, a path that does
+        not exist, or (when ``scale`` is None) scores that are all equal.
+    """
+    samples: list = []
+    bad: list[str] = []
+    for i, item in enumerate(pairs):
+        try:
+            img, mos = item[0], item[1]
+        except (TypeError, IndexError, KeyError):
+            raise DatasetError(
+                f"Item {i} of the in-memory data is not an (image, score) pair: {item!r:.80}."
+            ) from None
+        try:
+            mos = float(mos)
+            if not math.isfinite(mos):
+                raise ValueError
+        except (TypeError, ValueError):
+            bad.append(f"item {i} has score {mos!r}")
+            continue
+        if isinstance(img, (str, os.PathLike)):
+            p = Path(img)
+            if not p.exists():
+                raise DatasetError(f"Item {i}: the image file {p} does not exist.")
+            samples.append(Sample(p, mos, None, None))
+        else:
+            samples.append(ArraySample(img, mos, None, None, f"array-{i:05d}"))
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} of the in-memory images have a missing or non-numeric score, e.g. "
+            + "; ".join(bad[:3]) + "."
+        )
+    _check_scores(name, samples)
+    if scale is None:
+        scale = infer_scale([s.mos for s in samples])
+    return IQADataset(name, samples, scale, None)

@@ -9,7 +9,7 @@ from .losses import (
     progressive_weights,
     score_to_class,
 )
-from .network import TAP_GRIDS, ModelConfig, PMTIQA, PMTOutput, count_parameters
+from .network import PMTIQA, TAP_GRIDS, ModelConfig, PMTOutput, count_parameters
 
 __all__ = [
     "BACKBONES",

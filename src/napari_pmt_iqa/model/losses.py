@@ -125,7 +125,9 @@ class PMTLoss(torch.nn.Module):
         self, score: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(total, l1, ce)``; ``target`` is on the internal 0-100 scale."""
-        target = target.to(score.dtype)
-        l1 = F.l1_loss(score.float(), target.float())
+        # targets stay float32: under bf16 autocast, casting them to the score's dtype would
+        # round them (55.3 -> 55.25) and could move them into another class bin (9.99 -> 10.0)
+        target = target.to(device=score.device, dtype=torch.float32)
+        l1 = F.l1_loss(score.float(), target)
         ce = F.cross_entropy(logits.float(), score_to_class(target, self.num_classes))
         return self.w_reg * l1 + self.w_cls * ce, l1, ce

@@ -1,0 +1,43 @@
+"""Training and evaluation of PMT-IQA models (torch is imported on first use of a name).
+
+>>> from napari_pmt_iqa.training import TrainConfig, train
+>>> result = train(TrainConfig(data="~/iqa-data/ChallengeDB_release", out_dir="runs/x"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "TrainConfig": "trainer",
+    "TrainResult": "trainer",
+    "TrainingError": "trainer",
+    "train": "trainer",
+    "evaluate": "trainer",
+    "run_protocol": "protocol",
+    "ProtocolResult": "protocol",
+    "distributed_score_files": "distributed",
+}
+
+__all__ = [
+    "ProtocolResult",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "distributed_score_files",
+    "evaluate",
+    "run_protocol",
+    "train",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .distributed import distributed_score_files
+    from .protocol import ProtocolResult, run_protocol
+    from .trainer import TrainConfig, TrainingError, TrainResult, evaluate, train
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

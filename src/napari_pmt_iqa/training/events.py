@@ -29,6 +29,9 @@ class Started(Event):
     n_val: int
     start_epoch: int = 0
     device: str = "cpu"
+    start_batch: int = 0
+    world_size: int = 1
+    resumed_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class BatchEnd(Event):
     l1: float
     ce: float
     images_per_s: float = 0.0
+    data_s: float = 0.0  # time spent waiting for this batch's data
+    step_s: float = 0.0  # time of the forward/backward/optimiser step
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,23 @@ class EpochEnd(Event):
     lr: float = 0.0
     seconds: float = 0.0
     is_best: bool = False
+
+
+@dataclass(frozen=True)
+class Preparing(Event):
+    """Images are being decoded and checked before training (``done`` of ``total``)."""
+
+    done: int
+    total: int
+    stage: str = "decoding"
+
+
+@dataclass(frozen=True)
+class DataIssue(Event):
+    """A problem with the data that training works around (e.g. undecodable images left out)."""
+
+    message: str
+    items: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""Inference cost of ``napari_pmt_iqa.score`` on a 500 x 500 image, next to bare torchvision.
+
+What is measured (CPU, ``--threads`` threads, random weights, one process):
+
+* **crop method** (``method="crops"``): the 81 crops of the 32-px grid (9 x 9 for 500 x 500), in
+  batches of 16, against a bare torchvision ResNet-50 forward over the same 81 crops in the same
+  batches. The ratio is our overhead (goal <= 1.10).
+* **fast path** (``method="fast"``, the default): one backbone pass over the whole image; goals
+  <= 0.30 s for ResNet-50 and <= 0.10 s for EfficientNet-Lite0; fp32 and bf16; maps on and off
+  (goal: maps <= 1.3 x score alone).
+* **HyperIQA-like baseline**: a bare ResNet-50 over 25 separate 224 crops, one forward each, as a
+  lower bound of pyiqa's HyperIQA cost (pyiqa is not installed here: it is non-commercial and
+  heavy; HyperIQA's hyper-network adds to this).
+
+Run::
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_inference.py [--quick]
+
+Times are medians over repeats. On a shared machine wall times are noisy; the table also gives
+the process CPU time (all threads together), which another process's load disturbs much less:
+ratios are computed from CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall time and median process CPU time (all threads) of ``fn``."""
+    fn()  # warm-up
+    ts, cs = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        ts.append(time.perf_counter() - t)
+        cs.append(time.process_time() - c)
+    return statistics.median(ts), statistics.median(cs)
+
+
+def _crops_tensor(img: np.ndarray, crop: int = 224, step: int = 32) -> torch.Tensor:
+    from napari_pmt_iqa.scoring import _prepare
+
+    rgb = _prepare(img, crop).rgb
+    H, W = rgb.shape[:2]
+    t = torch.from_numpy(rgb).permute(2, 0, 1)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    t = (t - mean) / std
+    return torch.stack([t[:, y : y + crop, x : x + crop]
+                        for y in range(0, H - crop + 1, step)
+                        for x in range(0, W - crop + 1, step)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one repeat, fewer rows")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=int, default=500)
+    args = p.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    import torchvision
+
+    from napari_pmt_iqa.model import PMTIQA
+    from napari_pmt_iqa.scoring import score
+
+    img = (np.random.default_rng(0).random((args.size, args.size, 3)) * 255).astype(np.uint8)
+    crops = _crops_tensor(img)
+    n_crops = crops.shape[0]
+    bs = 16
+    rows: list[tuple[str, tuple[float, float], str]] = []
+
+    # ---------------------------------------------------------------- crop method vs bare ResNet-50
+    bare = torchvision.models.resnet50(weights=None).eval()
+    bare_cl = torchvision.models.resnet50(weights=None).eval().to(memory_format=torch.channels_last)
+    pmt50 = PMTIQA(backbone="resnet50", pretrained=False).eval()
+
+    def run_bare(net, cl=False):
+        with torch.inference_mode():
+            for k in range(0, n_crops, bs):
+                x = crops[k : k + bs]
+                net(x.contiguous(memory_format=torch.channels_last) if cl else x)
+
+    t_bare = _time(lambda: run_bare(bare), repeats)
+    t_bare_cl = _time(lambda: run_bare(bare_cl, True), repeats)
+    t_crops = _time(lambda: score(img, pmt50, "cpu", method="crops", maps=False, batch_size=bs),
+                    repeats)
+    t_ref = min(t_bare[1], t_bare_cl[1])
+    rows += [
+        (f"bare torchvision ResNet-50, {n_crops} crops, batches of {bs} (NCHW)", t_bare, ""),
+        (f"bare torchvision ResNet-50, {n_crops} crops, batches of {bs} (channels-last)",
+         t_bare_cl, ""),
+        (f"score(method='crops') ResNet-50, {n_crops} crops, fp32", t_crops,
+         f"overhead x{t_crops[1] / t_ref:.2f} (CPU time) vs the faster bare run (goal <= 1.10)"),
+    ]
+
+    # ---------------------------------------------------------------- HyperIQA-like
+    one = crops[:1]
+
+    def hyper_like():
+        with torch.inference_mode():
+            for _ in range(25):
+                bare(one)
+
+    t_hyper = _time(hyper_like, max(1, repeats // 2))
+    rows.append(("HyperIQA-like: bare ResNet-50, 25 separate 224 crops (pyiqa not installed)",
+                 t_hyper, "lower bound of HyperIQA's cost"))
+
+    # ---------------------------------------------------------------- fast path
+    goals = {"resnet50": 0.30, "efficientnet_lite0": 0.10}
+    models = {"resnet50": pmt50,
+              "efficientnet_lite0": PMTIQA(backbone="efficientnet_lite0", pretrained=True).eval()}
+    for name, model in models.items():
+        precs = ("fp32", "bf16")
+        res = {}
+        for prec in precs:
+            for maps in (False, True):
+                if args.quick and maps and prec == "bf16":
+                    continue
+                res[prec, maps] = _time(
+                    lambda m=model, pr=prec, mp=maps: score(img, m, "cpu", maps=mp, precision=pr),
+                    repeats)
+        for (prec, maps), t in res.items():
+            note = ""
+            if not maps:
+                est = t[1] / args.threads  # wall time without other load, if threads scale
+                note = (f"goal <= {goals[name]:.2f} s: wall {'met' if t[0] <= goals[name] else 'missed'}"
+                        f", CPU/threads {est:.3f} s {'met' if est <= goals[name] else 'missed'}")
+            elif (prec, False) in res:
+                ratio = t[1] / res[prec, False][1]
+                note = f"maps / score alone = {ratio:.2f} (goal <= 1.3)"
+            rows.append((f"score(method='fast') {name}, {prec}, maps {'on' if maps else 'off'}",
+                         t, note))
+
+    print(f"\n500 x 500 image ({n_crops} crops), {args.threads} threads, torch "
+          f"{torch.__version__}, median of {repeats}\n")
+    print("| measurement | wall s / image | CPU s / image (all threads) | note |")
+    print("|---|---|---|---|")
+    for label, (t, c), note in rows:
+        print(f"| {label} | {t:.3f} | {c:.3f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Measure a checkpoint honestly: held-out test sets, baselines, sanity and speed.
+
+Parts (``--parts``, comma-separated; default all):
+
+``livec``      SRCC/PLCC/KRCC on the LIVE-C test part (the seeded 80/20 split of train_default.py,
+               untouched by training and selection).
+``biq``        the same on the BIQ2021 Test split (2,000 images; reserved, reported once at the end).
+``brisque``    BRISQUE (the offline ``brisque`` package) on the same test images.
+``probe``      a linear probe: ridge regression on frozen ImageNet EfficientNet-Lite0 features
+               (global average of the last stage over the whole image), fitted on the same training
+               data (LIVE-C train part + BIQ2021 Train), ridge strength chosen on the validation parts.
+``sanity``     graded synthetic distortions (blur, noise, JPEG at 5 levels) of Kodak24 photos that
+               no model saw: the share of correctly ordered pairs (less distortion -> higher score).
+``fastcrops``  method="fast" versus method="crops" on the LIVE-C test part: mean/max absolute
+               difference and SRCC of both.
+``speed``      seconds per 500x500 image, this model next to the ResNet-50 paper model (random
+               weights), same process, 2 threads.
+
+Usage::
+
+    python scripts/evaluate_default.py --model runs/default/best.safetensors \
+        --livec ~/iqa-data/ChallengeDB_release --biq ~/iqa-data/BIQ2021 \
+        --kodak ~/iqa-data/pristine/testsets/Kodak24 --out docs/eval_default.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_pmt_iqa.data.crops import DecodeCache, load_rgb
+from napari_pmt_iqa.data.datasets import load_biq2021, load_livec, random_split
+from napari_pmt_iqa.data.distortions import DISTORTIONS, distort
+from napari_pmt_iqa.metrics import iqa_metrics
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.scoring import score
+from napari_pmt_iqa.weights import atomic_write_text, load_checkpoint
+
+
+def splits(livec_root, biq_root, split_seed=0):
+    livec = load_livec(livec_root)
+    trainval, test = random_split(livec, 0.2, seed=split_seed)
+    lc_train, lc_val = random_split(trainval, 0.1, seed=1000 + split_seed)
+    biq = load_biq2021(biq_root, "train")
+    bq_train, bq_val = random_split(biq, 0.05, seed=1000 + split_seed)
+    return livec, lc_train, lc_val, test, biq, bq_train, bq_val
+
+
+def model_scores(model, samples, cache, method="fast", precision="bf16"):
+    return [
+        score(np.asarray(cache.get(s.path)), model=model, device="cpu", method=method,
+              precision=precision, maps=False).score
+        for s in samples
+    ]
+
+
+def brisque_scores(samples, cache):
+    from brisque import BRISQUE
+
+    import brisque.brisque as bq_mod
+
+    # brisque 0.2.0 breaks on numpy >= 2 in scale_features (scalar conversion): patch it locally
+    orig = bq_mod.BRISQUE.scale_features if hasattr(bq_mod.BRISQUE, "scale_features") else None
+
+    def scale_features(self, features):
+        feats = np.array([np.asarray(f).ravel()[0] for f in features], dtype=np.float64)
+        return orig(self, feats) if orig else feats
+
+    if orig is not None:
+        bq_mod.BRISQUE.scale_features = scale_features
+    b = BRISQUE(url=False)
+    out = []
+    for s in samples:
+        img = np.asarray(cache.get(s.path))
+        try:
+            out.append(float(b.score(img)))
+        except Exception:
+            out.append(float("nan"))
+    return out
+
+
+@torch.inference_mode()
+def probe_features(samples, cache, backbone):
+    feats = []
+    for s in samples:
+        img = np.asarray(cache.get(s.path))
+        h, w = (img.shape[0] // 32) * 32, (img.shape[1] // 32) * 32
+        oy, ox = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        x = torch.from_numpy(np.ascontiguousarray(img[oy:oy + h, ox:ox + w])).permute(2, 0, 1)[None].float() / 255
+        x = (x - 0.5) / 0.5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f4 = backbone(x)[-1]
+        feats.append(f4.float().mean(dim=(2, 3))[0].numpy())
+    return np.stack(feats)
+
+
+def ridge_fit(X, y, alpha):
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mu) / sd
+    ym = y.mean()
+    A = Z.T @ Z + alpha * np.eye(Z.shape[1])
+    w = np.linalg.solve(A, Z.T @ (y - ym))
+    return lambda Xn: ((Xn - mu) / sd) @ w + ym
+
+
+def fmt(m):
+    return f"{m['srcc']:.3f} / {m['plcc']:.3f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint (needed by every part but brisque and probe)")
+    ap.add_argument("--livec", required=True)
+    ap.add_argument("--biq", required=True)
+    ap.add_argument("--kodak", default=None)
+    ap.add_argument("--parts", default="livec,biq,brisque,probe,sanity,fastcrops,speed")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None, help="debug: images per set")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/pmt-iqa-decoded"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    parts = set(args.parts.split(","))
+    cache = DecodeCache(args.cache)
+    model = load_checkpoint(args.model) if args.model else None
+    livec, lc_train, lc_val, lc_test, biq, bq_train, bq_val = splits(args.livec, args.biq)
+    bq_test = load_biq2021(args.biq, "test")
+    lim = args.limit
+    tests = {"LIVE-C test": (lc_test.samples[:lim], livec.scale), "BIQ2021 Test": (bq_test.samples[:lim], bq_test.scale)}
+    res: dict = {"model": args.model, "n": {k: len(v[0]) for k, v in tests.items()}}
+    t00 = time.time()
+
+    for key, part in (("LIVE-C test", "livec"), ("BIQ2021 Test", "biq")):
+        if part in parts:
+            samples, _ = tests[key]
+            t0 = time.time()
+            pred = model_scores(model, samples, cache)
+            res.setdefault("ours", {})[key] = iqa_metrics(pred, [s.mos for s in samples])
+            print(f"ours {key}: {fmt(res['ours'][key])} ({time.time() - t0:.0f} s)", flush=True)
+    if "brisque" in parts:
+        for key, (samples, _) in tests.items():
+            b = np.asarray(brisque_scores(samples, cache))
+            ok = np.isfinite(b)
+            res.setdefault("brisque", {})[key] = iqa_metrics(-b[ok], np.asarray([s.mos for s in samples])[ok])
+            print(f"BRISQUE {key}: {fmt(res['brisque'][key])} ({(~ok).sum()} failures)", flush=True)
+    if "probe" in parts:
+        bb = PMTIQA(backbone="efficientnet_lite0", pretrained=True).backbone.eval()
+        train = lc_train.samples[:lim] + bq_train.samples[:lim]
+        val = lc_val.samples[:lim] + bq_val.samples[:lim]
+        y_tr = np.array([livec.scale.to_internal(s.mos) if s in set(lc_train.samples) else biq.scale.to_internal(s.mos) for s in train])
+        lc_val_set = set(lc_val.samples)
+        y_va = np.array([livec.scale.to_internal(s.mos) if s in lc_val_set else biq.scale.to_internal(s.mos) for s in val])
+        t0 = time.time()
+        X_tr, X_va = probe_features(train, cache, bb), probe_features(val, cache, bb)
+        best = None
+        for alpha in (1, 10, 100, 1000, 10000):
+            f = ridge_fit(X_tr, y_tr, alpha)
+            m = iqa_metrics(f(X_va), y_va)["srcc"]
+            if best is None or m > best[0]:
+                best = (m, alpha, f)
+        res["probe_alpha"] = best[1]
+        for key, (samples, _) in tests.items():
+            p = best[2](probe_features(samples, cache, bb))
+            res.setdefault("probe", {})[key] = iqa_metrics(p, [s.mos for s in samples])
+            print(f"probe {key}: {fmt(res['probe'][key])} (alpha {best[1]}, {time.time() - t0:.0f} s)", flush=True)
+    if "sanity" in parts and args.kodak:
+        photos = sorted(Path(args.kodak).glob("*.png"))[:lim]
+        good = total = 0
+        per = {}
+        for kind in DISTORTIONS:
+            g = t = 0
+            for p in photos:
+                img = load_rgb(p)
+                s = [score(distort(img, kind, lv, seed=1), model=model, device="cpu", maps=False,
+                           precision="bf16").score for lv in range(1, 6)]
+                for i in range(5):
+                    for j in range(i + 1, 5):
+                        t += 1
+                        g += s[i] > s[j]
+            per[kind] = g / t
+            good += g
+            total += t
+        res["sanity"] = {"ordered_pairs": good / total, "per_kind": per, "photos": len(photos), "pairs": total}
+        print(f"sanity: {good}/{total} pairs ordered = {good / total:.3f} {per}", flush=True)
+    if "fastcrops" in parts:
+        samples = lc_test.samples[:lim]
+        f = np.array(model_scores(model, samples, cache, "fast", "fp32"))
+        c = np.array(model_scores(model, samples, cache, "crops", "fp32"))
+        mos = [s.mos for s in samples]
+        res["fast_vs_crops"] = {
+            "mean_abs_diff": float(np.mean(np.abs(f - c))), "max_abs_diff": float(np.max(np.abs(f - c))),
+            "fast": iqa_metrics(f, mos), "crops": iqa_metrics(c, mos), "n": len(samples),
+        }
+        print("fast vs crops:", json.dumps(res["fast_vs_crops"]), flush=True)
+    if "speed" in parts:
+        img = np.asarray(load_rgb(lc_test.samples[0].path))[:500, :500]
+        paper = PMTIQA(backbone="resnet50", pretrained=False).eval()
+        rows = {}
+        for name, m in (("default (lite0)", model), ("paper ResNet-50", paper)):
+            for prec in ("fp32", "bf16"):
+                score(img, model=m, device="cpu", precision=prec, maps=False)
+                ts = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    score(img, model=m, device="cpu", precision=prec, maps=False)
+                    ts.append(time.perf_counter() - t0)
+                rows[f"{name} {prec}"] = float(np.median(ts))
+        res["speed_s_per_500px"] = rows
+        print("speed:", rows, flush=True)
+    res["seconds"] = time.time() - t00
+    if args.out:
+        atomic_write_text(args.out, json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

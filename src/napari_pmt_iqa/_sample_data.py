@@ -1,0 +1,114 @@
+"""Sample data: scikit-image's bundled photos with graded synthetic distortions.
+
+Each sample is a stack whose first axis is the distortion level, from the untouched photo (level 0)
+to a strongly distorted one, so scoring the stack shows at once that worse images score worse (the
+stack plot of the Score widget falls from left to right). Generated at run time, offline, with fixed
+seeds; no torch.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+#: distortion -> (photo, levels, label of each level)
+GRADES = {
+    "blur": ("chelsea", (0.0, 1.0, 2.0, 3.5, 6.0), "Gaussian blur sigma {:g} px"),
+    "noise": ("coffee", (0.0, 0.03, 0.06, 0.12, 0.24), "Gaussian noise sigma {:g}"),
+    "jpeg": ("astronaut", (100, 40, 15, 7, 3), "JPEG quality {:g}"),
+}
+
+
+def _photo(name: str, max_side: int = 512) -> np.ndarray:
+    from skimage import data
+    from skimage.transform import rescale
+
+    img = getattr(data, name)()
+    f = max_side / max(img.shape[:2])
+    if f < 1:
+        img = rescale(img, f, channel_axis=-1, anti_aliasing=True, preserve_range=True)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def distort(img: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarray:
+    """Apply one synthetic distortion to a uint8 RGB image.
+
+    Parameters
+    ----------
+    img
+        ``(H, W, 3)`` uint8.
+    kind
+        ``"blur"`` (Gaussian, ``level`` = sigma in pixels), ``"noise"`` (additive Gaussian,
+        ``level`` = sigma on the 0-1 scale) or ``"jpeg"`` (``level`` = JPEG quality 1-100; 100
+        leaves the image untouched).
+    level
+        Strength; 0 (100 for JPEG) leaves the image unchanged.
+    seed
+        Seed of the noise.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W, 3)`` uint8.
+    """
+    if kind == "blur":
+        if level <= 0:
+            return img.copy()
+        from skimage.filters import gaussian
+
+        out = gaussian(img.astype(np.float32) / 255.0, sigma=float(level), channel_axis=-1)
+    elif kind == "noise":
+        rng = np.random.default_rng(seed)
+        out = img.astype(np.float32) / 255.0 + rng.normal(0.0, float(level), img.shape).astype(np.float32)
+    elif kind == "jpeg":
+        if level >= 100:
+            return img.copy()
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(level))
+        buf.seek(0)
+        return np.asarray(Image.open(buf).convert("RGB"))
+    else:
+        raise ValueError(f"Unknown distortion {kind!r}; use blur, noise or jpeg.")
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def graded_stack(kind: str, max_side: int = 512) -> tuple[np.ndarray, dict]:
+    """A ``(levels, H, W, 3)`` uint8 stack of one photo at graded levels of one distortion, and layer kwargs."""
+    photo, levels, label = GRADES[kind]
+    img = _photo(photo, max_side)
+    stack = np.stack([distort(img, kind, lv, seed=k) for k, lv in enumerate(levels)])
+    labels = [label.format(lv) for lv in levels]
+    kwargs = {
+        "name": f"{photo} ({kind}, {len(levels)} levels)",
+        "rgb": True,
+        "axis_labels": ("level", "y", "x"),
+        "metadata": {"pmt_iqa_sample": {"photo": photo, "distortion": kind, "levels": list(levels),
+                                        "labels": labels}},
+    }
+    return stack, kwargs
+
+
+def graded_blur() -> list[tuple]:
+    """napari sample: chelsea (the cat) at five levels of Gaussian blur."""
+    return [graded_stack("blur")]
+
+
+def graded_noise() -> list[tuple]:
+    """napari sample: coffee at five levels of Gaussian noise."""
+    return [graded_stack("noise")]
+
+
+def graded_jpeg() -> list[tuple]:
+    """napari sample: astronaut at five levels of JPEG compression."""
+    return [graded_stack("jpeg")]
+
+
+def photo_pair() -> list[tuple]:
+    """napari sample: one clean photo and a blurred, noisy copy, as two 2D layers."""
+    img = _photo("chelsea")
+    bad = distort(distort(img, "blur", 3.0), "noise", 0.08)
+    return [(img, {"name": "chelsea (clean)", "rgb": True}),
+            (bad, {"name": "chelsea (blur + noise)", "rgb": True, "visible": False})]

@@ -1,0 +1,406 @@
+"""The data-set widget: open an IQA data set, score it, compare the predictions with the MOS.
+
+Loading reads the annotations with :func:`napari_pmt_iqa.data.datasets.load_dataset` (generic CSV,
+LIVE-C, BIQ2021) and the images with :func:`napari_pmt_iqa.imaging.read_image` in a worker, up to a
+limit, as one layer per image or as one stack. Scoring runs :func:`napari_pmt_iqa.scoring.score` on
+every image in a worker; the scatter plot (predicted score against MOS) and SRCC/PLCC
+(:func:`napari_pmt_iqa.metrics.iqa_metrics`) update as the scores arrive. Clicking a point shows
+that image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._torch_guard import guard_triton
+from ._common import JobState, ModelChooser, error_text
+from .overlays import METADATA_KEY
+from .plot import ScatterPlot
+
+DATASET_KEY = "pmt_iqa_dataset"
+
+
+def _notify(msg: str, error: bool) -> None:
+    from napari.utils.notifications import show_error, show_warning
+
+    (show_error if error else show_warning)(msg)
+
+
+def load_job(path: str, layout: str, part: str, limit: int, state: JobState):
+    """Worker: read the annotations, then yield ``("image", k, array, sample)`` for each image.
+
+    Returns ``("ok", dataset, n_failed)``, ``("cancelled", reason)`` or ``("error", message)``.
+    """
+    try:
+        from ..data.datasets import load_dataset
+        from ..imaging import read_image
+
+        kwargs = {"part": part} if (layout == "biq2021" or (layout == "auto" and (Path(path) / "Train (Images and MOS).csv").exists())) else {}
+        ds = load_dataset(path, layout=layout, **kwargs)
+        samples = ds.samples[: max(1, int(limit))]
+        failed = []
+        state.progress(0, len(samples))
+        yield ("dataset", ds, len(samples))
+        for k, s in enumerate(samples):
+            if state.cancelled():
+                return ("cancelled", state.reason or "Loading was cancelled.")
+            try:
+                arr = read_image(s.path)
+            except Exception as exc:
+                failed.append(f"{s.path.name}: {error_text(exc)}")
+                continue
+            state.progress(k + 1, len(samples))
+            yield ("image", k, arr, s)
+        return ("ok", ds, failed)
+    except Exception as exc:
+        return ("error", error_text(exc))
+
+
+def score_all_job(images: list, model, device: str, memory_mb: float, rgb: list, state: JobState):
+    """Worker: yield ``("score", k, score, units)`` for each image; returns like :func:`load_job`."""
+    try:
+        from ..scoring import ScoringCancelled, get_model, score
+
+        net = get_model(model, device)
+        n = len(images)
+        state.progress(0, n)
+        for k, img in enumerate(images):
+            if state.cancelled():
+                return ("cancelled", state.reason or "Scoring was cancelled.")
+            if img is None:
+                yield ("score", k, float("nan"), "")
+                continue
+
+            def prog(done, total, k=k):
+                state.progress(k + done / max(total, 1), n)
+
+            try:
+                res = score(img, net, maps=False, memory_mb=memory_mb, rgb=rgb[k], progress=prog,
+                            cancel=state.cancelled)
+            except ScoringCancelled:
+                return ("cancelled", state.reason or "Scoring was cancelled.")
+            state.progress(k + 1, n)
+            yield ("score", k, float(res.score), res.units)
+        return ("ok", None, [])
+    except Exception as exc:
+        return ("error", error_text(exc))
+
+
+class DatasetWidget(QWidget):
+    """Open an IQA data set (CSV / LIVE-C / BIQ2021), score it, plot predicted against MOS.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        guard_triton()
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.state: JobState | None = None
+        self.last_error = ""
+        self.dataset = None
+        self.samples: list = []  # Sample of each loaded image
+        self.layers: list = []  # one layer per image (layer mode)
+        self.stack_layer = None  # the stack (stack mode)
+        self.mos = np.zeros(0)
+        self.pred = np.zeros(0)
+        self.metrics: dict = {}
+        self._images: list = []
+
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("data set folder or CSV")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit)
+        row.addWidget(browse)
+        self.layout_combo = QComboBox()
+        self.layout_combo.addItems(["auto", "csv", "livec", "biq2021"])
+        self.part_combo = QComboBox()
+        self.part_combo.addItems(["train", "test", "all"])
+        self.part_combo.setToolTip("BIQ2021 part")
+        self.limit_spin = QSpinBox()
+        self.limit_spin.setRange(1, 1_000_000)
+        self.limit_spin.setValue(50)
+        self.limit_spin.setToolTip("Load at most this many images (data sets have thousands)")
+        self.stack_check = QCheckBox("Load as one stack (images of equal size)")
+        self.load_button = QPushButton("Load")
+        self.chooser = ModelChooser(self)
+        self.score_button = QPushButton("Score all")
+        self.score_button.setEnabled(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.plot = ScatterPlot()
+        self.plot.x_label = "MOS"
+        self.plot.title = "predicted score vs MOS (click a point)"
+        self.metrics_label = QLabel()
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Data set", row)
+        form.addRow("Layout", self.layout_combo)
+        form.addRow("BIQ2021 part", self.part_combo)
+        form.addRow("Max. images", self.limit_spin)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.stack_check)
+        lay.addWidget(self.load_button)
+        lay.addWidget(self.chooser)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.score_button)
+        row2.addWidget(self.cancel_button)
+        lay.addLayout(row2)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.plot)
+        lay.addWidget(self.metrics_label)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(50)
+        self._timer.timeout.connect(self._poll)
+        self.load_button.clicked.connect(lambda: self.load())
+        self.score_button.clicked.connect(lambda: self.score_all())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        self.plot.clicked.connect(self.show_image)
+
+    # ------------------------------------------------------------------ helpers
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose an IQA data set folder")
+        if path:
+            self.path_edit.setText(path)
+
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def _message(self, text: str, error: bool = False, warn: bool = False) -> None:
+        self.status.setText(text)
+        if error or warn:
+            self.last_error = text
+            _notify(text, error)
+
+    def _poll(self) -> None:
+        if self.state is not None:
+            self.progress.setValue(int(1000 * self.state.fraction))
+
+    def _start(self, func, *args, on_yield, on_return, text: str) -> None:
+        from napari.qt.threading import create_worker
+
+        self.state = JobState()
+        self.last_error = ""
+        self.worker = create_worker(func, *args, self.state, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(on_yield)
+        self.worker.returned.connect(on_return)
+        self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
+        self.worker.finished.connect(self._on_finished)
+        for b in (self.load_button, self.score_button):
+            b.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(text)
+        self._timer.start()
+        self.worker.start()
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        self._poll()
+        self.worker = None
+        self.load_button.setEnabled(True)
+        self.score_button.setEnabled(bool(self.samples))
+        self.cancel_button.setEnabled(False)
+
+    def cancel(self, reason: str = "Cancelled.") -> None:
+        """Stop the running load or scoring at the next image (or tile)."""
+        if self.state is not None and self.is_running():
+            self.state.cancel(reason)
+            self.status.setText("Cancelling…")
+
+    # ------------------------------------------------------------------ loading
+    def load(self, path: str | None = None) -> None:
+        """Load the data set at ``path`` (default: the path field) in a worker."""
+        if self.is_running():
+            self._message("A job is running; wait or cancel it.", warn=True)
+            return
+        path = str(path or self.path_edit.text()).strip()
+        if not path:
+            self._message("Choose a data set folder (or CSV) first.", error=True)
+            return
+        self.path_edit.setText(path)
+        self.samples, self.layers, self.stack_layer, self._images = [], [], None, []
+        self.mos = np.zeros(0)
+        self.pred = np.zeros(0)
+        self.plot.set_points([], [])
+        self.metrics_label.setText("")
+        self._start(load_job, path, self.layout_combo.currentText(), self.part_combo.currentText(),
+                    self.limit_spin.value(), on_yield=self._on_loaded_item, on_return=self._on_loaded,
+                    text=f"Loading {path}…")
+
+    def _on_loaded_item(self, item) -> None:
+        if item[0] == "dataset":
+            self.dataset = item[1]
+            return
+        _, k, arr, sample = item
+        self.samples.append(sample)
+        self._images.append(arr)
+        if not self.stack_check.isChecked():
+            meta = {DATASET_KEY: {"mos": float(sample.mos), "path": str(sample.path),
+                                  "dataset": self.dataset.name, "units": self.dataset.scale.name, "index": len(self.samples) - 1}}
+            layer = self.viewer.add_image(arr, name=sample.path.name, metadata=meta,
+                                          visible=len(self.layers) == 0)
+            self.layers.append(layer)
+            self._images[-1] = None  # the layer holds it
+
+    def _on_loaded(self, out) -> None:
+        kind = out[0]
+        if kind == "error":
+            self._message(f"Could not load the data set: {out[1]}", error=True)
+            return
+        if kind == "cancelled":
+            self._message(f"{out[1]} {len(self.samples)} images were loaded.", warn=True)
+        failed = out[2] if kind == "ok" else []
+        self.mos = np.array([s.mos for s in self.samples], dtype=float)
+        self.pred = np.full(len(self.samples), np.nan)
+        if self.stack_check.isChecked() and self._images:
+            shapes = {a.shape for a in self._images}
+            if len(shapes) == 1:
+                meta = {DATASET_KEY: {"mos": self.mos.tolist(), "paths": [str(s.path) for s in self.samples],
+                                      "dataset": self.dataset.name, "units": self.dataset.scale.name}}
+                self.stack_layer = self.viewer.add_image(np.stack(self._images), name=f"{self.dataset.name} stack",
+                                                         metadata=meta)
+            else:
+                self._message(f"The images have {len(shapes)} different shapes; they were loaded as separate "
+                              "layers instead of one stack.", warn=True)
+                for k, (arr, s) in enumerate(zip(self._images, self.samples)):
+                    meta = {DATASET_KEY: {"mos": float(s.mos), "path": str(s.path), "dataset": self.dataset.name,
+                                          "units": self.dataset.scale.name, "index": k}}
+                    self.layers.append(self.viewer.add_image(arr, name=s.path.name, metadata=meta, visible=k == 0))
+            self._images = []
+        self.plot.x_label = f"MOS ({self.dataset.scale.name})" if self.dataset else "MOS"
+        if kind == "ok":
+            text = f"Loaded {len(self.samples)} of {len(self.dataset)} images of '{self.dataset.name}'."
+            if failed:
+                text += f" {len(failed)} could not be read (e.g. {failed[0]})."
+            self._message(text, warn=bool(failed))
+
+    # ------------------------------------------------------------------ scoring
+    def _current_images(self) -> tuple[list, list]:
+        if self.stack_layer is not None:
+            if self.stack_layer not in self.viewer.layers:
+                return [], []
+            data = np.asarray(self.stack_layer.data)
+            return [data[k] for k in range(data.shape[0])], [bool(self.stack_layer.rgb)] * data.shape[0]
+        images, rgb = [], []
+        for layer in self.layers:
+            ok = layer in self.viewer.layers
+            images.append(np.asarray(layer.data) if ok else None)
+            rgb.append(bool(layer.rgb) if ok else None)
+        return images, rgb
+
+    def score_all(self) -> None:
+        """Score every loaded image in a worker; the scatter plot fills in as scores arrive."""
+        if self.is_running():
+            self._message("A job is running; wait or cancel it.", warn=True)
+            return
+        if not self.samples:
+            self._message("Load a data set first.", error=True)
+            return
+        try:
+            model = self.chooser.require_model()
+        except Exception as exc:
+            self._message(error_text(exc), error=True)
+            return
+        images, rgb = self._current_images()
+        if not images or all(i is None for i in images):
+            self._message("The data set's layers were removed; load it again.", error=True)
+            return
+        missing = sum(i is None for i in images)
+        if missing:
+            self._message(f"{missing} of the data set's layers were removed; they are skipped.", warn=True)
+        self.pred = np.full(len(images), np.nan)
+        self._units = ""
+        self._start(score_all_job, images, model, self.chooser.device(), self.chooser.memory_mb(), rgb,
+                    on_yield=self._on_scored_item, on_return=self._on_scored,
+                    text=f"Scoring {len(images)} images…")
+
+    def _on_scored_item(self, item) -> None:
+        _, k, value, units = item
+        self.pred[k] = value
+        if units:
+            self._units = units
+        if self.stack_layer is None and k < len(self.layers) and self.layers[k] in self.viewer.layers:
+            self.layers[k].metadata[METADATA_KEY] = {"score": value, "units": units}
+        self._update_plot()
+
+    def _on_scored(self, out) -> None:
+        if out[0] == "error":
+            self._message(f"Scoring failed: {out[1]}", error=True)
+        elif out[0] == "cancelled":
+            self._message(f"{out[1]} {int(np.isfinite(self.pred).sum())} images were scored.", warn=True)
+        else:
+            self._message(f"Scored {int(np.isfinite(self.pred).sum())} images.")
+        if self.stack_layer is not None and self.stack_layer in self.viewer.layers:
+            self.stack_layer.metadata[METADATA_KEY] = {"scores": self.pred.tolist(), "units": self._units}
+        self._update_plot()
+
+    def _update_plot(self) -> None:
+        from ..metrics import iqa_metrics
+
+        self.plot.set_points(self.mos, self.pred)
+        self.plot.title = f"predicted ({self._units or 'model units'}) vs MOS (click a point)"
+        ok = np.isfinite(self.pred)
+        self.metrics = iqa_metrics(self.pred[ok], self.mos[ok])
+        m = self.metrics
+        if np.isfinite(m["srcc"]):
+            self.metrics_label.setText(f"SRCC {m['srcc']:.3f}   PLCC {m['plcc']:.3f}   (n = {m['n']})")
+        else:
+            self.metrics_label.setText(f"n = {m['n']} (SRCC/PLCC need at least 3 different scores)")
+
+    # ------------------------------------------------------------------ navigation
+    def show_image(self, index: int) -> None:
+        """Show image ``index``: select its layer (alone visible), or move the stack to its plane."""
+        if not 0 <= index < len(self.samples):
+            return
+        self.plot.set_selected(index)
+        s = self.samples[index]
+        pred = self.pred[index] if index < self.pred.size else np.nan
+        self.status.setText(f"{s.path.name}: MOS {s.mos:g}, predicted {pred:.3g}")
+        if self.stack_layer is not None and self.stack_layer in self.viewer.layers:
+            layer = self.stack_layer
+            axis = self.viewer.dims.ndim - layer.ndim
+            world = layer.data_to_world([index] + [0] * (layer.ndim - 1))
+            self.viewer.dims.set_point(axis, float(world[0]))
+            return
+        if index < len(self.layers) and self.layers[index] in self.viewer.layers:
+            for k, layer in enumerate(self.layers):
+                if layer in self.viewer.layers:
+                    layer.visible = k == index
+            self.viewer.layers.selection.active = self.layers[index]
+
+
+__all__ = ["DatasetWidget"]

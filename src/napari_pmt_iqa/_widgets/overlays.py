@@ -1,0 +1,296 @@
+"""Turn scoring results into napari layer data: names, geometry, colormaps, contrast limits.
+
+Qt-free (it imports napari's colormap classes only inside functions), so it is unit-tested without a
+display. The widgets call :func:`overlay_specs` and add each :class:`OverlaySpec` with
+:meth:`OverlaySpec.add_to`.
+
+Geometry
+--------
+:class:`~napari_pmt_iqa.scoring.MapGeometry` gives, in the image's pixel units, the size of a map
+cell (``scale`` = 32 px) and the position of the *top-left corner* of cell (0, 0)
+(``translate``, pixel-corner convention: pixel ``k`` spans ``[k, k + 1)``). napari puts pixel
+*centres* at integer data coordinates (pixel ``k`` spans ``[k - 0.5, k + 0.5]``), and draws a map
+cell ``i`` over ``translate + scale * (i -/+ 0.5)``. The centre of cell (0, 0) in the image's data
+coordinates is therefore ``translate + scale / 2 - 0.5``; :func:`map_transform` adds that and then
+applies the image layer's own ``scale`` and ``translate``, so a cell lies exactly over the 32 x 32
+pixels it describes, whatever the image layer's scale and offset. The maps are never upsampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Red (bad) to green (good), a colour-blind-tolerant RdYlGn-like ramp.
+QUALITY_COLORS = ("#a50026", "#f46d43", "#fee08b", "#a6d96a", "#1a9850")
+OVERLAY_KEY = "pmt_iqa_overlay"
+METADATA_KEY = "pmt_iqa"
+
+
+class LayerError(ValueError):
+    """A layer that cannot be scored, with a message that says why and what to do."""
+
+
+# --------------------------------------------------------------------------- input layers
+def check_image_layer(layer: Any) -> None:
+    """Raise :class:`LayerError` unless ``layer`` is a napari Image layer with numeric data.
+
+    Parameters
+    ----------
+    layer
+        Whatever the user picked.
+    """
+    from napari.layers import Image
+
+    if layer is None:
+        raise LayerError("No image layer is selected: open an image (or a sample) and pick it.")
+    if not isinstance(layer, Image):
+        raise LayerError(
+            f"'{layer.name}' is a {type(layer).__name__} layer, not an image: quality is scored on "
+            "Image layers. Pick an Image layer."
+        )
+    if OVERLAY_KEY in layer.metadata:
+        raise LayerError(
+            f"'{layer.name}' is a quality map made by this plugin, not an image: pick the image itself."
+        )
+
+
+def layer_image_data(layer: Any) -> np.ndarray:
+    """The full-resolution data of an Image layer as a numpy array (level 0 of a pyramid)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.asarray(data)
+
+
+def spatial_ndim(layer: Any) -> int:
+    """Number of non-channel axes of an Image layer (2 for a single plane)."""
+    return int(layer.ndim)
+
+
+# --------------------------------------------------------------------------- geometry
+def map_transform(
+    geometry: Any, layer_scale: Sequence[float], layer_translate: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """World ``scale`` and ``translate`` of a map layer over an image layer.
+
+    Parameters
+    ----------
+    geometry
+        A :class:`~napari_pmt_iqa.scoring.MapGeometry` (cell size and top-left corner of the first
+        cell in image pixels, pixel-corner convention; see the module docstring).
+    layer_scale, layer_translate
+        The image layer's ``scale`` and ``translate`` (all of its non-channel axes). Leading (stack)
+        axes are passed through unchanged.
+
+    Returns
+    -------
+    scale, translate
+        Tuples with one entry per image-layer axis, for the map layer.
+    """
+    ls = [float(v) for v in layer_scale]
+    lt = [float(v) for v in layer_translate]
+    gs = [float(v) for v in geometry.scale]
+    gt = [float(v) for v in geometry.translate]
+    scale = ls[:-2] + [gs[k] * ls[-2 + k] for k in range(2)]
+    centre = [gt[k] + gs[k] / 2.0 - 0.5 for k in range(2)]
+    translate = lt[:-2] + [lt[-2 + k] + ls[-2 + k] * centre[k] for k in range(2)]
+    return tuple(scale), tuple(translate)
+
+
+def cell_extent(geometry: Any, i: int, j: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Image-pixel extent ``((y0, y1), (x0, x1))`` of map cell ``(i, j)`` in napari's data coordinates."""
+    (sy, sx), (ty, tx) = map_transform(geometry, (1.0, 1.0), (0.0, 0.0))
+    return ((ty + sy * (i - 0.5), ty + sy * (i + 0.5)), (tx + sx * (j - 0.5), tx + sx * (j + 0.5)))
+
+
+# --------------------------------------------------------------------------- text
+def direction_word(higher_is_better: bool) -> str:
+    return "higher is better" if higher_is_better else "lower is better"
+
+
+def score_meaning(result: Any) -> str:
+    """One line that says what a score means: value, units, range and direction."""
+    lo, hi = result.score_range
+    return (
+        f"{result.score:.2f} {result.units} (range {lo:g} to {hi:g}, "
+        f"{direction_word(result.higher_is_better)})"
+    )
+
+
+def class_labels(edges: Sequence[float]) -> list[str]:
+    """``"[lo, hi)"`` labels of the quality classes from their edges in score units."""
+    return [f"{edges[k]:.3g}-{edges[k + 1]:.3g}" for k in range(len(edges) - 1)]
+
+
+def result_metadata(result: Any, model_name: str = "", device: str = "") -> dict:
+    """A JSON-serialisable summary for ``layer.metadata`` (``result.to_dict()`` and, for stacks, all planes)."""
+    if hasattr(result, "planes"):
+        d = {
+            "score": float(result.score),
+            "scores": np.asarray(result.scores, dtype=float).tolist(),
+            "stack_shape": list(result.shape),
+            "units": result.units,
+            "score_range": [float(v) for v in result.score_range],
+            "higher_is_better": bool(result.higher_is_better),
+            "planes": [p.to_dict() for p in result.planes],
+        }
+    else:
+        d = result.to_dict()
+    d["model"] = str(model_name)
+    d["device"] = str(device)
+    return d
+
+
+# --------------------------------------------------------------------------- colormaps
+def quality_colormap(higher_is_better: bool = True):
+    """napari Colormap from red (worse) to green (better), following the score's direction."""
+    from napari.utils.colormaps import Colormap
+
+    colors = QUALITY_COLORS if higher_is_better else QUALITY_COLORS[::-1]
+    name = "pmt-iqa quality" if higher_is_better else "pmt-iqa quality (lower better)"
+    return Colormap(list(colors), name=name)
+
+
+def class_colormap(num_classes: int, higher_is_better: bool = True):
+    """DirectLabelColormap: label ``k + 1`` (class ``k``) coloured from red (worst) to green (best)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    cmap = quality_colormap(higher_is_better)
+    colors: dict[int | None, Any] = {0: np.zeros(4, np.float32), None: np.zeros(4, np.float32)}
+    for k in range(num_classes):
+        t = (k + 0.5) / num_classes
+        colors[k + 1] = np.asarray(cmap.map(np.array([t]))[0], np.float32)
+    return DirectLabelColormap(color_dict=colors)
+
+
+# --------------------------------------------------------------------------- overlays
+@dataclass
+class OverlaySpec:
+    """One overlay layer to add: ``kind`` is ``"image"`` or ``"labels"``."""
+
+    key: str
+    kind: str
+    data: np.ndarray
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kwargs["name"]
+
+    def add_to(self, viewer: Any):
+        """Add this overlay to ``viewer`` and return the new layer."""
+        if self.kind == "labels":
+            return viewer.add_labels(self.data, **self.kwargs)
+        return viewer.add_image(self.data, **self.kwargs)
+
+
+def _stack(result: Any, attr: str) -> np.ndarray:
+    """The map ``attr`` of a ScoreResult, or of every plane of a StackResult, stacked."""
+    if hasattr(result, "planes"):
+        arrs = [getattr(p.maps, attr) for p in result.planes]
+        return np.stack(arrs).reshape(tuple(result.shape) + arrs[0].shape)
+    return getattr(result.maps, attr)
+
+
+def overlay_specs(
+    result: Any,
+    image_name: str,
+    layer_scale: Sequence[float],
+    layer_translate: Sequence[float],
+    affine: Any = None,
+    visible: Sequence[str] = ("quality",),
+) -> list[OverlaySpec]:
+    """Layer data of every map of a scoring result, registered to the image layer.
+
+    Parameters
+    ----------
+    result
+        A ScoreResult or StackResult computed with ``maps=True``.
+    image_name
+        The image layer's name (used in the overlay names and their metadata).
+    layer_scale, layer_translate
+        The image layer's ``scale`` and ``translate``.
+    affine
+        The image layer's extra ``affine`` (passed through so the overlays follow it).
+    visible
+        Keys of the overlays shown at first (``quality``, ``class``, ``confidence``, ``scale0``..``scale3``).
+
+    Returns
+    -------
+    list of OverlaySpec
+        Per task: ``quality`` (regression head, Image), ``class`` (classification head, Labels with
+        label = class + 1) and ``confidence`` (its probability, Image); per scale: ``scale0`` to
+        ``scale3`` (contribution of each multi-scale tap, Image).
+    """
+    first = result.planes[0] if hasattr(result, "planes") else result
+    if first.maps is None:
+        raise ValueError("The result has no maps; score with maps=True.")
+    geom = first.maps.geometry
+    if hasattr(result, "planes"):
+        for p in result.planes[1:]:
+            if tuple(p.maps.geometry.scale) != tuple(geom.scale) or tuple(p.maps.geometry.translate) != tuple(geom.translate):
+                raise ValueError("The planes of the stack have different map geometries.")
+    scale, translate = map_transform(geom, layer_scale, layer_translate)
+    lo, hi = (float(v) for v in first.score_range)
+    hib = bool(first.higher_is_better)
+    units = first.units
+    n_cls = len(first.class_probs)
+    base: dict[str, Any] = {"scale": scale, "translate": translate}
+    if affine is not None:
+        base["affine"] = affine
+
+    def meta(key: str, what: str) -> dict:
+        return {"metadata": {OVERLAY_KEY: {"source": image_name, "key": key, "what": what}}}
+
+    specs = [
+        OverlaySpec(
+            "quality", "image", _stack(result, "quality"),
+            {**base, "name": f"quality map, {units}, {direction_word(hib)} [{image_name}]",
+             "colormap": quality_colormap(hib), "contrast_limits": (lo, hi), "opacity": 0.6,
+             "blending": "translucent",
+             **meta("quality", "regression head: score of the 224 px crop centred on each 32 px cell")},
+        ),
+        OverlaySpec(
+            "class", "labels", (_stack(result, "class_map") + 1).astype(np.int32),
+            {**base, "name": f"class map, label = class + 1 of {n_cls} [{image_name}]",
+             "colormap": class_colormap(n_cls, hib), "opacity": 0.6,
+             **meta("class", "classification head: most likely quality class of each crop")},
+        ),
+        OverlaySpec(
+            "confidence", "image", _stack(result, "confidence"),
+            {**base, "name": f"class confidence, probability 0-1 [{image_name}]",
+             "colormap": "gray", "contrast_limits": (0.0, 1.0), "opacity": 0.6,
+             "blending": "translucent",
+             **meta("confidence", "probability of the most likely class of each crop")},
+        ),
+    ]
+    scale_maps = _stack(result, "scale_maps")  # (*lead, 4, ny, nx)
+    lim = float(np.nanmax(np.abs(scale_maps))) if scale_maps.size else 0.0
+    lim = lim if lim > 0 else max(1e-6, (hi - lo) / 100.0)
+    names = first.maps.tap_names
+    for t in range(scale_maps.shape[-3]):
+        specs.append(
+            OverlaySpec(
+                f"scale{t}", "image", np.ascontiguousarray(scale_maps[..., t, :, :]),
+                {**base, "name": f"scale map {t + 1}/4 {names[t]}, score change in {units} [{image_name}]",
+                 "colormap": "PiYG", "contrast_limits": (-lim, lim), "opacity": 0.6,
+                 "blending": "translucent",
+                 **meta(f"scale{t}", "crop score minus the score with this tap replaced by its image mean")},
+            )
+        )
+    for s in specs:
+        s.kwargs["visible"] = s.key in visible
+    return specs
+
+
+def is_overlay_of(layer: Any, image_name: str) -> bool:
+    """Whether ``layer`` is an overlay this plugin made for the image layer ``image_name``."""
+    info = getattr(layer, "metadata", {}).get(OVERLAY_KEY)
+    return bool(info) and info.get("source") == image_name
+
+
+def stack_axis_info(result: Any) -> tuple[int, ...]:
+    """The leading shape of a stack result (``()`` for a single image)."""
+    return tuple(result.shape) if hasattr(result, "planes") else ()

@@ -1,0 +1,232 @@
+"""Small QPainter plots (no matplotlib): a line plot with a cursor, a scatter plot, a bar chart.
+
+Each plot draws whatever values it holds and emits ``clicked(int)`` with the index of the sample
+nearest to a mouse click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+_AXIS = QColor(170, 170, 170)
+_LINE = QColor(80, 170, 255)
+_CURSOR = QColor(255, 200, 60)
+_POINT = QColor(80, 170, 255, 200)
+_NAN = QColor(120, 120, 120)
+
+
+def _nice_range(values: np.ndarray, fixed: tuple[float, float] | None = None) -> tuple[float, float]:
+    v = values[np.isfinite(values)] if values.size else values
+    if fixed is not None:
+        lo, hi = fixed
+    elif v.size == 0:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        pad = abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+class _PlotBase(QWidget):
+    """Margins, axes, labels and the value-to-pixel mapping shared by the plots."""
+
+    clicked = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None, height: int = 140) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(height)
+        self.setMinimumWidth(160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(height)
+        self.x_label = ""
+        self.y_label = ""
+        self.title = ""
+        self._xr = (0.0, 1.0)
+        self._yr = (0.0, 1.0)
+
+    def _area(self) -> QRectF:
+        return QRectF(58, 18, max(10, self.width() - 68), max(10, self.height() - 40))
+
+    def _to_px(self, x: float, y: float) -> QPointF:
+        a = self._area()
+        fx = (x - self._xr[0]) / (self._xr[1] - self._xr[0])
+        fy = (y - self._yr[0]) / (self._yr[1] - self._yr[0])
+        return QPointF(a.left() + fx * a.width(), a.bottom() - fy * a.height())
+
+    @staticmethod
+    def _fmt(v: float, span: float) -> str:
+        digits = max(0, min(6, int(-np.floor(np.log10(span))) + 2)) if span > 0 else 2
+        return f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"
+
+    def _draw_axes(self, p: QPainter) -> None:
+        a = self._area()
+        ys, xs = self._yr[1] - self._yr[0], self._xr[1] - self._xr[0]
+        p.setPen(QPen(_AXIS, 1))
+        p.drawRect(a)
+        f = p.font()
+        f.setPointSizeF(max(6.0, f.pointSizeF() * 0.8))
+        p.setFont(f)
+        p.drawText(QRectF(0, a.top() - 6, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[1], ys))
+        p.drawText(QRectF(0, a.bottom() - 8, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[0], ys))
+        p.drawText(QRectF(a.left(), a.bottom() + 2, 60, 14), Qt.AlignmentFlag.AlignLeft, self._fmt(self._xr[0], xs))
+        p.drawText(QRectF(a.right() - 60, a.bottom() + 2, 60, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._xr[1], xs))
+        p.drawText(QRectF(a.left() + 60, a.bottom() + 2, a.width() - 120, 14), Qt.AlignmentFlag.AlignHCenter, self.x_label)
+        p.drawText(QRectF(a.left(), 0, a.width(), 16), Qt.AlignmentFlag.AlignHCenter, self.title or self.y_label)
+
+
+class LinePlot(_PlotBase):
+    """Scores along a stack axis, with a cursor at the viewer's current index."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values = np.zeros(0)
+        self.current: int | None = None
+        self.y_range: tuple[float, float] | None = None
+
+    def set_values(self, values: Sequence[float], y_range: tuple[float, float] | None = None) -> None:
+        """Values to plot (NaN for not yet scored) and an optional fixed y range."""
+        self.values = np.asarray(values, dtype=float).ravel()
+        self.y_range = y_range
+        self.update()
+
+    def set_current(self, index: int | None) -> None:
+        """Move the cursor (the viewer's current plane)."""
+        if index != self.current:
+            self.current = index
+            self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        n = self.values.size
+        self._xr = (0.0, float(max(1, n - 1)))
+        self._yr = _nice_range(self.values, self.y_range)
+        self._draw_axes(p)
+        if self.current is not None and n:
+            p.setPen(QPen(_CURSOR, 1.5))
+            a = self._area()
+            x = self._to_px(self.current, self._yr[0]).x()
+            p.drawLine(QPointF(x, a.top()), QPointF(x, a.bottom()))
+        p.setPen(QPen(_LINE, 1.8))
+        prev = None
+        for i, v in enumerate(self.values):
+            if not np.isfinite(v):
+                prev = None
+                continue
+            pt = self._to_px(i, v)
+            if prev is not None:
+                p.drawLine(prev, pt)
+            p.setBrush(_LINE)
+            p.drawEllipse(pt, 2.5, 2.5)
+            prev = pt
+        p.end()
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        n = self.values.size
+        if not n:
+            return
+        a = self._area()
+        fx = (event.position().x() - a.left()) / max(1.0, a.width())
+        self.clicked.emit(int(np.clip(round(fx * max(1, n - 1)), 0, n - 1)))
+
+
+class ScatterPlot(_PlotBase):
+    """Predicted score (y) against MOS (x); click a point to select it."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, height=220)
+        self.x = np.zeros(0)
+        self.y = np.zeros(0)
+        self.selected: int | None = None
+
+    def set_points(self, x: Sequence[float], y: Sequence[float]) -> None:
+        """Points to plot; NaN entries (not yet scored) are left out."""
+        self.x = np.asarray(x, dtype=float).ravel()
+        self.y = np.asarray(y, dtype=float).ravel()
+        self._update_ranges()
+        self.update()
+
+    def _update_ranges(self) -> np.ndarray:
+        ok = np.isfinite(self.x) & np.isfinite(self.y)
+        self._xr = _nice_range(self.x[ok])
+        self._yr = _nice_range(self.y[ok])
+        return ok
+
+    def point_position(self, index: int) -> QPointF:
+        """Widget coordinates of point ``index``."""
+        self._update_ranges()
+        return self._to_px(self.x[index], self.y[index])
+
+    def set_selected(self, index: int | None) -> None:
+        self.selected = index
+        self.update()
+
+    def point_at(self, px: float, py: float, radius: float = 12.0) -> int | None:
+        """Index of the plotted point nearest to the widget position (px, py), within ``radius``."""
+        ok = self._update_ranges()
+        if not ok.any():
+            return None
+        best, best_d = None, radius
+        for i in np.flatnonzero(ok):
+            q = self._to_px(self.x[i], self.y[i])
+            d = float(np.hypot(q.x() - px, q.y() - py))
+            if d <= best_d:
+                best, best_d = int(i), d
+        return best
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        ok = self._update_ranges()
+        self._draw_axes(p)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(_POINT)
+        for i in np.flatnonzero(ok):
+            p.drawEllipse(self._to_px(self.x[i], self.y[i]), 3.0, 3.0)
+        if self.selected is not None and 0 <= self.selected < self.x.size and ok[self.selected]:
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.setPen(QPen(_CURSOR, 2))
+            p.drawEllipse(self._to_px(self.x[self.selected], self.y[self.selected]), 6.0, 6.0)
+        p.end()
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        pos = event.position()
+        idx = self.point_at(pos.x(), pos.y())
+        if idx is not None:
+            self.set_selected(idx)
+            self.clicked.emit(idx)
+
+
+class BarPlot(_PlotBase):
+    """Class probabilities as bars (worst class left)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, height=110)
+        self.values = np.zeros(0)
+        self.colors: list[QColor] = []
+
+    def set_values(self, values: Sequence[float], colors: Sequence[Sequence[float]] | None = None) -> None:
+        self.values = np.asarray(values, dtype=float).ravel()
+        self.colors = [QColor.fromRgbF(*[float(c) for c in col[:3]]) for col in (colors or [])]
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        n = self.values.size
+        self._xr = (0.0, float(max(1, n)))
+        self._yr = (0.0, max(1e-6, float(self.values.max()) if n else 1.0))
+        self._draw_axes(p)
+        p.setPen(Qt.PenStyle.NoPen)
+        for i, v in enumerate(self.values):
+            p.setBrush(self.colors[i] if i < len(self.colors) else _LINE)
+            top = self._to_px(i + 0.1, v)
+            bottom = self._to_px(i + 0.9, 0.0)
+            p.drawRect(QRectF(top, bottom))
+        p.end()

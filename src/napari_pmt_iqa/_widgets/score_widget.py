@@ -1,0 +1,404 @@
+"""The Score widget: score an Image layer (2D or a stack), show what the score means, add the maps.
+
+The widget is thin: the work is :func:`napari_pmt_iqa.scoring.score`, run in a napari thread worker
+(a generator that yields each scored plane); the layer data of the maps comes from
+:mod:`.overlays`. The worker reports tile progress through a :class:`~._common.JobState` that a
+timer on the GUI thread reads, and polls it for cancellation between tiles.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._torch_guard import guard_triton
+from ._common import JobState, ModelChooser, error_text
+from .overlays import (
+    METADATA_KEY,
+    OVERLAY_KEY,
+    check_image_layer,
+    class_colormap,
+    class_labels,
+    is_overlay_of,
+    layer_image_data,
+    overlay_specs,
+    result_metadata,
+    score_meaning,
+)
+from .plot import BarPlot, LinePlot
+
+
+def _notify_error(msg: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(msg)
+
+
+def _notify_warning(msg: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(msg)
+
+
+def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool, state: JobState):
+    """Generator run in the worker: yields ``("model", net)``, then ``("plane", k, result)`` per plane.
+
+    Returns ``("ok", result, seconds)``, ``("cancelled", reason)`` or ``("error", message)``; it never
+    raises, so no traceback dialog can appear.
+    """
+    try:
+        from ..scoring import ScoringCancelled, StackResult, get_model, iter_planes, score
+
+        t0 = time.perf_counter()
+        net = get_model(model, device)
+        yield ("model", net)
+        planes, lead = iter_planes(data, rgb=rgb)
+        n = len(planes)
+        kwargs = dict(maps=maps, memory_mb=memory_mb, cancel=state.cancelled)
+        if not lead:
+            res = score(planes[0], net, channel_axis=-1, progress=state.progress, **kwargs)
+            return ("ok", res, time.perf_counter() - t0)
+        results = []
+        state.progress(0, n)
+        for k in range(n):
+            if state.cancelled():
+                raise ScoringCancelled("scoring was cancelled")
+
+            def prog(done, total, k=k):
+                state.progress(k + done / max(total, 1), n)
+
+            results.append(score(planes[k], net, channel_axis=-1, progress=prog, **kwargs))
+            state.progress(k + 1, n)
+            yield ("plane", k, results[-1])
+        r0 = results[0]
+        res = StackResult(results, tuple(lead), r0.units, r0.score_range, r0.higher_is_better)
+        return ("ok", res, time.perf_counter() - t0)
+    except ScoringCancelled:
+        return ("cancelled", state.reason or "Scoring was cancelled.")
+    except Exception as exc:  # every failure becomes a message in the viewer
+        return ("error", error_text(exc))
+
+
+class ScoreWidget(QWidget):
+    """Score the quality of an Image layer and show the score, the class probabilities and the maps.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        guard_triton()
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.state: JobState | None = None
+        self.result = None
+        self.last_error = ""
+        self.last_seconds = float("nan")
+        self._layer = None  # layer being scored
+        self._scored_layer = None  # layer of self.result
+        self._stack_axis: int | None = None
+
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The Image layer to score (2D grayscale/RGB or a stack)")
+        self.chooser = ModelChooser(self)
+        self.maps_check = QCheckBox("Add quality maps as layers")
+        self.maps_check.setChecked(True)
+        self.score_button = QPushButton("Score")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.score_label = QLabel("Pick an image layer and press Score.")
+        self.score_label.setWordWrap(True)
+        self.class_label = QLabel()
+        self.class_label.setWordWrap(True)
+        self.class_plot = BarPlot()
+        self.class_plot.title = "class probabilities (worst to best)"
+        self.class_plot.setVisible(False)
+        self.stack_plot = LinePlot()
+        self.stack_plot.setVisible(False)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image", self.layer_combo)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.chooser)
+        lay.addWidget(self.maps_check)
+        row = QHBoxLayout()
+        row.addWidget(self.score_button)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.score_label)
+        lay.addWidget(self.class_plot)
+        lay.addWidget(self.class_label)
+        lay.addWidget(self.stack_plot)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(50)
+        self._timer.timeout.connect(self._poll_progress)
+
+        self.score_button.clicked.connect(self.score)
+        self.cancel_button.clicked.connect(lambda: self.cancel("Scoring was cancelled."))
+        self.stack_plot.clicked.connect(self._jump_to_plane)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.viewer.layers.events.moved.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._follow_slice)
+        self._refresh_layers()
+        # models fine-tuned in the GUI (fine-tune widget) are offered and selected at once
+        from .training_worker import model_trained
+
+        model_trained.connect(self._on_model_trained)
+
+    def _on_model_trained(self, path: str, meta: dict | None = None) -> None:
+        """A model was fine-tuned in the GUI: add it to the model list and select it."""
+        from .training_worker import model_trained
+
+        try:
+            self.chooser.add_model(path)
+        except RuntimeError:  # this widget's Qt side is gone (its viewer was closed)
+            model_trained.disconnect(self._on_model_trained, missing_ok=True)
+        except Exception as exc:
+            self._message(f"Could not offer the trained model {path}: {error_text(exc)}", warn=True)
+
+    # ------------------------------------------------------------------ layers
+    def _image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and OVERLAY_KEY not in lay.metadata]
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.layer_combo.currentText()
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        names = [lay.name for lay in self._image_layers()]
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        elif names:
+            active = self.viewer.layers.selection.active
+            if active is not None and active.name in names:
+                self.layer_combo.setCurrentText(active.name)
+        self.layer_combo.blockSignals(False)
+
+    def selected_layer(self):
+        """The layer to score: the one in the combo box, else the viewer's active layer."""
+        name = self.layer_combo.currentText()
+        if name and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        return self.viewer.layers.selection.active
+
+    def _on_removed(self, event) -> None:
+        layer = event.value
+        if self.is_running() and layer == self._layer:
+            self.cancel(f"The layer '{layer.name}' was removed while it was being scored; scoring stopped.")
+        if layer == self._scored_layer:
+            self._scored_layer = None
+            self.stack_plot.setVisible(False)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------ running
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def score(self, layer=None) -> None:
+        """Start scoring ``layer`` (default: the selected one) in a background worker."""
+        if self.is_running():
+            self._message("Scoring is already running; wait or cancel it.", warn=True)
+            return
+        layer = self.selected_layer() if layer is None or isinstance(layer, bool) else layer
+        try:
+            check_image_layer(layer)
+            model = self.chooser.require_model()
+            data = layer_image_data(layer)
+        except Exception as exc:
+            self._message(error_text(exc), error=True)
+            return
+        from napari.qt.threading import create_worker
+
+        self._layer = layer
+        self.state = JobState()
+        self.last_error = ""
+        self._partial: list[float] = []
+        self.worker = create_worker(
+            score_job, data, bool(layer.rgb), model, self.chooser.device(), self.chooser.memory_mb(),
+            self.maps_check.isChecked(), self.state, _start_thread=False, _ignore_errors=True,
+        )
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
+        self.worker.finished.connect(self._on_finished)
+        self.score_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(f"Scoring '{layer.name}'…")
+        self._timer.start()
+        self.worker.start()
+
+    def cancel(self, reason: str = "Scoring was cancelled.") -> None:
+        """Ask the running worker to stop at its next tile."""
+        if self.state is not None and self.is_running():
+            self.state.cancel(reason)
+            self.status.setText("Cancelling…")
+
+    def _poll_progress(self) -> None:
+        if self.state is not None:
+            self.progress.setValue(int(1000 * self.state.fraction))
+
+    def _on_yielded(self, item) -> None:
+        if item[0] == "plane" and self._layer is not None:
+            res = item[2]
+            self._partial.append(res.score)
+            lead = self._lead_shape(self._layer)
+            vals = np.full(int(np.prod(lead)), np.nan)
+            vals[: len(self._partial)] = self._partial
+            self._show_stack_plot(vals.reshape(lead), res.score_range, res.units)
+
+    def _on_returned(self, out) -> None:
+        kind = out[0]
+        if kind == "ok":
+            self.last_seconds = out[2]
+            self._show_result(out[1], self._layer)
+        elif kind == "cancelled":
+            self._message(out[1], warn=True)
+        else:
+            self._message(f"Scoring failed: {out[1]}", error=True)
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        self._poll_progress()
+        self.worker = None
+        self._layer = None
+        self.score_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ------------------------------------------------------------------ results
+    def _message(self, text: str, error: bool = False, warn: bool = False) -> None:
+        self.status.setText(text)
+        if error:
+            self.last_error = text
+            _notify_error(text)
+        elif warn:
+            self.last_error = text
+            _notify_warning(text)
+
+    @staticmethod
+    def _lead_shape(layer) -> tuple[int, ...]:
+        shape = (layer.data[0] if layer.multiscale else layer.data).shape
+        return tuple(shape[: layer.ndim - 2])
+
+    def _show_result(self, result, layer) -> None:
+        if layer is None or layer not in self.viewer.layers:
+            self._message("The scored layer is gone; the result was discarded.", warn=True)
+            return
+        self.result = result
+        self._scored_layer = layer
+        first = result.planes[0] if hasattr(result, "planes") else result
+        layer.metadata[METADATA_KEY] = result_metadata(result, self.chooser.current_model() or "", self.chooser.device())
+        prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
+        self.score_label.setText(f"<b>{prefix}{score_meaning(result)}</b>")
+        probs = np.mean([p.class_probs for p in result.planes], axis=0) if hasattr(result, "planes") else result.class_probs
+        labels = class_labels(first.class_edges)
+        cmap = class_colormap(len(probs), first.higher_is_better)
+        self.class_plot.set_values(probs, [cmap.color_dict[k + 1] for k in range(len(probs))])
+        self.class_plot.setVisible(True)
+        top = int(np.argmax(probs))
+        self.class_label.setText(
+            f"Most likely class {top + 1} of {len(probs)} ({labels[top]} {first.units}), p = {probs[top]:.2f}. "
+            + ", ".join(f"{labels[k]}: {probs[k]:.2f}" for k in range(len(probs)))
+        )
+        if hasattr(result, "planes"):
+            self._show_stack_plot(result.scores, result.score_range, result.units)
+        else:
+            self.stack_plot.setVisible(False)
+        if first.maps is not None:
+            self.add_overlays(result, layer)
+        self.status.setText(f"Scored '{layer.name}' in {self.last_seconds:.2f} s.")
+
+    def add_overlays(self, result, layer) -> list:
+        """Replace this image's overlays by the maps of ``result``; returns the new layers."""
+        for old in [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]:
+            self.viewer.layers.remove(old)
+        affine = layer.affine.affine_matrix
+        affine = None if np.allclose(affine, np.eye(affine.shape[0])) else affine
+        specs = overlay_specs(result, layer.name, layer.scale, layer.translate, affine)
+        selection = list(self.viewer.layers.selection)
+        added = [spec.add_to(self.viewer) for spec in specs]
+        self.viewer.layers.selection.clear()
+        for lay in selection:
+            if lay in self.viewer.layers:
+                self.viewer.layers.selection.add(lay)
+        return added
+
+    # ------------------------------------------------------------------ stack plot
+    def _show_stack_plot(self, scores: np.ndarray, score_range, units: str) -> None:
+        scores = np.asarray(scores, dtype=float)
+        self.stack_plot.y_label = f"score ({units})"
+        self._stack_scores = scores
+        self.stack_plot.setVisible(True)
+        self._follow_slice()
+
+    def _layer_index(self, layer) -> np.ndarray:
+        coords = layer.world_to_data(self.viewer.dims.point)
+        return np.asarray(np.round(coords), dtype=int)
+
+    def _follow_slice(self, event=None) -> None:
+        layer = self._scored_layer if self._scored_layer is not None else self._layer
+        scores = getattr(self, "_stack_scores", None)
+        if layer is None or scores is None or self.stack_plot.isHidden() or layer not in self.viewer.layers:
+            return
+        idx = self._layer_index(layer)
+        lead = scores.shape
+        if len(lead) == 1:
+            axis, values = 0, scores
+        else:  # two leading axes: plot along the last one at the current index of the first
+            i0 = int(np.clip(idx[0], 0, lead[0] - 1))
+            axis, values = 1, scores[i0]
+        self._stack_axis = axis
+        self.stack_plot.x_label = f"plane (axis {axis})"
+        self.stack_plot.set_values(values)
+        cur = int(idx[axis])
+        self.stack_plot.set_current(cur if 0 <= cur < len(values) else None)
+
+    def _jump_to_plane(self, index: int) -> None:
+        layer = self._scored_layer
+        if layer is None or self._stack_axis is None or layer not in self.viewer.layers:
+            return
+        world_axis = self.viewer.dims.ndim - layer.ndim + self._stack_axis
+        data_point = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
+        data_point[self._stack_axis] = index
+        world = layer.data_to_world(data_point)
+        self.viewer.dims.set_point(world_axis, float(world[self._stack_axis]))
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.cancel("The widget was closed.")
+        from .training_worker import model_trained
+
+        model_trained.disconnect(self._on_model_trained, missing_ok=True)
+        super().closeEvent(event)
+
+
+__all__ = ["ScoreWidget", "score_job"]

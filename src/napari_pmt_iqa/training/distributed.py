@@ -1,0 +1,144 @@
+"""Multi-process helpers (torchrun / PyTorch distributed) shared by training and scoring.
+
+Training needs nothing from here: :func:`napari_pmt_iqa.training.train` detects ``WORLD_SIZE > 1``
+itself. :func:`distributed_score_files` scores many files with every process taking its share;
+rank 0 gathers the rows and writes one CSV::
+
+    torchrun --nproc-per-node 4 -m napari_pmt_iqa score ...   # calls distributed_score_files
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: Columns of the rows of :func:`distributed_score_files` (the ``pmt-iqa score`` CSV), in order.
+SCORE_COLUMNS = ("path", "plane", "score", "units", "predicted_class", "n_crops", "error")
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` outside torchrun)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    """True under torchrun with more than one process."""
+    return world()[1] > 1
+
+
+def _rows(path: str, result) -> list[dict]:
+    planes = getattr(result, "planes", None)
+    stack = planes is not None
+    out = []
+    for k, r in enumerate(planes if stack else [result]):
+        out.append({
+            "path": path, "plane": k if stack else "", "score": f"{r.score:.4f}", "units": r.units,
+            "predicted_class": r.predicted_class, "n_crops": r.n_crops, "error": "",
+        })
+    return out
+
+
+def _error_row(path: str, error: str) -> dict:
+    return {"path": path, "plane": "", "score": "", "units": "", "predicted_class": "",
+            "n_crops": "", "error": error}
+
+
+def write_rows_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS) -> Path:
+    """Write rows to a CSV file atomically."""
+    from ..weights import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def distributed_score_files(
+    paths: Sequence[str | os.PathLike],
+    model=None,
+    *,
+    device: str = "auto",
+    out_csv: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    method: str = "fast",
+    memory_mb: float = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict] | None:
+    """Score image files, each process of a torchrun job taking every ``world``-th file.
+
+    Works without torchrun too (one process scores everything). Files that cannot be read or
+    scored give a row with an empty score and the reason in ``error``; they never stop the run.
+    Rows have the columns of the ``pmt-iqa score`` CSV (:data:`SCORE_COLUMNS`): one row per
+    plane, ``score`` formatted with 4 decimals, ``plane`` empty for a 2D image.
+
+    Parameters
+    ----------
+    paths
+        The image files, in the order the CSV keeps.
+    model
+        ``None`` (default model), a registered name, a checkpoint path or a loaded PMTIQA.
+    device
+        ``"auto"``: under torchrun with GPUs, this process's local GPU (``LOCAL_RANK``).
+    out_csv
+        Where rank 0 writes the merged rows (atomically), columns :data:`SCORE_COLUMNS`.
+    precision, method, memory_mb
+        As in :func:`napari_pmt_iqa.scoring.score` (maps are not computed).
+    progress
+        ``progress(done, total)`` over this process's share.
+
+    Returns
+    -------
+    list of dict or None
+        The merged rows in input order on rank 0; ``None`` on the other ranks.
+    """
+    from ..imaging import ImageError, read_image
+    from ..scoring import get_model, score
+    from .trainer import _setup_distributed
+
+    d, dev = _setup_distributed(device)
+    try:
+        net = get_model(model, str(dev))
+        paths = [str(p) for p in paths]
+        mine = list(range(d.rank, len(paths), d.world))
+        rows: list[tuple[int, dict]] = []
+        for k, i in enumerate(mine):
+            p = paths[i]
+            try:
+                r = score(read_image(p), model=net, device=str(dev), maps=False,
+                          precision=precision, method=method, memory_mb=memory_mb)
+                rows.append((i, _rows(p, r)))
+            except (ImageError, OSError, ValueError) as exc:
+                rows.append((i, [_error_row(p, str(exc))]))
+            if progress:
+                progress(k + 1, len(mine))
+        if d.active:
+            import torch.distributed as dist
+
+            gathered: list = [None] * d.world
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if not d.main:
+            return None
+        merged = [r for _, part in sorted(rows, key=lambda t: t[0]) for r in part]
+        if out_csv is not None:
+            write_rows_csv(out_csv, merged)
+        return merged
+    finally:
+        if d.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -1,0 +1,1103 @@
+"""The PMT-IQA trainer: a plain PyTorch loop with the paper's recipe as its default.
+
+Recipe (defaults of :class:`TrainConfig`)
+-----------------------------------------
+* Adam, ``lr`` 1e-4 for the backbone and ``head_lr`` (10 x ``lr``) for the new layers, weight
+  decay 5e-4; step decay: both divided by 10 every ``lr_step`` (6) epochs, as the authors do.
+* The progressive multi-task (PMT) schedule: ``w_reg = t/(E-1)``, ``w_cls = 1 - w_reg`` at epoch
+  ``t`` of ``E``; ``progressive=False`` uses constant weights ``loss_weights`` instead.
+* ``batch_size`` images per optimiser step (global: the same with any number of processes), each
+  giving ``crops_per_image`` random 224 crops with random horizontal flips.
+* Validation on a part carved out of the training data (``val_fraction``, by content where a data
+  set has it), scored with the deterministic crop grid of :func:`napari_pmt_iqa.scoring.score`;
+  SRCC, PLCC and KRCC each epoch. ``best.safetensors`` is the epoch with the best validation SRCC
+  (never a test split). Without a validation part (fewer than 3 images), the last epoch is kept.
+
+Files written to ``out_dir`` (atomically, rank 0 only): ``best.safetensors``, ``last.safetensors``
+(the checkpoint format of :mod:`napari_pmt_iqa.weights`) and ``state.pt`` (model, optimiser, scaler,
+epoch, batch within the epoch, running sums, RNG states; loadable with ``weights_only=True``).
+
+Stop, pause, resume: ``control.request_stop()`` ends training before the next batch and writes
+``state.pt`` at that point; ``TrainConfig(resume=".../state.pt")`` continues exactly there (the
+crops and order of an epoch depend only on the seed and the epoch, so a resumed run gives the same
+weights as an uninterrupted one).
+
+Multi-process (``torchrun``): with ``WORLD_SIZE > 1`` in the environment the same :func:`train`
+uses DistributedDataParallel (NCCL on GPUs, gloo on CPUs); each process trains on its contiguous
+part of every global batch and scores its share of the validation images; metrics are gathered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .events import (
+    BatchEnd,
+    CheckpointSaved,
+    Control,
+    DataIssue,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    Paused,
+    Preparing,
+    Resumed,
+    Started,
+    Stopped,
+)
+
+STATE_FORMAT = 1
+#: Images with more pixels than this are scored one by one (tiled), not batched, in evaluation.
+BATCH_EVAL_MAX_PIXELS = 1024 * 1024
+
+
+class TrainingError(RuntimeError):
+    """Training could not start or go on; ``str(exc)`` says why, ``exc.hint`` what to do."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message if not hint else f"{message} {hint}")
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the paper's recipe.
+
+    Parameters
+    ----------
+    data
+        A data set folder or CSV (see :func:`~napari_pmt_iqa.data.datasets.load_dataset`), an
+        :class:`~napari_pmt_iqa.data.datasets.IQADataset`, or a list of ``(array_or_path, mos)``
+        pairs (images rated in napari). Samples whose ``split`` is ``"test"`` are never used;
+        ``"val"`` samples, when present, are the validation part.
+    layout
+        ``"auto"``, ``"csv"``, ``"livec"`` or ``"biq2021"`` (for a path).
+    score_scale
+        The units of the scores: a ``ScoreScale``, a dict, or ``(low, high[, higher_is_better])``.
+        ``None``: the data set's own (LIVE-C 0-100, BIQ2021 0-1) or inferred; for in-memory pairs
+        fine-tuning a checkpoint, the checkpoint's when all scores fall in it.
+    out_dir
+        Where checkpoints go (created). ``None``: a new folder under the cache folder.
+    init
+        ``None``: an ImageNet backbone (``backbone``, ``pretrained``); otherwise a registered model
+        name or a checkpoint path to fine-tune.
+    epochs, batch_size, crops_per_image
+        Epochs; images per optimiser step (over all processes); random crops per image.
+    lr, head_lr, weight_decay, lr_step
+        Adam learning rates of the backbone and of the heads (``None``: ``10 * lr``); decay; both
+        rates are divided by 10 every ``lr_step`` epochs (0: never).
+    freeze_backbone
+        Train the heads only (backbone fixed, its batch-norm statistics too).
+    progressive, loss_weights
+        The PMT schedule, or constant ``(w_reg, w_cls)`` weights when ``progressive`` is False.
+    precision
+        ``"fp32"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU, with gradient scaling).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (under torchrun: the local GPU).
+    val_fraction, seed
+        Share of the training data kept for validation; seed of the split, crops, order and init.
+    num_workers
+        DataLoader worker processes (0: decode in the main process; images that fit in
+        ``cache_mb`` are decoded only once anyway).
+    resume
+        A ``state.pt`` (or the folder holding it) to continue from.
+    max_batches
+        At most this many batches per epoch (quick runs, tests).
+    limit
+        Use a seeded random subset of this many images of the data (quick runs).
+    """
+
+    data: Any = None
+    layout: str = "auto"
+    score_scale: Any = None
+    out_dir: str | os.PathLike | None = None
+    init: str | os.PathLike | None = None
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    epochs: int = 10
+    batch_size: int = 8
+    crops_per_image: int = 1
+    lr: float = 1e-4
+    head_lr: float | None = None
+    weight_decay: float = 5e-4
+    freeze_backbone: bool = False
+    progressive: bool = True
+    loss_weights: tuple[float, float] = (1.0, 1.0)
+    lr_step: int = 6
+    precision: str = "fp32"
+    device: str = "auto"
+    val_fraction: float = 0.2
+    seed: int = 0
+    num_workers: int = 0
+    resume: str | os.PathLike | None = None
+    max_batches: int | None = None
+    limit: int | None = None
+    flip: bool = True
+    cache_mb: float = 2048
+    max_bad_fraction: float = 0.1
+    eval_batch_size: int = 8
+    description: str = ""
+
+    def recipe(self) -> dict:
+        """The settings as plain JSON data (for checkpoint metadata)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "data":
+                v = _describe_data(v)
+            elif f.name == "score_scale" and v is not None and hasattr(v, "to_dict"):
+                v = v.to_dict()
+            elif isinstance(v, os.PathLike):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        out["head_lr"] = self.head_lr if self.head_lr is not None else 10 * self.lr
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    best_path: str | None
+    last_path: str | None
+    state_path: str | None
+    best_val: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    out_dir: str | None = None
+    n_train: int = 0
+    n_val: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+def _describe_data(data) -> Any:
+    if data is None:
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    if hasattr(data, "samples") and hasattr(data, "name"):
+        return {"dataset": data.name, "root": str(data.root) if data.root else None, "n": len(data)}
+    try:
+        return {"in_memory_pairs": len(data)}
+    except TypeError:
+        return repr(data)[:80]
+
+
+def _to_scale(value):
+    from ..model.losses import ScoreScale
+
+    if value is None or isinstance(value, ScoreScale):
+        return value
+    try:
+        if isinstance(value, dict):
+            return ScoreScale.from_dict(value)
+        vals = list(value)
+        low, high = float(vals[0]), float(vals[1])
+        hib = bool(vals[2]) if len(vals) > 2 else True
+        name = str(vals[3]) if len(vals) > 3 else f"score ({low:g}-{high:g})"
+        return ScoreScale(low, high, hib, name)
+    except ValueError as exc:
+        raise TrainingError(f"Invalid score range: {exc}") from exc
+    except (TypeError, KeyError, IndexError) as exc:
+        raise TrainingError(
+            f"score_scale must be a ScoreScale, a dict or (low, high[, higher_is_better]); got {value!r}."
+        ) from exc
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a (GPU) out-of-memory error."""
+    import torch
+
+    if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def explain(exc: BaseException, config: TrainConfig | None = None) -> tuple[str, str]:
+    """A ``(message, hint)`` pair for an exception raised during training."""
+    from ..data.datasets import DatasetError
+    from ..imaging import ImageError
+
+    if isinstance(exc, TrainingError):
+        return exc.message, exc.hint
+    if is_oom(exc):
+        b = config.batch_size if config else "?"
+        k = config.crops_per_image if config else "?"
+        return (
+            f"The device ran out of memory ({b} images x {k} crops per step).",
+            "Lower --batch-size (batch_size) first, then --crops-per-image; or use --precision "
+            "bf16/fp16, --freeze-backbone, --eval-batch-size, or a lighter --backbone.",
+        )
+    if isinstance(exc, (DatasetError, ImageError)):
+        return str(exc), "Fix the data (see the message) and start again."
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return f"{type(exc).__name__}: {exc}", "Check the paths and their permissions."
+    try:
+        from ..weights import CheckpointError
+
+        if isinstance(exc, CheckpointError):
+            return str(exc), "Give a valid checkpoint or registered model name to init."
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, ValueError):
+        return str(exc), "Check the training settings."
+    return f"Training failed: {type(exc).__name__}: {exc}", ""
+
+
+class _Emitter:
+    def __init__(self, listeners: Iterable[Callable[[Event], None]], enabled: bool = True) -> None:
+        self.listeners = list(listeners or [])
+        self.enabled = enabled
+        self._warned: set[int] = set()
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        for fn in self.listeners:
+            try:
+                fn(event)
+            except Exception as exc:  # a broken listener must not kill the training
+                if id(fn) not in self._warned:
+                    self._warned.add(id(fn))
+                    warnings.warn(f"A training listener failed: {exc!r}", RuntimeWarning, stacklevel=2)
+
+
+# --------------------------------------------------------------------------- distributed context
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_req: str):
+    """Return (_Dist, torch.device); initialise the process group when torchrun asks for one."""
+    import torch
+    import torch.distributed as dist
+
+    from ..devices import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return _Dist(), resolve_device(device_req)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    req = (device_req or "auto").lower()
+    use_cuda = torch.cuda.is_available() and req in ("auto", "cuda") or req.startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owns = True
+    d = _Dist(dist.get_rank(), dist.get_world_size(), local, owns)
+    return d, device
+
+
+def _rng_state() -> dict:
+    import torch
+
+    np_state = np.random.get_state()  # noqa: NPY002 (saved so that user code using it resumes too)
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import torch
+
+    torch.set_rng_state(st["torch"])
+    keys = st["numpy_keys"].numpy().astype(np.uint32)
+    g = st["numpy_gauss"]
+    np_state = ("MT19937", keys, int(st["numpy_pos"]), int(g[0]), float(g[1]))
+    np.random.set_state(np_state)  # noqa: NPY002
+    py = json.loads(st["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(st["cuda"])
+        except (RuntimeError, IndexError):  # a different number of GPUs
+            pass
+
+
+# --------------------------------------------------------------------------- data
+def resolve_dataset(config: TrainConfig, init_scale=None):
+    """Load ``config.data`` into an :class:`IQADataset` with the right score scale."""
+    from ..data.datasets import IQADataset, dataset_from_pairs, load_dataset
+
+    data = config.data
+    scale = _to_scale(config.score_scale)
+    if data is None:
+        raise TrainingError("No training data was given (TrainConfig.data is None).")
+    if isinstance(data, IQADataset):
+        ds = data
+    elif isinstance(data, (str, os.PathLike)):
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise TrainingError(f"The data set {path} does not exist.", "Check --data.")
+        ds = load_dataset(path, config.layout)
+    else:
+        try:
+            pairs = list(data)
+        except TypeError:
+            raise TrainingError(
+                f"TrainConfig.data must be a path, an IQADataset or a list of (image, mos) pairs; "
+                f"got {type(data).__name__}."
+            ) from None
+        if not pairs:
+            raise TrainingError("The list of rated images is empty.")
+        use = scale
+        if use is None and init_scale is not None:
+            mos = []
+            for p in pairs:
+                try:
+                    mos.append(float(p[1]))
+                except (TypeError, ValueError, IndexError):
+                    mos = []
+                    break
+            if mos and all(init_scale.low <= m <= init_scale.high for m in mos):
+                use = init_scale
+        ds = dataset_from_pairs(pairs, scale=use)
+    if scale is not None:
+        ds = replace(ds, scale=scale)
+    if config.limit:
+        if config.limit < 1:
+            raise TrainingError(f"limit must be at least 1; got {config.limit}.")
+        if config.limit < len(ds):
+            rng = random.Random(config.seed + 4242)
+            keep = sorted(rng.sample(range(len(ds)), config.limit))
+            ds = replace(ds, samples=[ds.samples[i] for i in keep], name=f"{ds.name}[limit {config.limit}]")
+    return ds
+
+
+def split_train_val(ds, val_fraction: float, seed: int):
+    """The training pool (split column train/None), and the validation part (``val`` column or carved)."""
+    from ..data.datasets import random_split
+
+    has_split = any(s.split for s in ds.samples)
+    if has_split:
+        pool = ds.subset([s for s in ds.samples if s.split in (None, "", "train")], "[train]")
+        val = ds.subset([s for s in ds.samples if s.split in ("val", "valid", "validation")], "[val]")
+        if len(val) > 0:
+            return pool, val
+    else:
+        pool = ds
+    if val_fraction <= 0 or len(pool) < 4:
+        return pool, ds.subset([], "[val]")
+    train, val = random_split(pool, val_fraction, seed=seed + 1000)
+    return train, val
+
+
+# --------------------------------------------------------------------------- evaluation
+def predict_images(
+    model,
+    get_image: Callable[[int], np.ndarray],
+    indices: Sequence[int],
+    device=None,
+    precision: str = "fp32",
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Scores (in the model's units) of images ``get_image(i)`` for ``i`` in ``indices``.
+
+    Uses the deterministic crop grid of :func:`~napari_pmt_iqa.scoring.score` (maps off); images
+    of equal shape are batched through :func:`~napari_pmt_iqa.scoring.score_batch`.
+    """
+    from ..scoring import score, score_batch
+
+    dev = str(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(indices), dtype=np.float64)
+    chunk = max(1, batch_size) * 4
+    try:
+        for k in range(0, len(indices), chunk):
+            idx = list(range(k, min(k + chunk, len(indices))))
+            imgs = [get_image(indices[j]) for j in idx]
+            small = [j for j, im in zip(idx, imgs) if im.shape[0] * im.shape[1] <= BATCH_EVAL_MAX_PIXELS]
+            big = [j for j, im in zip(idx, imgs) if im.shape[0] * im.shape[1] > BATCH_EVAL_MAX_PIXELS]
+            if small:
+                res = score_batch(
+                    [imgs[j - k] for j in small], model=model, device=dev, precision=precision,
+                    batch_size=batch_size, maps=False,
+                )
+                for j, r in zip(small, res):
+                    out[j] = r.score
+            for j in big:
+                out[j] = score(imgs[j - k], model=model, device=dev, maps=False, precision=precision).score
+            if progress:
+                progress(min(k + chunk, len(indices)), len(indices))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate(
+    model,
+    data,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    return_predictions: bool = False,
+):
+    """SRCC, PLCC and KRCC of ``model`` on a data set (deterministic crop grid).
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_pmt_iqa.model.PMTIQA`, a checkpoint path or a registered name.
+    data
+        An :class:`IQADataset`, a path (any layout) or ``(image, mos)`` pairs. Scores are compared
+        in the data set's own units (the metrics do not depend on a linear rescaling).
+    """
+    from ..data.crops import load_sample_rgb
+    from ..metrics import iqa_metrics
+    from ..scoring import get_model
+
+    net = get_model(model, device)
+    if not hasattr(data, "samples"):
+        data = resolve_dataset(TrainConfig(data=data))
+    samples = data.samples
+    if not samples:
+        raise TrainingError("The evaluation data set is empty.")
+    preds = predict_images(
+        net, lambda i: load_sample_rgb(samples[i], net.config.crop_size), range(len(samples)),
+        device=None, precision=precision, batch_size=batch_size, progress=progress,
+    )
+    # compare on the internal scale of the model vs the data set's scale mapped there too
+    mscale = getattr(net, "score_scale", None)
+    p_int = np.asarray(mscale.to_internal(preds)) if mscale is not None else preds
+    m_int = np.asarray(data.scale.to_internal(np.asarray([s.mos for s in samples], dtype=np.float64)))
+    m = iqa_metrics(p_int, m_int)
+    m["mae_internal"] = float(np.mean(np.abs(p_int - m_int)))
+    if return_predictions:
+        return m, preds
+    return m
+
+
+# --------------------------------------------------------------------------- the loop
+def train(
+    config: TrainConfig,
+    listeners: Iterable[Callable[[Event], None]] = (),
+    control: Control | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) a PMT-IQA model; see the module docstring for the recipe.
+
+    Parameters
+    ----------
+    config
+        The settings (:class:`TrainConfig`).
+    listeners
+        Callables that receive every :mod:`~napari_pmt_iqa.training.events` event (on rank 0).
+    control
+        A :class:`~napari_pmt_iqa.training.events.Control` to stop or pause the run from another
+        thread.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        Bad data or settings, a device error or an out-of-memory error, with a message saying
+        what to change (after a :class:`~napari_pmt_iqa.training.events.Failed` event).
+    """
+    d = None
+    emit = _Emitter(listeners, enabled=True)
+    runner = None
+    try:
+        d, device = _setup_distributed(config.device)
+        emit.enabled = d.main
+        runner = _Run(config, emit, control or Control(), d, device)
+        return runner.run()
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        msg, hint = explain(exc, config)
+        best = str(runner.best_path) if runner is not None and runner.best_path else ""
+        emit(Failed(msg, hint, best))
+        if is_oom(exc):
+            try:
+                import torch
+
+                torch.cuda.empty_cache()
+            except Exception:
+                pass
+        if isinstance(exc, TrainingError):
+            raise
+        raise TrainingError(msg, hint) from exc
+    finally:
+        if d is not None and d.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class _Run:
+    """One training run (the state of :func:`train`)."""
+
+    def __init__(self, config: TrainConfig, emit: _Emitter, control: Control, d: _Dist, device) -> None:
+        self.cfg = config
+        self.emit = emit
+        self.control = control
+        self.d = d
+        self.device = device
+        self.best_path: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _validate(self) -> None:
+        from ..devices import PRECISIONS
+
+        c = self.cfg
+        if int(c.epochs) < 1:
+            raise TrainingError(f"epochs must be at least 1; got {c.epochs}.")
+        if int(c.batch_size) < 1:
+            raise TrainingError(f"batch_size must be at least 1; got {c.batch_size}.")
+        if int(c.crops_per_image) < 1:
+            raise TrainingError(f"crops_per_image must be at least 1; got {c.crops_per_image}.")
+        if not (c.lr > 0) or (c.head_lr is not None and not c.head_lr > 0):
+            raise TrainingError(f"Learning rates must be positive; got lr={c.lr}, head_lr={c.head_lr}.")
+        if not 0 <= c.val_fraction < 1:
+            raise TrainingError(f"val_fraction must be in [0, 1); got {c.val_fraction}.")
+        if c.precision not in PRECISIONS:
+            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}.")
+        if c.precision == "fp16" and self.device.type != "cuda":
+            raise TrainingError("precision 'fp16' needs a CUDA GPU.", "Use --precision bf16 on a CPU.")
+        if c.batch_size % self.d.world:
+            raise TrainingError(
+                f"batch_size ({c.batch_size}) is the number of images per step over all "
+                f"{self.d.world} processes and must be a multiple of it."
+            )
+        if c.max_batches is not None and c.max_batches < 1:
+            raise TrainingError(f"max_batches must be at least 1; got {c.max_batches}.")
+
+    def _init_scale(self):
+        if self.cfg.init is None:
+            return None
+        from ..model.losses import ScoreScale
+        from ..weights import read_metadata, resolve_weights
+
+        meta = read_metadata(resolve_weights(self.cfg.init))
+        return ScoreScale.from_dict(meta["score_scale"])
+
+    def _build_model(self):
+        from ..model import PMTIQA
+        from ..weights import load_model
+
+        c = self.cfg
+        if c.init is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = PMTIQA(backbone=c.backbone, pretrained=c.pretrained)
+            for w in caught:
+                self.emit(DataIssue(str(w.message)))
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            model = load_model(c.init, device="cpu")
+        return model
+
+    def _prepare_data(self):
+        c = self.cfg
+        ds = resolve_dataset(c, self._init_scale())
+        train_ds, val_ds = split_train_val(ds, c.val_fraction, c.seed)
+        samples = list(train_ds.samples) + list(val_ds.samples)
+        from .data import ImageStore
+
+        store = ImageStore(samples, min_side=224, budget_mb=c.cache_mb)
+        bad = store.check(
+            threads=max(2, c.num_workers), progress=lambda a, b: self.emit(Preparing(a, b))
+        )
+        skipped = list(getattr(ds, "skipped", []) or [])
+        bad_idx = {i for i, _ in bad}
+        skipped += [reason for _, reason in bad]
+        n_all = len(samples) + len(getattr(ds, "skipped", []) or [])
+        if skipped:
+            if len(skipped) > c.max_bad_fraction * max(n_all, 1):
+                raise TrainingError(
+                    f"{len(skipped)} of {n_all} images cannot be used, e.g. "
+                    + "; ".join(skipped[:3])
+                    + ".",
+                    "Fix the paths or files (or remove them from the list) and start again.",
+                )
+            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(skipped[:10])
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self.emit(DataIssue(msg, tuple(skipped)))
+        ntr = len(train_ds)
+        train_idx = [i for i in range(ntr) if i not in bad_idx]
+        val_idx = [i for i in range(ntr, len(samples)) if i not in bad_idx]
+        scale = ds.scale
+        mos_train = [samples[i].mos for i in train_idx]
+        if len(train_idx) < c.batch_size:
+            raise TrainingError(
+                f"The training part has {len(train_idx)} usable images, fewer than one batch "
+                f"(batch_size={c.batch_size}).",
+                f"Lower batch_size to at most {max(1, len(train_idx))}, lower val_fraction, or add images.",
+            )
+        if len(set(mos_train)) < 2:
+            raise TrainingError(
+                f"All {len(mos_train)} training scores are equal ({mos_train[0] if mos_train else '-'}): "
+                "the score range has zero width and nothing can be learnt.",
+                "Rate images with different scores.",
+            )
+        lo, hi = min(s.mos for s in samples), max(s.mos for s in samples)
+        if lo < scale.low - 1e-9 * abs(scale.high - scale.low) or hi > scale.high + 1e-9 * abs(scale.high - scale.low):
+            msg = (
+                f"Scores range over {lo:g}..{hi:g}, beyond the score scale {scale.low:g}..{scale.high:g} "
+                f"({scale.name}); out-of-range scores fall into the end classes."
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self.emit(DataIssue(msg))
+        self.ds, self.train_ds, self.val_ds = ds, train_ds, val_ds
+        self.scale = scale
+        self.store, self.samples = store, samples
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.skipped = skipped
+
+    def _make_optimizer(self, model):
+        import torch
+
+        c = self.cfg
+        head_lr = c.head_lr if c.head_lr is not None else 10 * c.lr
+        heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        groups = []
+        if c.freeze_backbone:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        else:
+            groups.append({"params": list(model.backbone.parameters()), "lr": c.lr, "base_lr": c.lr})
+        groups.append({"params": heads, "lr": head_lr, "base_lr": head_lr})
+        return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _schedule(self, epoch: int) -> tuple[float, float]:
+        from ..model.losses import constant_weights, progressive_weights
+
+        if self.cfg.progressive:
+            return progressive_weights(epoch, self.cfg.epochs)
+        return constant_weights(*self.cfg.loss_weights)(epoch, self.cfg.epochs)
+
+    def _lr_factor(self, epoch: int) -> float:
+        step = int(self.cfg.lr_step or 0)
+        return 0.1 ** (epoch // step) if step > 0 else 1.0
+
+    # ------------------------------------------------------------------ files
+    def _metadata(self, model, epoch: int, val: dict) -> dict:
+        from ..weights import build_metadata
+
+        c = self.cfg
+        training = {
+            "data": {
+                "name": self.ds.name,
+                "root": str(self.ds.root) if self.ds.root else None,
+                "n_train": len(self.train_idx),
+                "n_val": len(self.val_idx),
+                "n_skipped": len(self.skipped),
+                "score_scale": self.scale.to_dict(),
+            },
+            "recipe": c.recipe(),
+            "epochs_done": epoch + 1,
+            "schedule": "progressive" if c.progressive else f"constant {list(c.loss_weights)}",
+            "world_size": self.d.world,
+        }
+        desc = c.description or f"PMT-IQA ({model.config.backbone}) trained on {self.ds.name}"
+        return build_metadata(
+            model, score_scale=self.scale, training=training,
+            metrics={"val": val, "epoch": epoch}, description=desc,
+        )
+
+    def _save_state(self, model, opt, scaler, epoch: int, batch: int, sums: list[float], best) -> None:
+        import torch
+
+        from ..weights import atomic_write_bytes
+
+        st = {
+            "format": STATE_FORMAT,
+            "model": model.state_dict(),
+            "optim": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+            "epoch": int(epoch),
+            "batch": int(batch),
+            "sums": [float(v) for v in sums],
+            "best_key": float(best[0]) if best[0] is not None else None,
+            "best_epoch": best[1],
+            "best_val": json.dumps(best[2]),
+            "history": json.dumps(self.history),
+            "rng": _rng_state(),
+            "check": json.dumps(self._fingerprint()),
+        }
+        buf = io.BytesIO()
+        torch.save(st, buf)
+        atomic_write_bytes(self.state_path, buf.getvalue())
+        self.emit(CheckpointSaved(str(self.state_path), epoch, "state"))
+
+    def _fingerprint(self) -> dict:
+        c = self.cfg
+        return {
+            "backbone": c.backbone if c.init is None else str(c.init),
+            "n_train": len(self.train_idx),
+            "n_val": len(self.val_idx),
+            "batch_size": c.batch_size,
+            "crops_per_image": c.crops_per_image,
+            "seed": c.seed,
+            "epochs": c.epochs,
+        }
+
+    def _load_state(self, path: Path) -> dict:
+        import torch
+
+        if path.is_dir():
+            path = path / "state.pt"
+        if not path.exists():
+            raise TrainingError(f"Cannot resume: {path} does not exist.", "Give the state.pt of an earlier run.")
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise TrainingError(
+                f"Cannot resume: {path} is not a readable training state ({type(exc).__name__}: {exc}).",
+                "Start a new run or use best.safetensors as init.",
+            ) from exc
+        if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+            raise TrainingError(f"Cannot resume: {path} is not a napari-pmt-iqa training state.")
+        saved = json.loads(st["check"])
+        now = self._fingerprint()
+        diff = [f"{k}: {saved.get(k)} then, {now[k]} now" for k in now if saved.get(k) != now[k]]
+        if diff:
+            raise TrainingError(
+                f"Cannot resume from {path}: the run had other settings or data ({'; '.join(diff)}).",
+                "Resume with the same data, seed, epochs, batch size and backbone.",
+            )
+        self.resumed_from = str(path)
+        return st
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        import torch
+
+        from ..devices import autocast
+        from ..model.losses import PMTLoss
+        from .data import CropDataset, epoch_batches, rank_share
+
+        c = self.cfg
+        t_start = time.time()
+        self._validate()
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed % 2**32)  # noqa: NPY002
+        random.seed(c.seed)
+        out = Path(c.out_dir).expanduser() if c.out_dir else None
+        if out is None:
+            from ..weights import cache_dir
+
+            out = cache_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
+        if self.d.main:
+            out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.state_path = out / "state.pt"
+        self.resumed_from = ""
+        self._prepare_data()
+
+        model = self._build_model()
+        model.score_scale = self.scale
+        model.to(self.device)
+        opt = self._make_optimizer(model)
+        use_scaler = c.precision == "fp16" and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+        loss_fn = PMTLoss(model.config.num_classes)
+
+        self.history: list[dict] = []
+        best: list = [None, None, {}]  # key, epoch, val dict
+        start_epoch, start_batch, sums0 = 0, 0, [0.0, 0.0, 0.0, 0.0]
+        if c.resume:
+            st = self._load_state(Path(c.resume).expanduser())
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optim"])
+            if scaler is not None and st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
+            start_epoch, start_batch = int(st["epoch"]), int(st["batch"])
+            sums0 = list(st["sums"])
+            best = [st["best_key"], st["best_epoch"], json.loads(st["best_val"])]
+            self.history = json.loads(st["history"])
+            _set_rng_state(st["rng"])
+            if self.d.main and best[1] is not None and (out / "best.safetensors").exists():
+                self.best_path = out / "best.safetensors"
+
+        net = model
+        if self.d.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        targets = [self.scale.to_internal(self.samples[i].mos) for i in self.train_idx]
+        dataset = CropDataset(
+            self.store, self.train_idx, targets, crop_size=model.config.crop_size,
+            crops_per_image=c.crops_per_image, flip=c.flip, seed=c.seed,
+        )
+        n_batches = len(self.train_idx) // c.batch_size
+        if c.max_batches:
+            n_batches = min(n_batches, c.max_batches)
+        self.emit(
+            Started(
+                epochs=c.epochs, batches_per_epoch=n_batches, n_train=len(self.train_idx),
+                n_val=len(self.val_idx), start_epoch=start_epoch, device=str(self.device),
+                start_batch=start_batch, world_size=self.d.world, resumed_from=self.resumed_from,
+            )
+        )
+        K = c.crops_per_image
+        last_path = out / "last.safetensors"
+        epoch = start_epoch
+        for epoch in range(start_epoch, c.epochs):
+            t_epoch = time.time()
+            w_reg, w_cls = self._schedule(epoch)
+            loss_fn.set_weights(w_reg, w_cls)
+            factor = self._lr_factor(epoch)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            batches = epoch_batches(len(self.train_idx), c.batch_size, c.seed, epoch)[:n_batches]
+            mine = [rank_share(b, self.d.rank, self.d.world) for b in batches]
+            b0 = start_batch if epoch == start_epoch else 0
+            sums = list(sums0) if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=mine[b0:], num_workers=c.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
+                prefetch_factor=4 if c.num_workers > 0 else None,
+                persistent_workers=False,
+            )
+            net.train()
+            if c.freeze_backbone:
+                model.backbone.eval()
+            t_mark = time.perf_counter()
+            bi = b0
+            for bi, (x, y) in enumerate(loader, start=b0):
+                data_s = time.perf_counter() - t_mark
+                if self.control.paused and not self.control.stop_requested:
+                    self.emit(Paused(epoch, bi))
+                    self.control.wait_if_paused()
+                    self.emit(Resumed(epoch, bi))
+                if self._should_stop():
+                    return self._stop(model, opt, scaler, epoch, bi, sums, best, t_start)
+                x = x.to(self.device, non_blocking=True).flatten(0, 1)
+                x = model.normalize(x.float().div_(255.0))
+                y = y.to(self.device).float().repeat_interleave(K)
+                with autocast(self.device, c.precision):
+                    outp = net(x)
+                loss, l1, ce = loss_fn(outp.score, outp.logits, y)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                lv, l1v, cev = float(loss.item()), float(l1.item()), float(ce.item())
+                if not math.isfinite(lv):
+                    raise TrainingError(
+                        f"The loss became {lv} at epoch {epoch}, batch {bi}.",
+                        "Lower the learning rates (--lr, --head-lr) or use --precision fp32.",
+                    )
+                nb_img = len(mine[bi])
+                sums[0] += lv * nb_img
+                sums[1] += l1v * nb_img
+                sums[2] += cev * nb_img
+                sums[3] += nb_img
+                step_s = time.perf_counter() - t_mark - data_s
+                self.emit(
+                    BatchEnd(
+                        epoch, bi, n_batches, lv, l1v, cev,
+                        images_per_s=nb_img * self.d.world / max(data_s + step_s, 1e-9),
+                        data_s=data_s, step_s=step_s,
+                    )
+                )
+                t_mark = time.perf_counter()
+            if self._should_stop():  # a stop during the last batch
+                return self._stop(model, opt, scaler, epoch, n_batches, sums, best, t_start)
+            train_s = time.time() - t_epoch
+            tot = self._reduce(sums)
+            val = self._validate_epoch(model)
+            if len(self.val_idx) < 3:  # no usable validation part: keep the last epoch
+                key, is_best = float("nan"), True
+            else:
+                key = val.get("srcc", float("nan"))
+                key = key if math.isfinite(key) else -math.inf
+                is_best = best[0] is None or key > best[0]
+            if is_best:
+                best = [key, epoch, val]
+            rec = {
+                "epoch": epoch, "w_reg": w_reg, "w_cls": w_cls, "lr": c.lr * factor,
+                "train_loss": tot[0] / max(tot[3], 1), "train_l1": tot[1] / max(tot[3], 1),
+                "train_ce": tot[2] / max(tot[3], 1),
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": time.time() - t_epoch, "train_seconds": train_s, "is_best": is_best,
+            }
+            self.history.append(rec)
+            if self.d.main:
+                from ..weights import save_checkpoint
+
+                meta = self._metadata(model, epoch, val)
+                save_checkpoint(last_path, model, meta)
+                self.emit(CheckpointSaved(str(last_path), epoch, "last", val.get("srcc", float("nan"))))
+                if is_best:
+                    self.best_path = out / "best.safetensors"
+                    save_checkpoint(self.best_path, model, meta)
+                    self.emit(CheckpointSaved(str(self.best_path), epoch, "best", val.get("srcc", float("nan"))))
+                self._save_state(model, opt, scaler, epoch + 1, 0, [0.0] * 4, best)
+            self.emit(
+                EpochEnd(
+                    epoch=epoch, epochs=c.epochs, w_reg=w_reg, w_cls=w_cls,
+                    train_loss=rec["train_loss"], train_l1=rec["train_l1"], train_ce=rec["train_ce"],
+                    val=val, lr=c.lr * factor, seconds=rec["seconds"], is_best=is_best,
+                )
+            )
+            self._barrier()
+        best_path = str(out / "best.safetensors") if (out / "best.safetensors").exists() else None
+        self.emit(
+            Finished(
+                best_path=best_path or "",
+                best_val_srcc=float(best[2].get("srcc", float("nan"))) if best[2] else float("nan"),
+                epochs_done=len(self.history), seconds=time.time() - t_start,
+            )
+        )
+        return self._result(False, best)
+
+    # ------------------------------------------------------------------ pieces
+    def _should_stop(self) -> bool:
+        flag = self.control.stop_requested
+        if not self.d.active:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _barrier(self) -> None:
+        if self.d.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _reduce(self, sums: list[float]) -> list[float]:
+        if not self.d.active:
+            return sums
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(sums, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def _validate_epoch(self, model) -> dict:
+        from ..metrics import iqa_metrics
+
+        if not self.val_idx:
+            return {}
+        share = self.val_idx[self.d.rank :: self.d.world]
+        preds = predict_images(
+            model, self.store.get, share, device=self.device, precision=self.cfg.precision,
+            batch_size=self.cfg.eval_batch_size,
+        )
+        pairs = list(zip(share, preds.tolist()))
+        if self.d.active:
+            import torch.distributed as dist
+
+            gathered: list = [None] * self.d.world
+            dist.all_gather_object(gathered, pairs)
+            pairs = [p for part in gathered for p in part]
+        pairs.sort()
+        p = np.array([v for _, v in pairs])
+        m = np.array([self.samples[i].mos for i, _ in pairs])
+        out = iqa_metrics(p, m)
+        out["mae"] = float(np.mean(np.abs(p - m)))
+        return out
+
+    def _stop(self, model, opt, scaler, epoch, batch, sums, best, t_start) -> TrainResult:
+        if self.d.main:
+            self._save_state(model, opt, scaler, epoch, batch, sums, best)
+        self._barrier()
+        self.emit(
+            Stopped(epoch, batch, str(self.best_path) if self.best_path else "", str(self.state_path))
+        )
+        return self._result(True, best)
+
+    def _result(self, stopped: bool, best) -> TrainResult:
+        out = self.out
+        last = out / "last.safetensors"
+        bp = out / "best.safetensors"
+        return TrainResult(
+            best_path=str(bp) if bp.exists() else None,
+            last_path=str(last) if last.exists() else None,
+            state_path=str(self.state_path) if self.state_path.exists() else None,
+            best_val=dict(best[2] or {}),
+            history=list(self.history),
+            stopped=stopped,
+            epochs_done=len(self.history),
+            best_epoch=best[1],
+            out_dir=str(out),
+            n_train=len(self.train_idx),
+            n_val=len(self.val_idx),
+            skipped=list(self.skipped),
+        )
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain dict (unknown keys are an error)."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TrainingError(f"Unknown training settings: {', '.join(unknown)}.")
+    return TrainConfig(**d)
+
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "config_from_dict",
+    "evaluate",
+    "explain",
+    "predict_images",
+    "resolve_dataset",
+    "split_train_val",
+    "train",
+]

@@ -1,0 +1,91 @@
+"""torchrun / DDP on 2 CPU processes (gloo): same result as one process; distributed scoring."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from _iqa_data import make_dataset
+from napari_pmt_iqa.training import TrainConfig, train
+from napari_pmt_iqa.training.distributed import SCORE_COLUMNS, distributed_score_files
+from napari_pmt_iqa.weights import load_checkpoint, read_metadata
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or TORCHRUN is None,
+                                reason="torch.distributed / torchrun not available")
+
+#: Tolerance of the 2-process vs 1-process comparison (frozen backbone; only the reduction
+#: order of the gradient all-reduce differs).
+ATOL = 1e-5
+
+
+def _env():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _torchrun(args, timeout=300):
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    data = make_dataset(tmp_path / "data", n=24, size=96)
+    common = dict(backbone="tiny", pretrained=False, epochs=2, batch_size=4, freeze_backbone=True,
+                  lr=1e-3, device="cpu")
+    single = train(TrainConfig(data=data, out_dir=tmp_path / "one", **common))
+    _torchrun(["-m", "napari_pmt_iqa.training.cli", "train", "--data", str(data), "--out",
+               str(tmp_path / "two"), "--backbone", "tiny", "--no-pretrained", "--epochs", "2",
+               "--batch-size", "4", "--freeze-backbone", "--lr", "1e-3", "--device", "cpu",
+               "--no-progress"])
+    meta = read_metadata(tmp_path / "two" / "last.safetensors")
+    assert meta["training"]["world_size"] == 2
+    assert meta["training"]["data"]["n_train"] == single.n_train
+    a = load_checkpoint(single.last_path).state_dict()
+    b = load_checkpoint(tmp_path / "two" / "last.safetensors").state_dict()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=ATOL), k
+    v1 = read_metadata(single.last_path)["metrics"]["val"]
+    v2 = meta["metrics"]["val"]
+    assert v1["n"] == v2["n"] == single.n_val
+    for m in ("srcc", "plcc", "krcc"):
+        assert v2[m] == pytest.approx(v1[m], abs=1e-3)
+    # only rank 0 wrote files: exactly one set, no stray temporaries
+    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert names == ["best.safetensors", "last.safetensors", "state.pt"]
+
+
+def test_distributed_scoring_merges_in_input_order(tmp_path, tiny_checkpoint):
+    data = make_dataset(tmp_path / "imgs", n=5, size=64)
+    files = sorted(str(p) for p in data.parent.glob("*.png"))
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"nope")
+    files.insert(2, str(tmp_path / "imgs" / "broken.png"))
+    script = tmp_path / "score.py"
+    script.write_text(textwrap.dedent(f"""
+        from napari_pmt_iqa.training.distributed import distributed_score_files
+        rows = distributed_score_files({files!r}, model={str(tiny_checkpoint)!r}, device="cpu",
+                                       out_csv={str(tmp_path / "two.csv")!r})
+        import torch.distributed as dist, os
+        assert (rows is None) == (os.environ["RANK"] != "0")
+    """))
+    _torchrun([str(script)])
+    one = distributed_score_files(files, model=tiny_checkpoint, device="cpu")
+    with open(tmp_path / "two.csv", newline="") as f:
+        two = list(csv.DictReader(f))
+    assert list(two[0]) == list(SCORE_COLUMNS)
+    assert [r["path"] for r in two] == files
+    assert [r["score"] for r in two] == [str(r["score"]) for r in one]
+    assert two[2]["score"] == "" and "broken.png" in two[2]["error"]
+    assert all(r["error"] == "" for k, r in enumerate(two) if k != 2)

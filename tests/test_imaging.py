@@ -1,0 +1,165 @@
+"""Reading image files and normalising arrays of any dtype and layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_pmt_iqa.imaging import ImageError, read_image, standardize_layout, to_rgb01
+
+
+def _rgb(h=40, w=50, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- files
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_read_image_formats(tmp_path, suffix):
+    img = _rgb()
+    path = tmp_path / f"img{suffix}"
+    if suffix == ".tif":
+        import tifffile
+
+        tifffile.imwrite(path, img)
+    else:
+        Image.fromarray(img).save(path)
+    arr = read_image(path)
+    assert arr.shape == (40, 50, 3) and arr.dtype == np.uint8
+    if suffix != ".jpg":
+        np.testing.assert_array_equal(arr, img)
+
+
+def test_read_16_bit_png_and_palette(tmp_path):
+    img16 = (np.arange(40 * 50).reshape(40, 50) * 30).astype(np.uint16)
+    Image.fromarray(img16).save(tmp_path / "g16.png")
+    arr = read_image(tmp_path / "g16.png")
+    np.testing.assert_array_equal(arr.astype(np.uint16), img16)
+    Image.fromarray(_rgb()).convert("P").save(tmp_path / "pal.png")
+    assert read_image(tmp_path / "pal.png").shape == (40, 50, 3)
+
+
+def test_text_file_renamed_png_is_a_clear_error(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n")
+    with pytest.raises(ImageError, match=r"notes\.png: not a readable image"):
+        read_image(path)
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_rgb(200, 200)).save(good, quality=95)
+    data = good.read_bytes()
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut\.jpg: truncated or corrupt"):
+        read_image(bad)
+
+
+def test_corrupt_tiff_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage" * 3)
+    with pytest.raises(ImageError, match=r"bad\.tif"):
+        read_image(bad)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="file not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        read_image(tmp_path)
+
+
+# --------------------------------------------------------------------------- layouts
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((40, 50), (40, 50, 1)),
+        ((40, 50, 3), (40, 50, 3)),
+        ((40, 50, 4), (40, 50, 4)),
+        ((3, 40, 50), (40, 50, 3)),  # channel-first colour
+        ((4, 40, 50), (40, 50, 4)),
+        ((7, 40, 50), (7, 40, 50, 1)),  # a grayscale stack
+        ((2, 40, 50, 3), (2, 40, 50, 3)),  # a colour stack
+    ],
+)
+def test_standardize_layout(shape, expected):
+    assert standardize_layout(np.zeros(shape, np.uint8)).shape == expected
+
+
+def test_layout_overrides():
+    a = np.zeros((3, 40, 50), np.uint8)
+    assert standardize_layout(a, rgb=False).shape == (3, 40, 50, 1)
+    assert standardize_layout(np.zeros((40, 3, 50)), channel_axis=1).shape == (40, 50, 3)
+    with pytest.raises(ImageError, match="channel axis has 5"):
+        standardize_layout(np.zeros((40, 5, 50)), channel_axis=1)
+    with pytest.raises(ImageError, match="last axis of 3 or 4"):
+        standardize_layout(np.zeros((40, 50)), rgb=True)
+
+
+@pytest.mark.parametrize(
+    "arr, match",
+    [
+        (np.zeros((0, 5)), "empty"),
+        (np.zeros(7), "at least 2 dimensions"),
+        (np.array([[object()]]), "numeric"),
+        (np.zeros((4, 4), np.complex128), "Complex"),
+    ],
+)
+def test_layout_rejects_bad_arrays(arr, match):
+    with pytest.raises(ImageError, match=match):
+        standardize_layout(arr)
+
+
+# --------------------------------------------------------------------------- intensities
+def test_uint8_is_divided_by_255():
+    a = np.array([[0, 255], [51, 102]], np.uint8)[..., None]
+    out = to_rgb01(a)
+    assert out.dtype == np.float32 and out.shape == (2, 2, 3)
+    np.testing.assert_allclose(out[..., 0], [[0, 1], [0.2, 0.4]], atol=1e-6)
+
+
+def test_float_in_unit_range_is_kept():
+    a = np.random.default_rng(0).random((8, 8, 3))
+    np.testing.assert_allclose(to_rgb01(a), a.astype(np.float32))
+
+
+def test_uint16_is_stretched_by_percentiles():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1000, 4096, size=(64, 64, 1)).astype(np.uint16)  # 12-bit data in 16 bits
+    out = to_rgb01(a)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert 0.3 < out.mean() < 0.7  # not nearly black
+    fixed = to_rgb01(a, intensity_range=(0, 65535))
+    np.testing.assert_allclose(fixed[..., 0], a[..., 0] / 65535, atol=1e-6)
+    with pytest.raises(ImageError, match="high > low"):
+        to_rgb01(a, intensity_range=(5, 5))
+
+
+def test_constant_and_bool_and_negative_images():
+    np.testing.assert_array_equal(to_rgb01(np.full((4, 4, 1), 1000, np.uint16)), 0.5)
+    b = np.eye(4, dtype=bool)[..., None]
+    np.testing.assert_array_equal(to_rgb01(b)[..., 0], np.eye(4))
+    neg = np.linspace(-5, 5, 100).reshape(10, 10, 1)
+    out = to_rgb01(neg)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_alpha_dropped_and_gray_repeated():
+    rgba = np.dstack([_rgb(), np.zeros((40, 50), np.uint8)])
+    np.testing.assert_array_equal(to_rgb01(rgba), to_rgb01(_rgb()))
+    g = to_rgb01(_rgb()[..., :1])
+    np.testing.assert_array_equal(g[..., 0], g[..., 2])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values_rejected(bad):
+    a = np.zeros((4, 4, 3), np.float32)
+    a[1, 1, 1] = bad
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        to_rgb01(a)
+
+
+def test_too_small_plane_rejected():
+    with pytest.raises(ImageError, match="at least 2 x 2"):
+        to_rgb01(np.zeros((1, 5, 3), np.uint8))

@@ -1,0 +1,68 @@
+"""The napari manifest: valid for npe2, and every contribution resolves."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_npe2_validate():
+    exe = shutil.which("npe2", path=str(Path(sys.executable).parent)) or shutil.which("npe2")
+    assert exe, "the npe2 command is not installed"
+    out = subprocess.run([exe, "validate", str(ROOT / "napari.yaml")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in out.stdout.lower()
+
+
+def test_package_manifest_is_the_top_level_one():
+    pkg = ROOT / "src" / "napari_pmt_iqa" / "napari.yaml"
+    assert pkg.resolve() == (ROOT / "napari.yaml").resolve()
+
+
+def test_contributions_resolve():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    mf = pm.get_manifest("napari-pmt-iqa")
+    for cmd in mf.contributions.commands:
+        if cmd.id.startswith("napari-pmt-iqa.") and cmd.python_name:
+            mod, attr = cmd.python_name.split(":")
+            __import__(mod)
+            assert hasattr(sys.modules[mod], attr), cmd.python_name
+    keys = {w.command for w in mf.contributions.widgets}
+    assert {"napari-pmt-iqa.score_widget", "napari-pmt-iqa.dataset_widget"} <= keys
+    props = mf.contributions.configurations["scoring"].properties
+    assert {"device", "cache_dir", "memory_mb"} <= set(props)
+
+
+def test_plugin_settings_and_fallback(monkeypatch):
+    from napari_pmt_iqa import _settings
+
+    s = _settings.get_settings()
+    assert s.device and s.memory_mb >= 16
+    monkeypatch.setenv("PMT_IQA_MEMORY_MB", "333")
+    monkeypatch.setenv("PMT_IQA_DEVICE", "cpu")
+    fb = _settings._from_env()
+    assert fb.memory_mb == 333 and fb.device == "cpu"
+
+
+def test_torch_guard_does_not_import_torch():
+    code = (
+        "import sys; from napari_pmt_iqa._torch_guard import guard_triton, has_nvidia_gpu;"
+        "r = guard_triton(); assert 'torch' not in sys.modules;"
+        "assert r == (not has_nvidia_gpu()); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("module", ["napari_pmt_iqa._widgets", "napari_pmt_iqa._sample_data", "napari_pmt_iqa._reader"])
+def test_startup_modules_do_not_import_torch(module):
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr

@@ -1,0 +1,172 @@
+"""The rating widget: rate images and planes in the viewer, keys 0-5, save/load a training CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from napari_pmt_iqa._widgets.rating_widget import (
+    RATINGS_KEY,
+    STARS,
+    RatingWidget,
+    get_plane,
+    load_ratings_csv,
+    rated_pairs,
+    save_ratings_csv,
+    set_rating,
+    stars_to_score,
+)
+
+
+def _press(viewer, key: str) -> None:
+    """Simulate a key press through napari's key-map handler (the path a real key press takes)."""
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+@pytest.fixture
+def rgb():
+    rng = np.random.default_rng(1)
+    return (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(2)
+    return (rng.random((5, 32, 36)) * 4000).astype(np.uint16)
+
+
+def test_stars_map_onto_the_quality_scale():
+    assert [stars_to_score(s) for s in range(1, 6)] == [10.0, 30.0, 50.0, 70.0, 90.0]
+    with pytest.raises(ValueError, match="1 to 5"):
+        stars_to_score(6)
+
+
+def test_buttons_and_spinbox_rate_the_current_image(make_napari_viewer, qtbot, rgb):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(rgb, name="photo")
+    w = RatingWidget(viewer)
+    qtbot.addWidget(w)
+    w.star_buttons[3].click()  # 4 stars
+    assert layer.metadata[RATINGS_KEY] == {(): STARS[4]}
+    assert "70 / 100" in w.rating_label.text()
+    w.spin.setValue(42.5)
+    w.set_button.click()
+    assert layer.metadata[RATINGS_KEY] == {(): 42.5}
+    assert w.count_label.text().startswith("1 rated")
+    w.clear_button.click()
+    assert layer.metadata[RATINGS_KEY] == {}
+    assert w.rating_label.text() == "not rated"
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        set_rating(layer, (), 120)
+    w.close()
+
+
+def test_keys_rate_and_win_over_image_mode_keys_then_unbind(make_napari_viewer, qtbot, rgb):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(rgb, name="photo")
+    w = RatingWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert layer.mode == "pan_zoom"
+    _press(viewer, "2")  # napari binds 2 to the Image layer's transform mode
+    assert layer.metadata[RATINGS_KEY] == {(): STARS[2]}
+    assert layer.mode == "pan_zoom"  # our binding won
+    _press(viewer, "5")
+    assert layer.metadata[RATINGS_KEY] == {(): STARS[5]}
+    _press(viewer, "0")
+    assert layer.metadata[RATINGS_KEY] == {}
+    # a layer added later is bound too
+    other = viewer.add_image(rgb[::-1], name="second")
+    _press(viewer, "1")
+    assert other.metadata[RATINGS_KEY] == {(): STARS[1]}
+    # unchecking / closing unbinds and gives napari's keys back
+    w.close()
+    _press(viewer, "3")
+    assert other.metadata[RATINGS_KEY] == {(): STARS[1]}
+    assert RATINGS_KEY not in layer.metadata or layer.metadata[RATINGS_KEY] == {}
+    _press(viewer, "2")
+    assert other.mode == "transform"
+
+
+def test_planes_of_a_stack_are_rated_separately(make_napari_viewer, qtbot, stack):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="zstack")
+    w = RatingWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.dims.set_current_step(0, 2)
+    w.rate_stars(5)
+    viewer.dims.set_current_step(0, 4)
+    w.rate(12.0)
+    assert layer.metadata[RATINGS_KEY] == {(2,): 90.0, (4,): 12.0}
+    assert "plane (4,)" in w.target_label.text()
+    np.testing.assert_array_equal(get_plane(layer, (2,)), stack[2])
+    pairs = rated_pairs(viewer.layers)
+    assert [s for _, s in pairs] == [90.0, 12.0]
+    assert pairs[1][0].shape == (32, 36)
+    # a transposed view does not show one plane: rating is refused with a clear reason
+    viewer.dims.order = (1, 0, 2)
+    assert w.rate_stars(3) is False
+    assert "dims order" in w.problem
+    assert layer.metadata[RATINGS_KEY] == {(2,): 90.0, (4,): 12.0}
+    w.close()
+
+
+def test_save_load_csv_round_trip_usable_for_training(make_napari_viewer, qtbot, tmp_path, rgb, stack):
+    from napari_pmt_iqa.data.datasets import load_dataset
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image(rgb, name="photo")
+    b = viewer.add_image(stack, name="z stack")
+    set_rating(a, (), 70.0)
+    set_rating(b, (1,), 30.0)
+    set_rating(b, (3,), 90.0)
+    csv_path, n = save_ratings_csv(viewer.layers, tmp_path / "ratings.csv")
+    assert n == 3
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [
+        "ratings_images/photo.png",
+        "ratings_images/z_stack_1.tif",
+        "ratings_images/z_stack_3.tif",
+    ]
+    # the generic layout reader of the trainer / `pmt-iqa train` reads it
+    ds = load_dataset(csv_path)
+    assert len(ds) == 3 and sorted(ds.scores) == [30.0, 70.0, 90.0]
+    assert ds.scale.high == 100.0
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ratings_images" / "z_stack_3.tif"), stack[3])
+
+    # loading onto the same layers restores the metadata
+    a.metadata[RATINGS_KEY] = {}
+    b.metadata[RATINGS_KEY] = {}
+    assert load_ratings_csv(csv_path, viewer) == 3
+    assert a.metadata[RATINGS_KEY] == {(): 70.0}
+    assert b.metadata[RATINGS_KEY] == {(1,): 30.0, (3,): 90.0}
+
+    # in a fresh viewer the rated planes come back as new layers with their ratings
+    viewer.layers.clear()
+    w = RatingWidget(viewer)
+    qtbot.addWidget(w)
+    assert w.load_csv(csv_path) == 3
+    assert len(viewer.layers) == 3
+    assert sorted(s for _, s in rated_pairs(viewer.layers)) == [30.0, 70.0, 90.0]
+    assert w.count_label.text().startswith("3 rated in 3 layers")
+    w.close()
+
+
+def test_save_without_ratings_and_bad_csv_give_clear_errors(make_napari_viewer, tmp_path, rgb):
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb)
+    with pytest.raises(ValueError, match="No image is rated"):
+        save_ratings_csv(viewer.layers, tmp_path / "r.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,quality\na.png,3\n")
+    with pytest.raises(ValueError, match="image,mos"):
+        load_ratings_csv(bad, viewer)
+    bad.write_text("image,mos\na.png,excellent\n")
+    with pytest.raises(ValueError, match="not a number"):
+        load_ratings_csv(bad, viewer)

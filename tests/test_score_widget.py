@@ -1,0 +1,196 @@
+"""The Score widget, created from the manifest, in a real viewer (pytest-xvfb provides the display)."""
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_pmt_iqa._widgets.overlays import METADATA_KEY, OVERLAY_KEY, map_transform
+from napari_pmt_iqa.scoring import get_model, score
+
+WIDGET = "Score image quality"
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
+    widget.chooser.add_model(tiny_checkpoint)
+    widget.chooser.device_combo.setCurrentText("cpu")
+    yield viewer, widget
+    if widget.is_running():
+        widget.cancel()
+        t0 = time.perf_counter()
+        while widget.is_running() and time.perf_counter() - t0 < 20:
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()
+            time.sleep(0.01)
+    assert not widget.is_running(), "a scoring worker is still running"
+
+
+def run(qtbot, widget, layer=None, timeout=30000):
+    widget.score(layer)
+    assert widget.worker is not None, widget.last_error
+    # the widget's own `finished` slot (connected before the start) clears widget.worker
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=timeout)
+
+
+def overlays(viewer, name):
+    return {lay.metadata[OVERLAY_KEY]["key"]: lay for lay in viewer.layers
+            if lay.metadata.get(OVERLAY_KEY, {}).get("source") == name}
+
+
+def test_score_2d_image_adds_registered_overlays(qtbot, viewer_widget, rgb_image, tiny_checkpoint):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(rgb_image, name="photo", scale=(2.0, 0.5), translate=(10.0, -5.0))
+    run(qtbot, widget, layer)
+    assert widget.last_error == ""
+    ref = score(rgb_image, get_model(str(tiny_checkpoint), "cpu"), device="cpu")
+    meta = layer.metadata[METADATA_KEY]
+    assert meta["score"] == pytest.approx(ref.score, rel=1e-5)
+    assert meta["units"] == ref.units and len(meta["class_probs"]) == 10
+    assert "higher is better" in widget.score_label.text() and f"{ref.score:.2f}" in widget.score_label.text()
+    assert "Most likely class" in widget.class_label.text()
+    ov = overlays(viewer, "photo")
+    assert set(ov) == {"quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"}
+    scale, translate = map_transform(ref.maps.geometry, (2.0, 0.5), (10.0, -5.0))
+    for lay in ov.values():
+        np.testing.assert_allclose(lay.scale, scale)
+        np.testing.assert_allclose(lay.translate, translate)
+        assert lay.data.shape == ref.crop_scores.shape  # not upsampled
+    assert type(ov["class"]).__name__ == "Labels"
+    assert tuple(ov["quality"].contrast_limits) == tuple(ref.score_range)
+    np.testing.assert_allclose(ov["quality"].data, ref.crop_scores, rtol=1e-5)
+    # toggling a map only changes its visibility: nothing is recomputed, no worker starts
+    ov["scale0"].visible = True
+    ov["quality"].visible = False
+    assert widget.worker is None and len(overlays(viewer, "photo")) == 7
+    # scoring again replaces the overlays instead of piling them up
+    run(qtbot, widget, layer)
+    assert len(overlays(viewer, "photo")) == 7
+
+
+def test_score_stack_plot_follows_slice(qtbot, viewer_widget, rgb_image):
+    viewer, widget = viewer_widget
+    stack = np.stack([rgb_image, rgb_image // 2 + 60, rgb_image[::-1]])
+    layer = viewer.add_image(stack, name="stack", rgb=True)
+    run(qtbot, widget, layer)
+    meta = layer.metadata[METADATA_KEY]
+    assert len(meta["scores"]) == 3 and len(meta["planes"]) == 3
+    assert not widget.stack_plot.isHidden()
+    np.testing.assert_allclose(widget.stack_plot.values, meta["scores"])
+    ov = overlays(viewer, "stack")
+    assert ov["quality"].data.shape[0] == 3 and ov["scale2"].data.ndim == 3
+    viewer.dims.set_current_step(0, 2)
+    assert widget.stack_plot.current == 2
+    widget.stack_plot.clicked.emit(1)  # a click on the plot moves the viewer
+    assert viewer.dims.current_step[0] == 1 and widget.stack_plot.current == 1
+
+
+def test_large_image_tiles_with_progress_and_cancel(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    img = np.random.default_rng(1).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name="big")
+    widget.chooser.memory_spin.setValue(16)  # 1 crop per tile: many tiles, slow enough to cancel
+    widget.score(layer)
+    qtbot.waitUntil(lambda: widget.state.done > 2, timeout=20000)
+    assert 0 < widget.state.fraction < 1
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert "cancelled" in widget.last_error.lower()
+    assert METADATA_KEY not in layer.metadata and not overlays(viewer, "big")
+    assert widget.score_button.isEnabled()
+
+
+def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
+    """The event loop never stalls over 100 ms while a worker scores, and the worker is not slower
+    than the main thread (the micro-sam slowdown)."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_widget
+    img = np.random.default_rng(2).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name="big")
+    widget.chooser.memory_spin.setValue(128)
+    widget.maps_check.setChecked(False)
+    net = get_model(widget.chooser.current_model(), "cpu")
+    score(img[:300, :300], net, device="cpu")  # warm-up
+    t0 = time.perf_counter()
+    score(img, net, device="cpu", maps=False, memory_mb=128)
+    main_s = time.perf_counter() - t0
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    run(qtbot, widget, layer)
+    timer.stop()
+    worker_s = widget.last_seconds
+    gaps = np.diff(ticks)
+    print(f"main thread {main_s:.3f} s, worker {worker_s:.3f} s, longest GUI stall {gaps.max() * 1000:.1f} ms over {len(ticks)} ticks")
+    assert len(ticks) > 10
+    assert gaps.max() < 0.100
+    assert worker_s <= 1.5 * main_s + 0.05
+
+
+def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
+    from napari_pmt_iqa._widgets import score_widget
+
+    shown = []
+    monkeypatch.setattr(score_widget, "_notify_error", shown.append)
+    viewer, widget = viewer_widget
+    labels = viewer.add_labels(np.zeros((50, 50), int), name="lab")
+    widget.score(labels)
+    assert "Labels layer" in widget.last_error and widget.worker is None and shown
+    pts = viewer.add_points(np.zeros((3, 2)), name="pts")
+    widget.score(pts)
+    assert "Points layer" in widget.last_error and widget.worker is None
+    # a 1-pixel-thick stack: a message from the worker, no traceback
+    thin = viewer.add_image(np.zeros((3, 1, 300), np.uint8), name="thin")
+    run(qtbot, widget, thin)
+    assert "1 x 300" in widget.last_error and METADATA_KEY not in thin.metadata
+
+
+def test_small_image_and_single_plane_stack(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    small = viewer.add_image(np.random.default_rng(3).random((40, 60)), name="small")
+    run(qtbot, widget, small)
+    assert widget.last_error == "" and np.isfinite(small.metadata[METADATA_KEY]["score"])
+    one = viewer.add_image(np.random.default_rng(4).integers(0, 255, (1, 230, 240), dtype=np.uint8), name="one")
+    run(qtbot, widget, one)
+    assert widget.last_error == "" and len(one.metadata[METADATA_KEY]["scores"]) == 1
+
+
+def test_layer_removed_while_scoring(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    img = np.random.default_rng(5).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name="doomed")
+    widget.chooser.memory_spin.setValue(16)
+    widget.score(layer)
+    qtbot.waitUntil(lambda: widget.state.done > 1, timeout=20000)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert "removed" in widget.last_error and not overlays(viewer, "doomed")
+
+
+def test_broken_checkpoint_and_missing_model(qtbot, viewer_widget, tmp_path, tiny_checkpoint):
+    from napari_pmt_iqa.weights import CheckpointError
+
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(np.zeros((240, 240), np.uint8), name="img")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        widget.chooser.add_model(junk)
+    # a checkpoint that passes the header check but fails to load in the worker
+    broken = tmp_path / "broken.safetensors"
+    data = tiny_checkpoint.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    widget.chooser.add_model(broken)
+    run(qtbot, widget, layer)
+    assert "Scoring failed" in widget.last_error and METADATA_KEY not in layer.metadata
+    # nothing chosen (the default model is not shipped yet): a clear message, no worker
+    widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.count() - 1)
+    widget.score(layer)
+    assert widget.worker is None and "Choose file" in widget.last_error

@@ -1,0 +1,281 @@
+"""The scoring API: dtypes, layouts, determinism, tiling, stacks, cancel, precision, results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pmt_iqa import scoring
+from napari_pmt_iqa.imaging import ImageError
+from napari_pmt_iqa.model import PMTIQA, ScoreScale
+from napari_pmt_iqa.scoring import (
+    ScoreResult,
+    ScoringCancelled,
+    StackResult,
+    score,
+    score_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return PMTIQA(backbone="tiny", pretrained=False).eval()
+
+
+def _photo(shape=(256, 320, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    base = (np.sin(x / 9.0) + np.cos(y / 13.0)) * 60 + 128
+    img = base[..., None] + rng.normal(0, 20, shape if len(shape) == 3 else shape + (1,))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return img if len(shape) == 3 else img[..., 0]
+
+
+def test_result_of_a_photo(tiny):
+    img = _photo((288, 352, 3))  # 3 x 5 crops
+    r = score(img, tiny, "cpu")
+    assert isinstance(r, ScoreResult)
+    assert r.crop_scores.shape == (3, 5) and r.n_crops == 15
+    assert r.score == pytest.approx(r.crop_scores.mean(), rel=1e-5)
+    assert r.class_probs.shape == (10,) and r.class_probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert r.predicted_class == int(np.argmax(r.class_probs))
+    assert len(r.class_edges) == 11 and r.class_edges[0] == 0 and r.class_edges[-1] == 100
+    assert r.crop_positions.shape == (3, 5, 2)
+    np.testing.assert_array_equal(r.crop_positions[1, 2], [32, 64])
+    assert r.crop_size == 224 and r.units and r.score_range == (0.0, 100.0)
+    m = r.maps
+    assert m.quality.shape == m.class_map.shape == m.confidence.shape == (3, 5)
+    assert m.scale_maps.shape == (4, 3, 5)
+    assert m.geometry.scale == (32.0, 32.0)
+    assert m.geometry.translate == (224 / 2 - 16, 224 / 2 - 16)
+    assert ((m.confidence > 0) & (m.confidence <= 1)).all()
+    d = r.to_dict()
+    json.dumps(d)
+    assert d["n_crops"] == 15 and d["method"] == "fast"
+
+
+def test_scores_come_back_in_the_checkpoint_units(tiny):
+    img = _photo()
+    ref = score(img, tiny, "cpu", maps=False)
+    tiny.score_scale = ScoreScale(0, 100, higher_is_better=False, name="DMOS")
+    try:
+        r = score(img, tiny, "cpu", maps=True)
+    finally:
+        del tiny.score_scale
+    assert r.score == pytest.approx(100 - ref.score, abs=1e-3)
+    assert not r.higher_is_better and r.units == "DMOS"
+    assert r.class_edges[0] == 100 and r.class_edges[-1] == 0
+
+
+def test_same_image_same_score_every_time(tiny):
+    img = _photo(seed=3)
+    scores = {score(img, tiny, "cpu", maps=False).score for _ in range(3)}
+    assert len(scores) == 1
+    crops = {score(img, tiny, "cpu", maps=False, method="crops").score for _ in range(2)}
+    assert len(crops) == 1
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.uint8, 1), (np.uint16, 257), (np.float32, 1 / 255), (np.float64, 1 / 255),
+     (np.int32, 1), (np.float32, 1.0)],
+)
+def test_any_dtype_is_accepted(tiny, dtype, scale):
+    img = (_photo().astype(np.float64) * scale).astype(dtype)
+    r = score(img, tiny, "cpu", maps=False)
+    assert np.isfinite(r.score)
+
+
+def test_dtype_normalisation_is_consistent(tiny):
+    img8 = _photo()
+    ref = score(img8, tiny, "cpu", maps=False).score
+    # a float image in [0, 1] is the uint8 image / 255: the same score
+    assert score(img8 / 255.0, tiny, "cpu", maps=False).score == pytest.approx(ref, abs=1e-4)
+    # a true 16-bit photo with its range given explicitly scores like the 8-bit one
+    img16 = img8.astype(np.uint16) * 257
+    s16 = score(img16, tiny, "cpu", maps=False, intensity_range=(0, 65535)).score
+    assert s16 == pytest.approx(ref, abs=1e-3)
+
+
+def test_layouts_give_the_same_score(tiny):
+    rgb = _photo()
+    ref = score(rgb, tiny, "cpu", maps=False).score
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    assert score(rgba, tiny, "cpu", maps=False).score == pytest.approx(ref, abs=1e-5)
+    chw = np.moveaxis(rgb, -1, 0).copy()
+    assert score(chw, tiny, "cpu", maps=False).score == pytest.approx(ref, abs=1e-5)
+    assert score(chw, tiny, "cpu", maps=False, channel_axis=0).score == pytest.approx(ref, abs=1e-5)
+    gray = rgb[..., 0]
+    g = score(gray, tiny, "cpu", maps=False).score
+    g3 = score(np.repeat(gray[..., None], 3, -1), tiny, "cpu", maps=False).score
+    assert g == pytest.approx(g3, abs=1e-5)
+
+
+def test_small_images_are_enlarged_to_one_crop(tiny):
+    r = score(_photo((100, 150, 3)), tiny, "cpu")
+    assert r.n_crops >= 1
+    assert r.crop_size == pytest.approx(224 * 100 / 224)  # crop side in original pixels
+    r2 = score(np.full((2, 2), 7, np.uint8), tiny, "cpu", maps=False)
+    assert np.isfinite(r2.score)
+
+
+def test_crops_method_equals_fast_on_one_crop(tiny):
+    img = _photo((224, 224, 3))
+    a = score(img, tiny, "cpu", method="fast", maps=False)
+    b = score(img, tiny, "cpu", method="crops", maps=False)
+    assert a.n_crops == b.n_crops == 1
+    assert a.score == pytest.approx(b.score, abs=1e-4)
+    c = score(_photo((256, 288, 3)), tiny, "cpu", method="crops", batch_size=4)
+    assert c.crop_scores.shape == (2, 3) and c.method == "crops"
+
+
+def test_tiles_within_a_memory_bound_match_one_pass(tiny):
+    img = _photo((544, 608, 3), seed=5)  # 11 x 13 crops
+    one = score(img, tiny, "cpu", maps=False, memory_mb=4096)
+    calls = []
+    tiled = score(img, tiny, "cpu", maps=False, memory_mb=1,
+                  progress=lambda d, t: calls.append((d, t)))
+    total = calls[-1][1]
+    assert total > 4  # several tiles were used
+    assert calls == [(k, total) for k in range(1, total + 1)]
+    assert tiled.crop_scores.shape == one.crop_scores.shape == (11, 13)
+    # stated tolerance: with 64 px of context around every tile (more than the tiny model's
+    # receptive field) tiled crop scores equal single-pass ones up to float rounding, 1e-5 on the
+    # 0-100 scale (without the margin they differ by about 4e-4 here)
+    assert np.ptp(one.crop_scores) > 1e-3  # the scores do vary over the image
+    np.testing.assert_allclose(tiled.crop_scores, one.crop_scores, atol=1e-5)
+    assert tiled.score == pytest.approx(one.score, abs=1e-5)
+
+
+def test_tile_size_follows_the_budget():
+    assert scoring._tile_size("resnet50", 1024, 224) >= 1024
+    assert scoring._tile_size("resnet50", 1, 224) == 224
+    assert scoring._tile_size("resnet50", 64, 224) % 32 == 0
+
+
+def test_stacks_give_one_score_per_plane(tiny):
+    planes = [_photo((224, 256), seed=s) for s in range(3)]
+    stack = np.stack(planes)  # (3, H, W) grayscale: more than 4 planes would not be colour
+    stack = np.concatenate([stack, stack[:2]])  # 5 planes
+    calls = []
+    r = score(stack, tiny, "cpu", maps=False, progress=lambda d, t: calls.append((d, t)))
+    assert isinstance(r, StackResult)
+    assert r.scores.shape == (5,)
+    assert r.scores[3] == r.scores[0] and r.scores[4] == r.scores[1]
+    assert r.scores[0] == pytest.approx(score(planes[0], tiny, "cpu", maps=False).score)
+    assert calls[-1] == (5, 5)
+    r2 = score(np.stack([stack[:2], stack[2:4]]), tiny, "cpu", maps=False)  # (2, 2, H, W)
+    assert r2.scores.shape == (2, 2)
+    rgb_stack = np.stack([_photo((224, 224, 3), seed=s) for s in range(2)])
+    assert score(rgb_stack, tiny, "cpu", maps=False).scores.shape == (2,)
+    assert r.score == pytest.approx(r.scores.mean())
+
+
+def test_cancel(tiny):
+    img = _photo((544, 608, 3))
+    with pytest.raises(ScoringCancelled):
+        score(img, tiny, "cpu", memory_mb=1, cancel=lambda: True)
+    n = {"k": 0}
+
+    def after_two():
+        n["k"] += 1
+        return n["k"] > 2
+
+    with pytest.raises(ScoringCancelled):
+        score(img, tiny, "cpu", memory_mb=1, cancel=after_two)
+    assert n["k"] == 3
+    with pytest.raises(ScoringCancelled):
+        score(img, tiny, "cpu", method="crops", cancel=lambda: True)
+    with pytest.raises(ScoringCancelled):
+        score(np.stack([img[..., 0]] * 3), tiny, "cpu", cancel=lambda: True)
+
+
+def test_bf16_is_close_to_fp32(tiny):
+    img = _photo(seed=7)
+    a = score(img, tiny, "cpu", maps=False)
+    b = score(img, tiny, "cpu", maps=False, precision="bf16")
+    # stated tolerance: 1 point on the 0-100 scale (bf16 keeps about 3 significant digits)
+    assert abs(a.score - b.score) < 1.0
+    np.testing.assert_allclose(a.crop_scores, b.crop_scores, atol=2.0)
+    with pytest.raises(ValueError, match="fp16 autocast is for GPUs"):
+        score(img, tiny, "cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        score(img, tiny, "cpu", precision="int8")
+
+
+def test_unknown_method_is_an_error(tiny):
+    with pytest.raises(ValueError, match="method must be 'fast' or 'crops'"):
+        score(_photo(), tiny, "cpu", method="random")
+
+
+def test_channels_last_does_not_change_scores():
+    torch.manual_seed(4)
+    model = PMTIQA(backbone="tiny", pretrained=False).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        ref = model(x, normalized=False).score
+    img = (x[0].permute(1, 2, 0).numpy()).astype(np.float32)
+    r = score(img, model, "cpu", maps=False)
+    assert r.score == pytest.approx(float(ref), abs=1e-4)
+
+
+def test_score_batch_matches_score(tiny):
+    imgs = [_photo((256, 288, 3), seed=s) for s in range(3)] + [_photo((224, 224, 3), seed=9)]
+    out = score_batch(imgs, tiny, "cpu", batch_size=2)
+    for img, r in zip(imgs, out):
+        assert r.score == pytest.approx(score(img, tiny, "cpu", maps=False).score, abs=1e-4)
+    big = _photo((544, 608, 3))
+    r = score_batch([big], tiny, "cpu", memory_mb=1)[0]
+    assert r.score == pytest.approx(score(big, tiny, "cpu", maps=False).score, abs=1e-3)
+    with pytest.raises(ImageError, match="2D images"):
+        score_batch([np.zeros((3, 240, 240), np.uint8)[None].repeat(2, 0)], tiny, "cpu")
+
+
+def test_model_from_a_checkpoint_is_cached(tiny, tmp_path):
+    from napari_pmt_iqa.weights import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny, score_scale=ScoreScale(1, 5))
+    scoring.clear_model_cache()
+    a = scoring.get_model(str(path), "cpu")
+    assert scoring.get_model(path, "cpu") is a
+    r = score(_photo(), str(path), "cpu", maps=False)
+    assert 1 <= r.score <= 5 and r.score_range == (1.0, 5.0)
+    scoring.clear_model_cache()
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((0, 10), np.uint8), "empty"),
+        (np.zeros((1, 1), np.uint8), "1 x 1 pixels"),
+        (np.zeros(5, np.uint8), "at least 2 dimensions"),
+        (np.zeros((2, 2, 2, 32, 32), np.uint8), "dimensions"),
+        (np.array([["a", "b"], ["c", "d"]]), "numeric"),
+        (np.ones((32, 32), np.complex64), "Complex"),
+    ],
+)
+def test_bad_arrays_are_clear_errors(tiny, image, match):
+    with pytest.raises(ImageError, match=match):
+        score(image, tiny, "cpu")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_clear_errors(tiny, bad):
+    img = _photo().astype(np.float32)
+    img[10, 10, 1] = bad
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        score(img, tiny, "cpu")
+
+
+def test_explicit_cuda_without_gpu_is_a_device_error(tiny):
+    from napari_pmt_iqa.devices import DeviceError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+        score(_photo(), tiny, "cuda:0")

@@ -1,0 +1,75 @@
+"""``pmt-iqa train / eval / protocol`` (called in-process through the parser)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import pytest
+
+from _iqa_data import make_dataset
+from napari_pmt_iqa.training import cli as tcli
+from napari_pmt_iqa.weights import read_metadata
+
+TINY = ["--backbone", "tiny", "--no-pretrained", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("cli"), n=20, size=80).parent
+
+
+def test_subcommands_plug_into_the_main_parser():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    tcli.add_subcommands(sub)
+    args = p.parse_args(["train", "--data", "d", "--out", "o", "--constant-weights"])
+    assert args.func is tcli.cmd_train
+    cfg = tcli.config_from_args(args)
+    assert cfg.progressive is False and cfg.loss_weights == (1.0, 1.0) and cfg.lr == 1e-4
+    try:
+        from napari_pmt_iqa.cli import build_parser
+    except ImportError:  # pragma: no cover - the score CLI is another module
+        return
+    assert build_parser().parse_args(["protocol", "--data", "d", "--out", "o"]).func is tcli.cmd_protocol
+
+
+def test_train_then_eval(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = tcli.main(["train", "--data", str(data_dir), "--out", str(out), "--epochs", "2",
+                    "--score-range", "0", "100", *TINY])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "val SRCC" in text and text.count("*") >= 1  # the per-epoch table
+    assert read_metadata(out / "best.safetensors")["training"]["recipe"]["epochs"] == 2
+    rc = tcli.main(["eval", "--model", str(out / "best.safetensors"), "--data", str(data_dir),
+                    "--device", "cpu", "--predictions", str(tmp_path / "pred.csv")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "SRCC" in text and "PLCC" in text and "KRCC" in text and "n=20" in text
+    with open(tmp_path / "pred.csv") as f:
+        assert len(list(csv.DictReader(f))) == 20
+
+
+def test_train_bad_data_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("img,quality\na.png,1\n")
+    rc = tcli.main(["train", "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == tcli.EXIT_ERROR and "error:" in err and "'image' and 'mos'" in err
+    rc = tcli.main(["eval", "--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path / "x.csv")])
+    assert rc == tcli.EXIT_ERROR
+
+
+def test_protocol_writes_every_split_and_medians(data_dir, tmp_path, capsys):
+    out = tmp_path / "proto"
+    rc = tcli.main(["protocol", "--data", str(data_dir), "--out", str(out), "--splits", "2",
+                    "--epochs", "1", "--limit", "16", *TINY])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "median SRCC" in text
+    with open(out / "protocol.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["split"] for r in rows] == ["0", "1", "median"]
+    assert all(int(r["n_test"]) == 3 for r in rows[:2])  # 20% of the 16-image subset (limit)
+    assert float(rows[2]["test_srcc"]) == pytest.approx(
+        sorted(float(r["test_srcc"]) for r in rows[:2])[0] / 2 + sorted(float(r["test_srcc"]) for r in rows[:2])[1] / 2)
+    assert (out / "split_00" / "best.safetensors").exists() and (out / "split_01" / "best.safetensors").exists()
