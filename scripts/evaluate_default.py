@@ -61,9 +61,8 @@ def model_scores(model, samples, cache, method="fast", precision="bf16"):
 
 
 def brisque_scores(samples, cache):
-    from brisque import BRISQUE
-
     import brisque.brisque as bq_mod
+    from brisque import BRISQUE
 
     # brisque 0.2.0 breaks on numpy >= 2 in scale_features (scalar conversion): patch it locally
     orig = bq_mod.BRISQUE.scale_features if hasattr(bq_mod.BRISQUE, "scale_features") else None

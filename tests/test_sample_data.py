@@ -18,9 +18,20 @@ def test_graded_stacks_get_worse(kind):
 
 
 def test_sample_functions_return_layer_data():
-    for fn in (_sample_data.graded_blur, _sample_data.photo_pair):
+    for fn in (_sample_data.graded_blur, _sample_data.photo_pair, _sample_data.local_defects):
         out = fn()
         assert out and all(isinstance(item[0], np.ndarray) and "name" in item[1] for item in out)
+
+
+def test_local_defects_change_only_their_regions():
+    (img, kwargs), = _sample_data.local_defects()
+    clean = _sample_data._photo("astronaut")
+    h, w = clean.shape[:2]
+    diff = np.abs(img.astype(int) - clean.astype(int)).sum(-1)
+    assert diff[h // 3 : h // 2, w // 3 : 2 * w // 3].max() == 0  # the middle is untouched
+    assert diff[:, 2 * w // 3 :].mean() > 1  # blurred band
+    assert diff[h // 2 :, : w // 3].mean() > 10  # noisy block
+    assert diff[: h // 3, : w // 3].mean() > 1  # JPEG block
 
 
 def test_distort_rejects_unknown():

@@ -8,8 +8,6 @@ seeds; no torch.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 #: distortion -> (photo, levels, label of each level)
@@ -52,27 +50,15 @@ def distort(img: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarr
     numpy.ndarray
         ``(H, W, 3)`` uint8.
     """
+    from .data import distortions
+
     if kind == "blur":
-        if level <= 0:
-            return img.copy()
-        from skimage.filters import gaussian
-
-        out = gaussian(img.astype(np.float32) / 255.0, sigma=float(level), channel_axis=-1)
-    elif kind == "noise":
-        rng = np.random.default_rng(seed)
-        out = img.astype(np.float32) / 255.0 + rng.normal(0.0, float(level), img.shape).astype(np.float32)
-    elif kind == "jpeg":
-        if level >= 100:
-            return img.copy()
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=int(level))
-        buf.seek(0)
-        return np.asarray(Image.open(buf).convert("RGB"))
-    else:
-        raise ValueError(f"Unknown distortion {kind!r}; use blur, noise or jpeg.")
-    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+        return img.copy() if level <= 0 else distortions.gaussian_blur(img, float(level))
+    if kind == "noise":
+        return img.copy() if level <= 0 else distortions.gaussian_noise(img, 255.0 * float(level), seed)
+    if kind == "jpeg":
+        return img.copy() if level >= 100 else distortions.jpeg(img, int(level))
+    raise ValueError(f"Unknown distortion {kind!r}; use blur, noise or jpeg.")
 
 
 def graded_stack(kind: str, max_side: int = 512) -> tuple[np.ndarray, dict]:
@@ -112,3 +98,20 @@ def photo_pair() -> list[tuple]:
     bad = distort(distort(img, "blur", 3.0), "noise", 0.08)
     return [(img, {"name": "chelsea (clean)", "rgb": True}),
             (bad, {"name": "chelsea (blur + noise)", "rgb": True, "visible": False})]
+
+
+def local_defects() -> list[tuple]:
+    """napari sample: one photo with defects in places (a blurred band, a noisy and a JPEG block).
+
+    The quality maps should show *where* the image is worse: low on the right-hand band (blur),
+    the bottom-left block (noise) and the top-left block (JPEG).
+    """
+    img = _photo("astronaut")
+    h, w = img.shape[:2]
+    out = img.copy()
+    out[:, 2 * w // 3 :] = distort(img, "blur", 4.0)[:, 2 * w // 3 :]
+    out[h // 2 :, : w // 3] = distort(img, "noise", 0.15, seed=3)[h // 2 :, : w // 3]
+    out[: h // 3, : w // 3] = distort(img, "jpeg", 5)[: h // 3, : w // 3]
+    meta = {"pmt_iqa_sample": {"photo": "astronaut", "defects": "blur (right third), noise "
+                               "(bottom-left), JPEG q5 (top-left)"}}
+    return [(out, {"name": "astronaut (local defects)", "rgb": True, "metadata": meta})]

@@ -117,6 +117,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
                    choices=["resnet50", "resnet34", "resnet18", "efficientnet_lite0", "tiny"])
     p.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
+    p.add_argument(
+        "--no-multiscale", action="store_true",
+        help="ablation: feed only the last backbone stage to the heads (no MS taps)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8, help="images per step (over all processes)")
     p.add_argument("--crops-per-image", type=int, default=1)
@@ -187,7 +191,7 @@ def config_from_args(args):
         raise SystemExit("error: --constant-weights takes no value or two (W_REG W_CLS)")
     return TrainConfig(
         data=args.data, layout=args.dataset, score_scale=_scale(args), out_dir=args.out,
-        init=args.init, backbone=args.backbone, pretrained=not args.no_pretrained,
+        init=args.init, backbone=args.backbone, pretrained=not args.no_pretrained, multiscale=not args.no_multiscale,
         epochs=args.epochs, batch_size=args.batch_size, crops_per_image=args.crops_per_image,
         lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, lr_step=args.lr_step,
         freeze_backbone=args.freeze_backbone, progressive=cw is None,

@@ -95,6 +95,8 @@ class TrainConfig:
     init
         ``None``: an ImageNet backbone (``backbone``, ``pretrained``); otherwise a registered model
         name or a checkpoint path to fine-tune.
+    multiscale
+        False for the ablation without the multi-scale taps (only the last stage reaches the heads).
     epochs, batch_size, crops_per_image
         Epochs; images per optimiser step (over all processes); random crops per image.
     lr, head_lr, weight_decay, lr_step
@@ -128,6 +130,7 @@ class TrainConfig:
     init: str | os.PathLike | None = None
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
+    multiscale: bool = True
     epochs: int = 10
     batch_size: int = 8
     crops_per_image: int = 1
@@ -628,7 +631,7 @@ class _Run:
         if c.init is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model = PMTIQA(backbone=c.backbone, pretrained=c.pretrained)
+                model = PMTIQA(backbone=c.backbone, pretrained=c.pretrained, multiscale=c.multiscale)
             for w in caught:
                 self.emit(DataIssue(str(w.message)))
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
