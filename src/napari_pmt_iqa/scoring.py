@@ -211,12 +211,28 @@ def clear_model_cache() -> None:
 # --------------------------------------------------------------------------- geometry
 @dataclass
 class _Prepared:
-    rgb: np.ndarray  # (H', W', 3) float32, H', W' multiples of 32, >= crop
+    # (H', W', C), H' and W' multiples of 32 and >= crop: float32 RGB in [0, 1], or, for uint8
+    # input, a view of the original plane (C of 1, 3 or 4) converted tile by tile (_tile_to_float),
+    # so that a huge uint8 image is never copied whole into float32
+    rgb: np.ndarray
     factor: float  # original pixels per prepared pixel
     offset: tuple[int, int]  # top-left of the prepared plane in (enlarged) pixels
 
 
+def _tile_to_float(a: np.ndarray) -> np.ndarray:
+    """A prepared tile as float32 RGB in [0, 1] (see :class:`_Prepared`)."""
+    if a.dtype != np.uint8:
+        return a
+    a = a[..., :3] if a.shape[-1] >= 3 else np.repeat(a, 3, axis=-1)
+    return a.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
 def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
+    h, w = plane.shape[:2]
+    if plane.dtype == np.uint8 and intensity_range is None and min(h, w) >= crop:
+        hh, ww = (h // LATTICE) * LATTICE, (w // LATTICE) * LATTICE
+        oy, ox = (h - hh) // 2, (w - ww) // 2
+        return _Prepared(plane[oy : oy + hh, ox : ox + ww], 1.0, (oy, ox))
     rgb = to_rgb01(plane, intensity_range)
     h, w = rgb.shape[:2]
     factor = 1.0
@@ -272,7 +288,7 @@ def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, preci
 
     def to_tensor(a):
         # (H, W, 3) -> (1, 3, H, W) is already channels-last in memory: no copy needed
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(2, 0, 1)[None]
+        t = torch.from_numpy(np.ascontiguousarray(_tile_to_float(a))).to(dev).permute(2, 0, 1)[None]
         return model.normalize(t).contiguous(memory_format=torch.channels_last)
 
     _use_channels_last(model)
@@ -529,7 +545,7 @@ def score_batch(
     for idxs in groups.values():
         for k in range(0, len(idxs), batch_size):
             chunk = idxs[k : k + batch_size]
-            x = torch.from_numpy(np.stack([prepared[i][1].rgb for i in chunk])).to(dev).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.stack([_tile_to_float(prepared[i][1].rgb) for i in chunk])).to(dev).permute(0, 3, 1, 2)
             _use_channels_last(net)
             with torch.inference_mode(), autocast(dev, precision):
                 x = net.normalize(x).contiguous(memory_format=torch.channels_last)

