@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SAMPLES = {"blur": "graded_blur", "noise": "graded_noise", "jpeg": "graded_jpeg", "pair": "photo_pair"}
+SAMPLES = {"local": "local_defects", "blur": "graded_blur", "noise": "graded_noise", "jpeg": "graded_jpeg",
+           "pair": "photo_pair"}
 
 
 def _has_display() -> bool:
@@ -54,7 +55,8 @@ def _model_choice(model_arg: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window and exit")
-    ap.add_argument("--sample", choices=sorted(SAMPLES), default="jpeg", help="sample to score (default: blur)")
+    ap.add_argument("--sample", choices=sorted(SAMPLES), default="local",
+                    help="sample to score (default: local, a photo with local defects)")
     ap.add_argument("--model", help="registered model name or checkpoint path (default: the default model)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--maps-figure", metavar="PATH",

@@ -159,7 +159,7 @@ def test_large_uint8_image_is_not_copied_whole_into_float(tiny):
     full_float_bytes = img.size * 4
     tracemalloc.start()
     try:
-        r = score(img, model=tiny, device="cpu", maps=False, memory_mb=32)
+        r = score(img, model=tiny, device="cpu", maps=False, memory_mb=200)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
