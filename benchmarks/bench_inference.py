@@ -24,8 +24,13 @@ ratios are computed from CPU time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,17 +68,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, default=500)
+    p.add_argument("--pyiqa-python", default=os.environ.get("PYIQA_PYTHON"),
+                   help="Python of a separate venv with pyiqa: adds its HyperIQA and TOPIQ-NR "
+                        "(random weights) on the same image (env PYIQA_PYTHON)")
     args = p.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     import torchvision
+    from skimage import data as skdata
+    from skimage.transform import resize
 
     from napari_pmt_iqa.model import PMTIQA
     from napari_pmt_iqa.scoring import score
 
-    img = (np.random.default_rng(0).random((args.size, args.size, 3)) * 255).astype(np.uint8)
+    img = skdata.astronaut()  # a 512 x 512 photo, cut (or resized) to --size
+    if args.size <= 512:
+        img = np.ascontiguousarray(img[: args.size, : args.size])
+    else:
+        img = (resize(img, (args.size, args.size), preserve_range=True)).astype(np.uint8)
     crops = _crops_tensor(img)
     n_crops = crops.shape[0]
     bs = 16
@@ -114,6 +128,22 @@ def main(argv: list[str] | None = None) -> None:
     t_hyper = _time(hyper_like, max(1, repeats // 2))
     rows.append(("HyperIQA-like: bare ResNet-50, 25 separate 224 crops (pyiqa not installed)",
                  t_hyper, "lower bound of HyperIQA's cost"))
+
+    # ---------------------------------------------------------------- pyiqa, in its own venv
+    if args.pyiqa_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(Path(tmp) / "img.npy", img)
+            proc = subprocess.run(
+                [args.pyiqa_python, str(Path(__file__).with_name("_pyiqa_timing.py")),
+                 str(Path(tmp) / "img.npy"), str(args.threads), str(max(1, repeats // 2)),
+                 "hyperiqa", "topiq_nr"],
+                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+            )
+        if proc.returncode == 0:
+            for name, t in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                rows.append((f"pyiqa {name} (separate venv, random weights)", tuple(t), "anchor"))
+        else:
+            print("pyiqa timing failed:", proc.stderr[-2000:])
 
     # ---------------------------------------------------------------- fast path
     goals = {"resnet50": 0.30, "efficientnet_lite0": 0.10}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from napari_pmt_iqa.data.crops import DecodeCache, load_rgb
-from napari_pmt_iqa.data.datasets import load_biq2021, load_livec, random_split
+from napari_pmt_iqa.data.datasets import load_biq2021
 from napari_pmt_iqa.data.distortions import DISTORTIONS, distort
 from napari_pmt_iqa.metrics import iqa_metrics
 from napari_pmt_iqa.model import PMTIQA
@@ -44,12 +44,13 @@ from napari_pmt_iqa.weights import atomic_write_text, load_checkpoint
 
 
 def splits(livec_root, biq_root, split_seed=0):
-    livec = load_livec(livec_root)
-    trainval, test = random_split(livec, 0.2, seed=split_seed)
-    lc_train, lc_val = random_split(trainval, 0.1, seed=1000 + split_seed)
-    biq = load_biq2021(biq_root, "train")
-    bq_train, bq_val = random_split(biq, 0.05, seed=1000 + split_seed)
-    return livec, lc_train, lc_val, test, biq, bq_train, bq_val
+    """The data parts of the default recipe (exactly those of scripts/train_default.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_default import default_splits
+
+    return default_splits(livec_root, biq_root, split_seed)
 
 
 def model_scores(model, samples, cache, method="fast", precision="bf16"):
