@@ -23,15 +23,16 @@ def test_sample_functions_return_layer_data():
         assert out and all(isinstance(item[0], np.ndarray) and "name" in item[1] for item in out)
 
 
-def test_local_defects_change_only_their_regions():
+def test_local_defects_quadrants():
     (img, kwargs), = _sample_data.local_defects()
-    clean = _sample_data._photo("astronaut")
-    h, w = clean.shape[:2]
-    diff = np.abs(img.astype(int) - clean.astype(int)).sum(-1)
-    assert diff[h // 3 : h // 2, w // 3 : 2 * w // 3].max() == 0  # the middle is untouched
-    assert diff[:, 2 * w // 3 :].mean() > 1  # blurred band
-    assert diff[h // 2 :, : w // 3].mean() > 10  # noisy block
-    assert diff[: h // 3, : w // 3].mean() > 1  # JPEG block
+    q = _sample_data._photo("astronaut", 384)
+    n = q.shape[0]
+    assert img.shape == (2 * n, 2 * q.shape[1], 3) and img.dtype == np.uint8
+    quads = [img[:n, : q.shape[1]], img[:n, q.shape[1] :], img[n:, : q.shape[1]], img[n:, q.shape[1] :]]
+    assert np.array_equal(quads[0], q)  # the clean quadrant is untouched
+    for k in (1, 2, 3):
+        assert np.abs(quads[k].astype(int) - q.astype(int)).mean() > 1  # the others are distorted
+    assert "quadrants" in kwargs["metadata"]["pmt_iqa_sample"]
 
 
 def test_distort_rejects_unknown():

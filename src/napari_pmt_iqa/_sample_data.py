@@ -101,17 +101,16 @@ def photo_pair() -> list[tuple]:
 
 
 def local_defects() -> list[tuple]:
-    """napari sample: one photo with defects in places (a blurred band, a noisy and a JPEG block).
+    """napari sample: one photo four times (2 x 2), three of the copies distorted.
 
-    The quality maps should show *where* the image is worse: low on the right-hand band (blur),
-    the bottom-left block (noise) and the top-left block (JPEG).
+    Top-left clean, top-right blurred, bottom-left noisy, bottom-right JPEG-compressed: the quality
+    maps should show *where* the image is worse (everywhere but the top-left quadrant).
     """
-    img = _photo("astronaut")
-    h, w = img.shape[:2]
-    out = img.copy()
-    out[:, 2 * w // 3 :] = distort(img, "blur", 4.0)[:, 2 * w // 3 :]
-    out[h // 2 :, : w // 3] = distort(img, "noise", 0.15, seed=3)[h // 2 :, : w // 3]
-    out[: h // 3, : w // 3] = distort(img, "jpeg", 5)[: h // 3, : w // 3]
-    meta = {"pmt_iqa_sample": {"photo": "astronaut", "defects": "blur (right third), noise "
-                               "(bottom-left), JPEG q5 (top-left)"}}
-    return [(out, {"name": "astronaut (local defects)", "rgb": True, "metadata": meta})]
+    q = _photo("astronaut", 384)
+    tl, tr = q, distort(q, "blur", 3.0)
+    bl, br = distort(q, "noise", 0.12, seed=3), distort(q, "jpeg", 6)
+    out = np.concatenate([np.concatenate([tl, tr], axis=1), np.concatenate([bl, br], axis=1)], axis=0)
+    meta = {"pmt_iqa_sample": {"photo": "astronaut", "quadrants": {
+        "top-left": "clean", "top-right": "Gaussian blur sigma 3", "bottom-left": "Gaussian noise 0.12",
+        "bottom-right": "JPEG quality 6"}}}
+    return [(out, {"name": "astronaut x4 (clean, blur, noise, JPEG)", "rgb": True, "metadata": meta})]
