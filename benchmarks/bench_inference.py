@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                 bare(one)
 
     t_hyper = _time(hyper_like, max(1, repeats // 2))
-    rows.append(("HyperIQA-like: bare ResNet-50, 25 separate 224 crops (pyiqa not installed)",
+    rows.append(("HyperIQA-like: bare ResNet-50, 25 separate 224 crops, one forward each",
                  t_hyper, "lower bound of HyperIQA's cost"))
 
     # ---------------------------------------------------------------- pyiqa, in its own venv
