@@ -173,3 +173,17 @@ def test_help_mentions_exit_status(capsys):
     with pytest.raises(SystemExit):
         cli.main(["score", "--help"])
     assert "Exit status" in capsys.readouterr().out
+
+
+def test_no_rgb_reads_a_three_plane_tiff_as_a_stack(ckpt, tmp_path):
+    import tifffile
+
+    path = tmp_path / "three.tif"
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(path, (rng.random((3, 230, 250)) * 4000).astype(np.uint16), photometric="minisblack")
+    auto, forced = tmp_path / "auto.csv", tmp_path / "forced.csv"
+    assert cli.main(["score", str(path), "--csv", str(auto), "--model", str(ckpt), "--no-progress"]) == 0
+    assert cli.main(["score", str(path), "--csv", str(forced), "--model", str(ckpt), "--no-progress",
+                     "--no-rgb"]) == 0
+    assert [r["plane"] for r in _read(auto)] == [""]  # detected as channel-first colour
+    assert [r["plane"] for r in _read(forced)] == ["0", "1", "2"]  # three grey planes

@@ -67,6 +67,16 @@ def add_subcommands(subparsers) -> None:
         help="also write each image's quality maps to this folder (one .npz per image)",
     )
     p.add_argument("--memory-mb", type=float, default=1024.0, help="memory budget of one pass")
+    colour = p.add_mutually_exclusive_group()
+    colour.add_argument(
+        "--rgb", dest="rgb", action="store_const", const=True, default=None,
+        help="treat an axis of 3 or 4 (last, or first) as colour channels",
+    )
+    colour.add_argument(
+        "--no-rgb", dest="rgb", action="store_const", const=False,
+        help="never treat an axis as colour: a (3, H, W) TIFF is a stack of 3 grey planes "
+             "(default: detected from the shape)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_score)
 
@@ -185,6 +195,7 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
 def score_files(
     files: list[Path], model, *, device: str = "auto", precision: str = "fp32", method: str = "fast",
     memory_mb: float = 1024.0, maps_dir: Path | None = None, show_progress: bool = True,
+    rgb: bool | None = None,
 ) -> list[dict]:
     """Score ``files`` one by one in this process; unreadable files become error rows.
 
@@ -202,7 +213,7 @@ def score_files(
         try:
             image = read_image(path)
             result = score(image, model, device, maps=maps_dir is not None, method=method,
-                           precision=precision, memory_mb=memory_mb)
+                           precision=precision, memory_mb=memory_mb, rgb=rgb)
         except (ImageError, ValueError, OSError, RuntimeError) as exc:
             msg = str(exc).replace("\n", " ")
             bar.write(f"skipped {path}: {msg}", file=sys.stderr)
@@ -234,7 +245,7 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
               file=sys.stderr)
     rows = distributed_score_files(
         files, model=args.model, device=args.device, precision=args.precision,
-        method=args.method, memory_mb=args.memory_mb,
+        method=args.method, memory_mb=args.memory_mb, rgb=getattr(args, "rgb", None),
     )
     return True, rows
 
@@ -274,6 +285,7 @@ def run_score(args: argparse.Namespace) -> int:
         result_rows = score_files(
             files, model, device=args.device, precision=args.precision, method=args.method,
             memory_mb=args.memory_mb, maps_dir=args.maps_dir, show_progress=not args.no_progress,
+            rgb=getattr(args, "rgb", None),
         )
     rows.extend(result_rows)
     write_csv(rows, args.csv)

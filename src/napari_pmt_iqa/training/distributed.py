@@ -76,6 +76,7 @@ def distributed_score_files(
     method: str = "fast",
     memory_mb: float = 1024,
     progress: Callable[[int, int], None] | None = None,
+    rgb: bool | None = None,
 ) -> list[dict] | None:
     """Score image files, each process of a torchrun job taking every ``world``-th file.
 
@@ -94,7 +95,7 @@ def distributed_score_files(
         ``"auto"``: under torchrun with GPUs, this process's local GPU (``LOCAL_RANK``).
     out_csv
         Where rank 0 writes the merged rows (atomically), columns :data:`SCORE_COLUMNS`.
-    precision, method, memory_mb
+    precision, method, memory_mb, rgb
         As in :func:`napari_pmt_iqa.scoring.score` (maps are not computed).
     progress
         ``progress(done, total)`` over this process's share.
@@ -118,7 +119,7 @@ def distributed_score_files(
             p = paths[i]
             try:
                 r = score(read_image(p), model=net, device=str(dev), maps=False,
-                          precision=precision, method=method, memory_mb=memory_mb)
+                          precision=precision, method=method, memory_mb=memory_mb, rgb=rgb)
                 rows.append((i, _rows(p, r)))
             except (ImageError, OSError, ValueError) as exc:
                 rows.append((i, [_error_row(p, str(exc))]))
