@@ -187,3 +187,13 @@ def test_no_rgb_reads_a_three_plane_tiff_as_a_stack(ckpt, tmp_path):
                      "--no-rgb"]) == 0
     assert [r["plane"] for r in _read(auto)] == [""]  # detected as channel-first colour
     assert [r["plane"] for r in _read(forced)] == ["0", "1", "2"]  # three grey planes
+
+
+def test_unwritable_csv_is_a_clear_error_before_scoring(ckpt, images, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    rc = cli.main(["score", str(images), "--csv", str(blocker / "out.csv"), "--model", str(ckpt),
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "cannot write the CSV" in err and "Traceback" not in err

@@ -163,3 +163,13 @@ def test_non_finite_values_rejected(bad):
 def test_too_small_plane_rejected():
     with pytest.raises(ImageError, match="at least 2 x 2"):
         to_rgb01(np.zeros((1, 5, 3), np.uint8))
+
+
+def test_trailing_axis_of_one_is_grayscale_and_two_is_refused():
+    from napari_pmt_iqa.imaging import standardize_layout
+
+    assert standardize_layout(np.zeros((64, 48, 1), np.uint8)).shape == (64, 48, 1)
+    with pytest.raises(ImageError, match="2 entries"):
+        standardize_layout(np.zeros((64, 48, 2), np.uint8))
+    # an explicit rgb=False still reads it as a stack of planes
+    assert standardize_layout(np.zeros((64, 48, 2), np.uint8), rgb=False).shape == (64, 48, 2, 1)

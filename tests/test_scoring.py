@@ -119,8 +119,10 @@ def test_small_images_are_enlarged_to_one_crop(tiny):
     r = score(_photo((100, 150, 3)), tiny, "cpu")
     assert r.n_crops >= 1
     assert r.crop_size == pytest.approx(224 * 100 / 224)  # crop side in original pixels
-    r2 = score(np.full((2, 2), 7, np.uint8), tiny, "cpu", maps=False)
+    r2 = score(np.full((14, 14), 7, np.uint8), tiny, "cpu", maps=False)  # 16 x enlargement: the limit
     assert np.isfinite(r2.score)
+    with pytest.raises(ImageError, match="enlarged"):  # a 2 x 2 image says nothing about quality
+        score(np.full((2, 2), 7, np.uint8), tiny, "cpu", maps=False)
 
 
 def test_crops_method_equals_fast_on_one_crop(tiny):
@@ -295,3 +297,10 @@ def test_explicit_cuda_without_gpu_is_a_device_error(tiny):
         pytest.skip("this machine has a GPU")
     with pytest.raises(DeviceError, match="no usable CUDA GPU"):
         score(_photo(), tiny, "cuda:0")
+
+
+def test_extreme_enlargement_is_refused_quickly(tiny):
+    with pytest.raises(ImageError, match="enlarged"):
+        score(np.zeros((10, 5000), np.uint8), model=tiny, device="cpu")
+    r = score(np.zeros((256, 256, 1), np.uint8) + 100, model=tiny, device="cpu", maps=False)
+    assert not isinstance(r, scoring.StackResult)

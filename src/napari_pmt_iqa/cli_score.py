@@ -251,8 +251,31 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
 
 
 # --------------------------------------------------------------------------- entry point
+def _unwritable_outputs(args: argparse.Namespace) -> str:
+    """Check, before any scoring, that the CSV and the maps folder can be written ("" if fine)."""
+    import tempfile
+
+    targets = []
+    if args.csv is not None:
+        targets.append(("the CSV", Path(args.csv).parent))
+    if getattr(args, "maps_dir", None) is not None:
+        targets.append(("the maps folder", Path(args.maps_dir)))
+    for what, folder in targets:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            return f"cannot write {what} in {folder} ({exc.strerror or exc}); choose another location."
+    return ""
+
+
 def run_score(args: argparse.Namespace) -> int:
     """Run ``pmt-iqa score`` with parsed ``args``; returns the exit status (see module doc)."""
+    problem = _unwritable_outputs(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     files, rows = expand_paths(args.paths, recursive=args.recursive)
     for r in rows:
         print(f"skipped {r['path']}: {r['error']}", file=sys.stderr)

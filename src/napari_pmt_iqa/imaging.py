@@ -103,6 +103,14 @@ def standardize_layout(
             raise ImageError(f"The channel axis has {arr.shape[-1]} entries; 1, 3 or 4 are supported.")
         return arr
     if rgb is None:
+        if arr.ndim >= 3 and arr.shape[-1] == 1 and arr.shape[-2] > 4:
+            return arr  # a trailing channel axis of 1: (H, W, 1) is grayscale
+        if arr.ndim >= 3 and arr.shape[-1] == 2 and arr.shape[-2] > 4:
+            raise ImageError(
+                f"The last axis of shape {arr.shape} has 2 entries: two channels cannot be shown as "
+                "colour. Select one channel (e.g. image[..., 0]), or pass rgb=False to score the "
+                "array as a stack of 2D planes, or channel_axis= to name the colour axis."
+            )
         if is_rgb_shape(arr.shape):
             rgb = True
         elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4 and arr.shape[1] > 4:

@@ -51,6 +51,8 @@ TAP_NAMES = ("stride 4 (fine)", "stride 8", "stride 16", "stride 32 (coarse)")
 #: Rough peak inference memory per input pixel, bytes (measured, rounded up).
 BYTES_PER_PIXEL = {"resnet50": 900, "resnet34": 500, "resnet18": 450, "efficientnet_lite0": 450}
 MAX_LEADING_AXES = 2
+#: Largest enlargement of a small plane to one crop (a 14-pixel side for 224 crops).
+MAX_ENLARGEMENT = 16
 #: Context (pixels, a multiple of 32) added around each tile when a plane is scored in tiles.
 TILE_HALO = 64
 
@@ -236,6 +238,13 @@ def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
     rgb = to_rgb01(plane, intensity_range)
     h, w = rgb.shape[:2]
     factor = 1.0
+    if crop / min(h, w) > MAX_ENLARGEMENT:
+        raise ImageError(
+            f"The image is {h} x {w} pixels: its short side would have to be enlarged "
+            f"{crop / min(h, w):.0f} times to fill one {crop}-pixel crop. Planes with a short side "
+            f"under {math.ceil(crop / MAX_ENLARGEMENT)} pixels are not scored: a quality score would "
+            "say nothing about them (is an axis of the array misread? see rgb= and channel_axis=)."
+        )
     if min(h, w) < crop:
         import torch
         import torch.nn.functional as F

@@ -49,7 +49,7 @@ def check_image_layer(layer: Any) -> None:
         raise LayerError("No image layer is selected: open an image (or a sample) and pick it.")
     if not isinstance(layer, Image):
         raise LayerError(
-            f"'{layer.name}' is a {type(layer).__name__} layer, not an image: quality is scored on "
+            f"'{layer.name}' is a {type(getattr(layer, '__wrapped__', layer)).__name__} layer, not an image: quality is scored on "
             "Image layers. Pick an Image layer."
         )
     if OVERLAY_KEY in layer.metadata:
