@@ -135,10 +135,10 @@ def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
 
 
 def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
-    from napari_pmt_iqa._widgets import score_widget
+    from napari_pmt_iqa._widgets import _common
 
     shown = []
-    monkeypatch.setattr(score_widget, "_notify_error", shown.append)
+    monkeypatch.setattr(_common, "notify", lambda msg, error: shown.append(msg) if error else None)
     viewer, widget = viewer_widget
     labels = viewer.add_labels(np.zeros((50, 50), int), name="lab")
     widget.score(labels)

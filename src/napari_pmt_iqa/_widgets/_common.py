@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -46,6 +46,78 @@ class JobState:
     @property
     def fraction(self) -> float:
         return max(0.0, min(1.0, self.done / self.total))
+
+
+def notify(msg: str, error: bool) -> None:
+    """Show ``msg`` in the viewer as an error or a warning notification."""
+    from napari.utils.notifications import show_error, show_warning
+
+    (show_error if error else show_warning)(msg)
+
+
+class BackgroundJobs:
+    """Mixin of the widgets that run one generator job at a time on a napari thread worker.
+
+    The widget calls :meth:`_init_jobs` in its ``__init__`` and has ``progress`` (a progress bar
+    of 0-1000), ``cancel_button`` and ``status`` (a label); it overrides :meth:`_set_busy` to
+    enable or disable its own buttons. Progress comes from the job's :class:`JobState`, read on a
+    timer; messages go to the status label and, for errors and warnings, to a notification.
+    """
+
+    def _init_jobs(self) -> None:
+        self.worker = None
+        self.state: JobState | None = None
+        self.last_error = ""
+        self._timer = QTimer(self)
+        self._timer.setInterval(50)
+        self._timer.timeout.connect(self._poll)
+
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def _set_busy(self, busy: bool) -> None:
+        """Enable or disable the widget's own buttons (Cancel is handled here)."""
+
+    def _message(self, text: str, error: bool = False, warn: bool = False) -> None:
+        self.status.setText(text)
+        if error or warn:
+            self.last_error = text
+            notify(text, error)
+
+    def _poll(self) -> None:
+        if self.state is not None:
+            self.progress.setValue(int(1000 * self.state.fraction))
+
+    def _start_job(self, func, *args, on_yield, on_return, text: str) -> None:
+        """Run ``func(*args, state)`` on a worker; ``on_yield``/``on_return`` get its output."""
+        from napari.qt.threading import create_worker
+
+        self.state = JobState()
+        self.last_error = ""
+        self.worker = create_worker(func, *args, self.state, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(on_yield)
+        self.worker.returned.connect(on_return)
+        self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
+        self.worker.finished.connect(self._on_finished)
+        self._set_busy(True)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(text)
+        self._timer.start()
+        self.worker.start()
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        self._poll()
+        self.worker = None
+        self.cancel_button.setEnabled(False)
+        self._set_busy(False)
+
+    def cancel(self, reason: str = "Cancelled.") -> None:
+        """Ask the running job to stop at its next step (image, plane or tile)."""
+        if self.state is not None and self.is_running():
+            self.state.cancel(reason)
+            self.status.setText("Cancelling…")
 
 
 def error_text(exc: BaseException) -> str:

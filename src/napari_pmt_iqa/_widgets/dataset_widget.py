@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,17 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, error_text
 from .overlays import METADATA_KEY
 from .plot import ScatterPlot
 
 DATASET_KEY = "pmt_iqa_dataset"
-
-
-def _notify(msg: str, error: bool) -> None:
-    from napari.utils.notifications import show_error, show_warning
-
-    (show_error if error else show_warning)(msg)
 
 
 def load_job(path: str, layout: str, part: str, limit: int, state: JobState):
@@ -104,7 +97,7 @@ def score_all_job(images: list, model, device: str, memory_mb: float, rgb: list,
         return ("error", error_text(exc))
 
 
-class DatasetWidget(QWidget):
+class DatasetWidget(BackgroundJobs, QWidget):
     """Open an IQA data set (CSV / LIVE-C / BIQ2021), score it, plot predicted against MOS.
 
     Parameters
@@ -117,9 +110,7 @@ class DatasetWidget(QWidget):
         guard_triton()
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.state: JobState | None = None
-        self.last_error = ""
+        self._init_jobs()
         self.dataset = None
         self.samples: list = []  # Sample of each loaded image
         self.layers: list = []  # one layer per image (layer mode)
@@ -182,9 +173,6 @@ class DatasetWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
 
-        self._timer = QTimer(self)
-        self._timer.setInterval(50)
-        self._timer.timeout.connect(self._poll)
         self.load_button.clicked.connect(lambda: self.load())
         self.score_button.clicked.connect(lambda: self.score_all())
         self.cancel_button.clicked.connect(lambda: self.cancel())
@@ -196,50 +184,9 @@ class DatasetWidget(QWidget):
         if path:
             self.path_edit.setText(path)
 
-    def is_running(self) -> bool:
-        return self.worker is not None
-
-    def _message(self, text: str, error: bool = False, warn: bool = False) -> None:
-        self.status.setText(text)
-        if error or warn:
-            self.last_error = text
-            _notify(text, error)
-
-    def _poll(self) -> None:
-        if self.state is not None:
-            self.progress.setValue(int(1000 * self.state.fraction))
-
-    def _start(self, func, *args, on_yield, on_return, text: str) -> None:
-        from napari.qt.threading import create_worker
-
-        self.state = JobState()
-        self.last_error = ""
-        self.worker = create_worker(func, *args, self.state, _start_thread=False, _ignore_errors=True)
-        self.worker.yielded.connect(on_yield)
-        self.worker.returned.connect(on_return)
-        self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
-        self.worker.finished.connect(self._on_finished)
-        for b in (self.load_button, self.score_button):
-            b.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText(text)
-        self._timer.start()
-        self.worker.start()
-
-    def _on_finished(self) -> None:
-        self._timer.stop()
-        self._poll()
-        self.worker = None
-        self.load_button.setEnabled(True)
-        self.score_button.setEnabled(bool(self.samples))
-        self.cancel_button.setEnabled(False)
-
-    def cancel(self, reason: str = "Cancelled.") -> None:
-        """Stop the running load or scoring at the next image (or tile)."""
-        if self.state is not None and self.is_running():
-            self.state.cancel(reason)
-            self.status.setText("Cancelling…")
+    def _set_busy(self, busy: bool) -> None:
+        self.load_button.setEnabled(not busy)
+        self.score_button.setEnabled(not busy and bool(self.samples))
 
     # ------------------------------------------------------------------ loading
     def load(self, path: str | None = None) -> None:
@@ -257,7 +204,7 @@ class DatasetWidget(QWidget):
         self.pred = np.zeros(0)
         self.plot.set_points([], [])
         self.metrics_label.setText("")
-        self._start(load_job, path, self.layout_combo.currentText(), self.part_combo.currentText(),
+        self._start_job(load_job, path, self.layout_combo.currentText(), self.part_combo.currentText(),
                     self.limit_spin.value(), on_yield=self._on_loaded_item, on_return=self._on_loaded,
                     text=f"Loading {path}…")
 
@@ -344,7 +291,7 @@ class DatasetWidget(QWidget):
             self._message(f"{missing} of the data set's layers were removed; they are skipped.", warn=True)
         self.pred = np.full(len(images), np.nan)
         self._units = ""
-        self._start(score_all_job, images, model, self.chooser.device(), self.chooser.memory_mb(), rgb,
+        self._start_job(score_all_job, images, model, self.chooser.device(), self.chooser.memory_mb(), rgb,
                     on_yield=self._on_scored_item, on_return=self._on_scored,
                     text=f"Scoring {len(images)} images…")
 

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, error_text
 from .overlays import (
     METADATA_KEY,
     OVERLAY_KEY,
@@ -40,18 +39,6 @@ from .overlays import (
     score_meaning,
 )
 from .plot import BarPlot, LinePlot
-
-
-def _notify_error(msg: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(msg)
-
-
-def _notify_warning(msg: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    show_warning(msg)
 
 
 def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool, state: JobState):
@@ -93,7 +80,7 @@ def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool,
         return ("error", error_text(exc))
 
 
-class ScoreWidget(QWidget):
+class ScoreWidget(BackgroundJobs, QWidget):
     """Score the quality of an Image layer and show the score, the class probabilities and the maps.
 
     Parameters
@@ -106,10 +93,8 @@ class ScoreWidget(QWidget):
         guard_triton()
         super().__init__()
         self.viewer = napari_viewer
-        self.worker = None
-        self.state: JobState | None = None
+        self._init_jobs()
         self.result = None
-        self.last_error = ""
         self.last_seconds = float("nan")
         self._layer = None  # layer being scored
         self._scored_layer = None  # layer of self.result
@@ -155,10 +140,6 @@ class ScoreWidget(QWidget):
         lay.addWidget(self.stack_plot)
         lay.addWidget(self.status)
         lay.addStretch(1)
-
-        self._timer = QTimer(self)
-        self._timer.setInterval(50)
-        self._timer.timeout.connect(self._poll_progress)
 
         self.score_button.clicked.connect(self.score)
         self.cancel_button.clicked.connect(lambda: self.cancel("Scoring was cancelled."))
@@ -221,9 +202,6 @@ class ScoreWidget(QWidget):
         self._refresh_layers()
 
     # ------------------------------------------------------------------ running
-    def is_running(self) -> bool:
-        return self.worker is not None
-
     def score(self, layer=None) -> None:
         """Start scoring ``layer`` (default: the selected one) in a background worker."""
         if self.is_running():
@@ -237,36 +215,17 @@ class ScoreWidget(QWidget):
         except Exception as exc:
             self._message(error_text(exc), error=True)
             return
-        from napari.qt.threading import create_worker
-
         self._layer = layer
-        self.state = JobState()
-        self.last_error = ""
         self._partial: list[float] = []
-        self.worker = create_worker(
+        self._start_job(
             score_job, data, bool(layer.rgb), model, self.chooser.device(), self.chooser.memory_mb(),
-            self.maps_check.isChecked(), self.state, _start_thread=False, _ignore_errors=True,
+            self.maps_check.isChecked(), on_yield=self._on_yielded, on_return=self._on_returned,
+            text=f"Scoring '{layer.name}'…",
         )
-        self.worker.yielded.connect(self._on_yielded)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
-        self.worker.finished.connect(self._on_finished)
-        self.score_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText(f"Scoring '{layer.name}'…")
-        self._timer.start()
-        self.worker.start()
 
     def cancel(self, reason: str = "Scoring was cancelled.") -> None:
         """Ask the running worker to stop at its next tile."""
-        if self.state is not None and self.is_running():
-            self.state.cancel(reason)
-            self.status.setText("Cancelling…")
-
-    def _poll_progress(self) -> None:
-        if self.state is not None:
-            self.progress.setValue(int(1000 * self.state.fraction))
+        super().cancel(reason)
 
     def _on_yielded(self, item) -> None:
         if item[0] == "plane" and self._layer is not None:
@@ -287,24 +246,12 @@ class ScoreWidget(QWidget):
         else:
             self._message(f"Scoring failed: {out[1]}", error=True)
 
-    def _on_finished(self) -> None:
-        self._timer.stop()
-        self._poll_progress()
-        self.worker = None
-        self._layer = None
-        self.score_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def _set_busy(self, busy: bool) -> None:
+        self.score_button.setEnabled(not busy)
+        if not busy:
+            self._layer = None
 
     # ------------------------------------------------------------------ results
-    def _message(self, text: str, error: bool = False, warn: bool = False) -> None:
-        self.status.setText(text)
-        if error:
-            self.last_error = text
-            _notify_error(text)
-        elif warn:
-            self.last_error = text
-            _notify_warning(text)
-
     @staticmethod
     def _lead_shape(layer) -> tuple[int, ...]:
         shape = (layer.data[0] if layer.multiscale else layer.data).shape
