@@ -132,11 +132,16 @@ def random_crop(
 
 
 class RandomCropDataset:
-    """A torch-style data set of random crops with their internal (0-100) target scores.
+    """A map-style torch data set of random crops with their internal (0-100) target scores.
 
-    Item ``i`` is ``(crops, target)``: ``crops`` is a uint8 array ``(K, 3, S, S)`` of
-    ``crops_per_image`` random crops of sample ``i``, ``target`` a float (internal scale).
-    Convert on the training device with ``x.float() / 255`` and the model's normalisation.
+    Item ``i`` is ``(crops, target)``: ``crops`` is a uint8 tensor ``(K, 3, S, S)`` of
+    ``crops_per_image`` random crops (flipped left-right half the time) of image ``i``, ``target``
+    a float32 tensor (internal scale). The crops of item ``i`` depend only on ``(seed, epoch, i)``,
+    also across DataLoader worker processes. Convert on the training device with
+    ``x.float() / 255`` and the model's normalisation.
+
+    Images come from :meth:`image`: here the samples' files (through ``cache`` if given);
+    :class:`napari_pmt_iqa.training.data.CropDataset` serves them from memory instead.
     """
 
     def __init__(
@@ -152,11 +157,16 @@ class RandomCropDataset:
         if len(samples) != len(targets):
             raise ValueError("samples and targets differ in length")
         self.samples = list(samples)
+        self.cache = cache
+        self._init_crops(targets, crop_size, crops_per_image, flip, seed)
+
+    def _init_crops(
+        self, targets: Sequence[float], crop_size: int, crops_per_image: int, flip: bool, seed: int
+    ) -> None:
         self.targets = np.asarray(targets, dtype=np.float32)
         self.crop_size = crop_size
         self.crops_per_image = crops_per_image
         self.flip = flip
-        self.cache = cache
         self.seed = seed
         self.epoch = 0
 
@@ -165,20 +175,25 @@ class RandomCropDataset:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.targets)
 
     def image(self, i: int) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 image of item ``i``."""
         s = self.samples[i]
-        return self.cache.get(s.path) if self.cache else load_rgb(s.path, self.crop_size)
-
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng((self.seed, self.epoch, i))
         try:
-            img = self.image(i)
+            return self.cache.get(s.path) if self.cache else load_rgb(s.path, self.crop_size)
         except (ImageError, OSError, ValueError) as exc:
             warnings.warn(f"skipping an undecodable image: {exc}", RuntimeWarning, stacklevel=2)
             raise
+
+    def __getitem__(self, i: int):
+        import torch
+
+        i = int(i)
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        img = self.image(i)
         crops = np.stack(
             [random_crop(img, self.crop_size, rng, self.flip) for _ in range(self.crops_per_image)]
         )
-        return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), float(self.targets[i])
+        x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
+        return x, torch.tensor(float(self.targets[i]))

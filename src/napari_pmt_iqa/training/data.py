@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..data.crops import load_sample_rgb, random_crop
+from ..data.crops import RandomCropDataset, load_sample_rgb
 from ..imaging import ImageError
 
 
@@ -104,8 +104,8 @@ class ImageStore:
         return bad
 
 
-class CropDataset:
-    """Random crops with their internal (0-100) targets; a map-style torch data set.
+class CropDataset(RandomCropDataset):
+    """:class:`~napari_pmt_iqa.data.crops.RandomCropDataset` over images held in an :class:`ImageStore`.
 
     Item ``i`` is ``(crops, target)``: ``crops`` a uint8 tensor ``(K, 3, S, S)`` of
     ``crops_per_image`` random crops (flipped left-right half the time) of image
@@ -126,29 +126,10 @@ class CropDataset:
             raise ValueError("images and targets differ in length")
         self.store = store
         self.indices = list(indices)
-        self.targets = np.asarray(targets, dtype=np.float32)
-        self.crop_size = crop_size
-        self.crops_per_image = crops_per_image
-        self.flip = flip
-        self.seed = seed
-        self.epoch = 0
+        self._init_crops(targets, crop_size, crops_per_image, flip, seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-        img = self.store.get(self.indices[int(i)])
-        crops = np.stack(
-            [random_crop(img, self.crop_size, rng, self.flip) for _ in range(self.crops_per_image)]
-        )
-        x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
-        return x, torch.tensor(float(self.targets[i]))
+    def image(self, i: int) -> np.ndarray:
+        return self.store.get(self.indices[i])
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
