@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -344,3 +345,20 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         W.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_cached_file_changed_after_verification_is_refused(ckpt):
+    sha = W.sha256_of(ckpt)
+    W.register(W.WeightsEntry("cached-model", sha, url="http://127.0.0.1:9/never-fetched"))
+    path = W.cache_dir() / f"cached-model-{sha[:12]}.safetensors"
+    path.parent.mkdir(parents=True)
+    data = bytearray(Path(ckpt).read_bytes())
+    path.write_bytes(bytes(data))
+    assert W.resolve_weights("cached-model") == path  # verified once, then not hashed again
+    assert W.resolve_weights("cached-model") == path
+    before = path.stat().st_mtime_ns
+    data[-1] ^= 0xFF  # same size, other bytes: the file changed on disk (later: a newer mtime)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    with pytest.raises(W.CheckpointError, match="does not match the SHA-256"):
+        W.resolve_weights("cached-model")

@@ -366,6 +366,22 @@ def download(
     return dest
 
 
+#: Files already verified in this process, keyed by (path, mtime, size, expected hash).
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def _hash_matches(path: Path, sha256: str) -> bool:
+    """Whether ``path`` has the SHA-256 ``sha256``; a file unchanged since it passed is not hashed again."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, sha256)
+    if key in _VERIFIED:
+        return True
+    if sha256_of(path) != sha256:
+        return False
+    _VERIFIED.add(key)
+    return True
+
+
 def resolve_weights(
     name_or_path: str | os.PathLike | None = None,
     offline: bool | None = None,
@@ -383,7 +399,7 @@ def resolve_weights(
         else:
             path = cache_dir() / f"{entry.name}-{entry.sha256[:12]}.safetensors"
         if path.exists():
-            if sha256_of(path) != entry.sha256:
+            if not _hash_matches(path, entry.sha256):
                 raise CheckpointError(
                     f"{path} does not match the SHA-256 registered for {name!r}; delete it so that it "
                     "is downloaded again, or reinstall the package."
