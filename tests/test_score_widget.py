@@ -71,6 +71,36 @@ def test_score_2d_image_adds_registered_overlays(qtbot, viewer_widget, rgb_image
     assert len(overlays(viewer, "photo")) == 7
 
 
+@pytest.mark.parametrize(
+    "placement",
+    [
+        {"rotate": 30.0, "scale": (2.0, 0.5), "translate": (10.0, -5.0)},
+        {"shear": [0.3], "scale": (1.5, 1.0), "translate": (3.0, 4.0)},
+        {"affine": [[1.0, 0.2, 5.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]], "scale": (2.0, 2.0)},
+    ],
+    ids=["rotated", "sheared", "affine"],
+)
+def test_overlays_follow_rotated_sheared_and_affine_layers(
+    qtbot, viewer_widget, rgb_image, tiny_checkpoint, placement
+):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(rgb_image, name="photo", **placement)
+    run(qtbot, widget, layer)
+    assert widget.last_error == ""
+    ov = overlays(viewer, "photo")
+    q = ov["quality"]
+    ny, nx = q.data.shape
+    g = score(rgb_image, get_model(str(tiny_checkpoint), "cpu"), device="cpu").maps.geometry
+    for i, j in [(0, 0), (ny - 1, 0), (0, nx - 1), (ny - 1, nx - 1)]:
+        # centre of map cell (i, j) in the image's pixel (data) coordinates
+        centre = [g.translate[k] + g.scale[k] * ((i, j)[k] + 0.5) - 0.5 for k in range(2)]
+        np.testing.assert_allclose(
+            q.data_to_world((i, j)), layer.data_to_world(centre), atol=1e-6
+        )
+        for lay in ov.values():
+            np.testing.assert_allclose(lay.data_to_world((i, j)), q.data_to_world((i, j)), atol=1e-9)
+
+
 def test_score_stack_plot_follows_slice(qtbot, viewer_widget, rgb_image):
     viewer, widget = viewer_widget
     stack = np.stack([rgb_image, rgb_image // 2 + 60, rgb_image[::-1]])

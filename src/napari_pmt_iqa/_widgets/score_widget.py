@@ -41,6 +41,28 @@ from .overlays import (
 from .plot import BarPlot, LinePlot
 
 
+def _layer_placement(layer) -> tuple:
+    """``(scale, translate, affine)`` that place an image layer's overlays over it in the world.
+
+    Scale and translate are passed on (and combined with each map's grid), the extra ``affine``
+    too. A rotated or sheared layer has its whole data-to-world transform folded into the affine
+    (with unit scale and zero translate), because a map's grid offset must be rotated and sheared
+    with the image, which per-axis scale and translate cannot express.
+    """
+    affine = np.asarray(layer.affine.affine_matrix, dtype=float)
+    n = len(layer.scale)
+    rotate = np.asarray(layer.rotate, dtype=float)
+    shear = np.asarray(layer.shear, dtype=float)
+    if np.allclose(rotate, np.eye(n)) and np.allclose(shear, 0.0):
+        return layer.scale, layer.translate, None if np.allclose(affine, np.eye(n + 1)) else affine
+    from napari.utils.transforms import CompositeAffine
+
+    own = CompositeAffine(
+        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=n
+    )
+    return (1.0,) * n, (0.0,) * n, affine @ own.affine_matrix
+
+
 def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool, state: JobState):
     """Generator run in the worker: yields ``("model", net)``, then ``("plane", k, result)`` per plane.
 
@@ -289,9 +311,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         """Replace this image's overlays by the maps of ``result``; returns the new layers."""
         for old in [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]:
             self.viewer.layers.remove(old)
-        affine = layer.affine.affine_matrix
-        affine = None if np.allclose(affine, np.eye(affine.shape[0])) else affine
-        specs = overlay_specs(result, layer.name, layer.scale, layer.translate, affine)
+        specs = overlay_specs(result, layer.name, *_layer_placement(layer))
         selection = list(self.viewer.layers.selection)
         added = [spec.add_to(self.viewer) for spec in specs]
         self.viewer.layers.selection.clear()
