@@ -89,3 +89,31 @@ def test_distributed_scoring_merges_in_input_order(tmp_path, tiny_checkpoint):
     assert [r["score"] for r in two] == [str(r["score"]) for r in one]
     assert two[2]["score"] == "" and "broken.png" in two[2]["error"]
     assert all(r["error"] == "" for k, r in enumerate(two) if k != 2)
+
+
+def test_sync_batchnorm_only_for_multi_gpu_runs_with_a_trainable_backbone():
+    from napari_pmt_iqa.training.trainer import use_sync_batchnorm
+
+    cfg = TrainConfig()
+    assert use_sync_batchnorm(cfg, 2, "cuda")
+    assert not use_sync_batchnorm(cfg, 1, "cuda")  # one process: nothing to synchronise
+    assert not use_sync_batchnorm(cfg, 2, "cpu")  # PyTorch's SyncBatchNorm needs a GPU
+    assert not use_sync_batchnorm(TrainConfig(freeze_backbone=True), 2, "cuda")
+    assert not use_sync_batchnorm(TrainConfig(sync_batchnorm=False), 2, "cuda")
+
+
+def test_sync_batchnorm_conversion_keeps_parameters_and_checkpoint_keys():
+    from napari_pmt_iqa.model import PMTIQA
+
+    model = PMTIQA(backbone="efficientnet_lite0", pretrained=False)
+    params = {n: p for n, p in model.named_parameters()}
+    keys = set(model.state_dict())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted is model  # converted in place: the trainer saves and evaluates `model`
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == n_bn
+    assert set(model.state_dict()) == keys  # checkpoints load into a plain PMTIQA
+    # the optimiser, built before the conversion, still holds the live parameters
+    for n, p in model.named_parameters():
+        assert p is params[n]

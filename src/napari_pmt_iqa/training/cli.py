@@ -129,6 +129,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-step", type=int, default=6, help="divide the rates by 10 every N epochs (0: never)")
     p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument(
+        "--no-sync-bn", action="store_true",
+        help="multi-GPU runs: keep per-process batch-norm statistics instead of SyncBatchNorm",
+    )
     p.add_argument("--constant-weights", nargs="*", type=float, metavar="W",
                    help="constant loss weights [W_REG W_CLS] (default 1 1) instead of the progressive schedule")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -194,7 +198,8 @@ def config_from_args(args):
         init=args.init, backbone=args.backbone, pretrained=not args.no_pretrained, multiscale=not args.no_multiscale,
         epochs=args.epochs, batch_size=args.batch_size, crops_per_image=args.crops_per_image,
         lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, lr_step=args.lr_step,
-        freeze_backbone=args.freeze_backbone, progressive=cw is None,
+        freeze_backbone=args.freeze_backbone, sync_batchnorm=not args.no_sync_bn,
+        progressive=cw is None,
         loss_weights=tuple(cw) if cw else (1.0, 1.0), precision=args.precision, device=args.device,
         val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
         resume=getattr(args, "resume", None), max_batches=args.max_batches, limit=args.limit,

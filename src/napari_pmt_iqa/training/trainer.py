@@ -104,6 +104,11 @@ class TrainConfig:
         rates are divided by 10 every ``lr_step`` epochs (0: never).
     freeze_backbone
         Train the heads only (backbone fixed, its batch-norm statistics too).
+    sync_batchnorm
+        With several GPU processes (torchrun) and a trainable backbone, compute the batch-norm
+        statistics over the whole global batch (``SyncBatchNorm``), so that the run trains like one
+        process with the same batch. PyTorch's SyncBatchNorm needs a GPU: CPU (gloo) runs keep
+        per-process statistics whatever this says.
     progressive, loss_weights
         The PMT schedule, or constant ``(w_reg, w_cls)`` weights when ``progressive`` is False.
     precision
@@ -138,6 +143,7 @@ class TrainConfig:
     head_lr: float | None = None
     weight_decay: float = 5e-4
     freeze_backbone: bool = False
+    sync_batchnorm: bool = True
     progressive: bool = True
     loss_weights: tuple[float, float] = (1.0, 1.0)
     lr_step: int = 6
@@ -325,6 +331,16 @@ def _setup_distributed(device_req: str):
         owns = True
     d = _Dist(dist.get_rank(), dist.get_world_size(), local, owns)
     return d, device
+
+
+def use_sync_batchnorm(config: TrainConfig, world_size: int, device_type: str) -> bool:
+    """Whether a run's batch-norm layers become ``SyncBatchNorm`` (see ``TrainConfig.sync_batchnorm``)."""
+    return (
+        config.sync_batchnorm
+        and world_size > 1
+        and not config.freeze_backbone
+        and device_type in ("cuda", "xpu")
+    )
 
 
 def _rng_state() -> dict:
@@ -866,6 +882,9 @@ class _Run:
         if self.d.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            if use_sync_batchnorm(c, self.d.world, self.device.type):
+                # converts the BatchNorm children in place: `model` (saved, evaluated) shares them
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         targets = [self.scale.to_internal(self.samples[i].mos) for i in self.train_idx]
