@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Scoring failed: {widget.last_error}", file=sys.stderr)
             return
         print(f"model: {model}")
-        print(f"image: {image.name}: {widget.score_label.text().replace('<b>', '').replace('</b>', '')}")
+        print(f"image {widget.score_label.text().replace('<b>', '').replace('</b>', '')}")
         labels = image.metadata.get("pmt_iqa_sample", {}).get("labels")
         for k, s in enumerate(meta.get("scores", [meta["score"]])):
             print(f"  plane {k}: {s:.3f} {meta['units']}" + (f"  ({labels[k]})" if labels else ""))

@@ -197,3 +197,10 @@ def test_unwritable_csv_is_a_clear_error_before_scoring(ckpt, images, tmp_path, 
     err = capsys.readouterr().err
     assert rc == 1
     assert "cannot write the CSV" in err and "Traceback" not in err
+    # a CSV path that is an existing folder, and a maps folder that is a file: refused up front
+    rc = cli.main(["score", str(images), "--csv", str(tmp_path), "--model", str(ckpt), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is an existing folder; give a file name" in err
+    rc = cli.main(["score", str(images), "--maps-dir", str(blocker), "--model", str(ckpt), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is an existing file, not a folder" in err

@@ -160,6 +160,18 @@ def test_non_finite_values_rejected(bad):
         to_rgb01(a)
 
 
+def test_float64_values_beyond_float32_range_are_normalised_not_nan():
+    rng = np.random.default_rng(0)
+    base = rng.random((16, 16, 3))
+    for factor in (1e300, -1e300, 1e39):
+        out = to_rgb01(base * factor)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+        # the same picture as at a sane scale (normalisation is scale invariant)
+        np.testing.assert_allclose(out, to_rgb01(base * np.sign(factor) * 1000), atol=1e-5)
+    out = to_rgb01(base * 1e300, intensity_range=(0.0, 1e300))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
 def test_too_small_plane_rejected():
     with pytest.raises(ImageError, match="at least 2 x 2"):
         to_rgb01(np.zeros((1, 5, 3), np.uint8))

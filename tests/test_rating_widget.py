@@ -114,6 +114,27 @@ def test_planes_of_a_stack_are_rated_separately(make_napari_viewer, qtbot, stack
     w.close()
 
 
+def test_ratings_of_planes_that_no_longer_exist_are_dropped_with_a_warning(
+    make_napari_viewer, qtbot, tmp_path, stack
+):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="zstack")
+    w = RatingWidget(viewer)
+    qtbot.addWidget(w)
+    for plane, stars in ((1, 4), (3, 2)):
+        viewer.dims.set_current_step(0, plane)
+        w.rate_stars(stars)
+    layer.data = stack[:2]  # the stack shrinks after rating: plane 3 is gone
+    with pytest.warns(UserWarning, match=r"Dropped 1 rating\(s\) of 'zstack'.*plane 3"):
+        path, n = save_ratings_csv(viewer.layers, tmp_path / "r.csv")
+    assert n == 1 and layer.metadata[RATINGS_KEY] == {(1,): stars_to_score(4)}
+    assert [s for _, s in rated_pairs(viewer.layers)] == [stars_to_score(4)]
+    # a folder is not a CSV name
+    with pytest.raises(ValueError, match="is a folder"):
+        save_ratings_csv(viewer.layers, tmp_path)
+    w.close()
+
+
 def test_save_load_csv_round_trip_usable_for_training(make_napari_viewer, qtbot, tmp_path, rgb, stack):
     from napari_pmt_iqa.data.datasets import load_dataset
 
@@ -170,3 +191,7 @@ def test_save_without_ratings_and_bad_csv_give_clear_errors(make_napari_viewer, 
     bad.write_text("image,mos\na.png,excellent\n")
     with pytest.raises(ValueError, match="not a number"):
         load_ratings_csv(bad, viewer)
+    for plane in ("a-b", "-1", "2.5"):
+        bad.write_text(f"image,mos,layer,plane\na.png,50,x,{plane}\n")
+        with pytest.raises(ValueError, match=r"line 2: the plane .* is not plane indices"):
+            load_ratings_csv(bad, viewer)

@@ -170,6 +170,9 @@ def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
     shown = []
     monkeypatch.setattr(_common, "notify", lambda msg, error: shown.append(msg) if error else None)
     viewer, widget = viewer_widget
+    good = viewer.add_image(np.random.default_rng(0).random((64, 64)), name="good")
+    run(qtbot, widget, good)
+    assert "'good'" in widget.score_label.text() and widget.class_plot.isVisibleTo(widget)
     labels = viewer.add_labels(np.zeros((50, 50), int), name="lab")
     widget.score(labels)
     assert "Labels layer" in widget.last_error and widget.worker is None and shown
@@ -180,6 +183,9 @@ def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
     thin = viewer.add_image(np.zeros((3, 1, 300), np.uint8), name="thin")
     run(qtbot, widget, thin)
     assert "1 x 300" in widget.last_error and METADATA_KEY not in thin.metadata
+    # the failed score leaves no stale result of the previous layer on show
+    assert "scoring failed" in widget.score_label.text() and widget.result is None
+    assert not widget.class_plot.isVisibleTo(widget)
 
 
 def test_small_image_and_single_plane_stack(qtbot, viewer_widget):

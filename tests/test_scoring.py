@@ -304,3 +304,23 @@ def test_extreme_enlargement_is_refused_quickly(tiny):
         score(np.zeros((10, 5000), np.uint8), model=tiny, device="cpu")
     r = score(np.zeros((256, 256, 1), np.uint8) + 100, model=tiny, device="cpu", maps=False)
     assert not isinstance(r, scoring.StackResult)
+
+
+def test_nan_weights_are_a_clear_error_not_a_nan_score():
+    import copy
+
+    import torch
+
+    from napari_pmt_iqa.scoring import ModelOutputError, score_batch
+
+    torch.manual_seed(0)
+    net = PMTIQA(backbone="tiny", pretrained=False).eval()
+    bad = copy.deepcopy(net)
+    with torch.no_grad():
+        list(bad.parameters())[-1].fill_(float("nan"))  # the last layer of the heads
+    img = _photo((96, 96, 3))
+    assert np.isfinite(score(img, net, device="cpu").score)
+    with pytest.raises(ModelOutputError, match="NaN or infinite scores"):
+        score(img, bad, device="cpu")
+    with pytest.raises(ModelOutputError):
+        score_batch([img, img], bad, device="cpu")

@@ -73,3 +73,22 @@ def test_protocol_writes_every_split_and_medians(data_dir, tmp_path, capsys):
     assert float(rows[2]["test_srcc"]) == pytest.approx(
         sorted(float(r["test_srcc"]) for r in rows[:2])[0] / 2 + sorted(float(r["test_srcc"]) for r in rows[:2])[1] / 2)
     assert (out / "split_00" / "best.safetensors").exists() and (out / "split_01" / "best.safetensors").exists()
+
+
+def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(tmp_path, tiny_checkpoint, capsys):
+    csv_path = make_dataset(tmp_path / "d", n=9, size=64)
+    (tmp_path / "d" / "img_004.png").write_bytes(b"not an image at all")
+    # a predictions path that is a folder is refused before any scoring
+    rc = tcli.main(["eval", "--model", str(tiny_checkpoint), "--data", str(csv_path), "--device", "cpu",
+                    "--predictions", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == tcli.EXIT_ERROR and "is an existing folder" in err
+    rc = tcli.main(["eval", "--model", str(tiny_checkpoint), "--data", str(csv_path), "--device", "cpu",
+                    "--predictions", str(tmp_path / "p.csv")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "left out" in cap.err and "img_004.png" in cap.err
+    assert "n=8" in cap.out
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and [r["prediction"] for r in rows if "img_004" in r["path"]] == ["nan"]

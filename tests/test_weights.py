@@ -192,6 +192,20 @@ def test_newer_format_and_other_architecture_are_refused(ckpt, tmp_path):
         W.load_checkpoint(other)
 
 
+def test_folder_and_bad_format_version_are_clear_errors(ckpt, tmp_path):
+    folder = tmp_path / "dir.safetensors"
+    folder.mkdir()
+    with pytest.raises(W.CheckpointError, match="is a folder, not a checkpoint file"):
+        W.load_checkpoint(folder)
+    with pytest.raises(W.CheckpointError, match="is a folder"):
+        W.load_model(str(folder))
+    with pytest.raises(W.CheckpointError, match="model name is empty"):
+        W.load_model("")
+    odd = _rewrite_meta(ckpt, tmp_path / "odd.safetensors", lambda m: m.update(format_version="abc"))
+    with pytest.raises(W.CheckpointError, match="format_version 'abc' is not a number"):
+        W.load_checkpoint(odd)
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.98])
 def test_truncated_checkpoint_is_refused(ckpt, tmp_path, keep):
     data = ckpt.read_bytes()

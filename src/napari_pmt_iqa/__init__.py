@@ -22,6 +22,7 @@ _LAZY = {
     "StackResult": "scoring",
     "QualityMaps": "scoring",
     "ScoringCancelled": "scoring",
+    "ModelOutputError": "scoring",
     "load_model": "weights",
     "load_checkpoint": "weights",
     "save_checkpoint": "weights",
@@ -41,7 +42,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .imaging import ImageError, read_image
     from .metrics import iqa_metrics
     from .model import PMTIQA, ModelConfig, ScoreScale
-    from .scoring import QualityMaps, ScoreResult, ScoringCancelled, StackResult, score, score_batch
+    from .scoring import (
+        ModelOutputError,
+        QualityMaps,
+        ScoreResult,
+        ScoringCancelled,
+        StackResult,
+        score,
+        score_batch,
+    )
     from .weights import REGISTRY, list_models, load_checkpoint, load_model, save_checkpoint
 
 

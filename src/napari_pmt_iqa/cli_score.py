@@ -251,22 +251,37 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
 
 
 # --------------------------------------------------------------------------- entry point
-def _unwritable_outputs(args: argparse.Namespace) -> str:
-    """Check, before any scoring, that the CSV and the maps folder can be written ("" if fine)."""
+def output_problem(path: str | os.PathLike, what: str, folder: bool = False) -> str:
+    """Why ``path`` cannot be written ("" if it can); checked before any work starts.
+
+    ``folder``: the path is a folder to write files into (created if missing); otherwise a file,
+    which must not be an existing folder and whose folder must be writable.
+    """
     import tempfile
 
-    targets = []
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        return f"{what} {path} is an existing folder; give a file name (for example {path / 'scores.csv'})."
+    if folder and path.exists() and not path.is_dir():
+        return f"{what} {path} is an existing file, not a folder; choose another location."
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        return f"cannot write {what} in {target} ({exc.strerror or exc}); choose another location."
+    return ""
+
+
+def _unwritable_outputs(args: argparse.Namespace) -> str:
+    """Check, before any scoring, that the CSV and the maps folder can be written ("" if fine)."""
     if args.csv is not None:
-        targets.append(("the CSV", Path(args.csv).parent))
+        problem = output_problem(args.csv, "the CSV")
+        if problem:
+            return problem
     if getattr(args, "maps_dir", None) is not None:
-        targets.append(("the maps folder", Path(args.maps_dir)))
-    for what, folder in targets:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            return f"cannot write {what} in {folder} ({exc.strerror or exc}); choose another location."
+        return output_problem(args.maps_dir, "the maps folder", folder=True)
     return ""
 
 

@@ -150,19 +150,28 @@ def to_rgb01(
         raise ImageError(
             "The image contains NaN or infinite values; replace them (e.g. np.nan_to_num) first."
         )
+    # float64 values beyond float32's range (about 3e38) would overflow to inf in float32:
+    # such planes are normalised in float64 (divided by their largest magnitude first).
+    wide = (
+        np.issubdtype(dtype, np.floating)
+        and dtype.itemsize > 4
+        and plane.size > 0
+        and float(np.max(np.abs(plane))) > 1e30
+    )
     if intensity_range is not None:
         lo, hi = map(float, intensity_range)
         if not hi > lo:
             raise ImageError(f"intensity_range needs high > low; got {intensity_range}.")
-        out = (plane.astype(np.float32) - lo) / (hi - lo)
+        work = np.float64 if (wide or max(abs(lo), abs(hi)) > 1e30) else np.float32
+        out = (plane.astype(work) - lo) / (hi - lo)
     elif dtype == np.uint8:
         return plane.astype(np.float32) / 255.0
     elif dtype == np.bool_:
         return plane.astype(np.float32)
     else:
-        f = plane.astype(np.float32)
-        if np.issubdtype(dtype, np.floating) and f.min() >= 0.0 and f.max() <= 1.0:
-            return f
+        f = plane / float(np.max(np.abs(plane))) if wide else plane.astype(np.float32)
+        if not wide and np.issubdtype(dtype, np.floating) and f.min() >= 0.0 and f.max() <= 1.0:
+            return f.astype(np.float32, copy=False)
         lo, hi = np.percentile(f, [0.1, 99.9])
         if hi <= lo:
             lo, hi = float(f.min()), float(f.max())

@@ -57,6 +57,10 @@ MAX_ENLARGEMENT = 16
 TILE_HALO = 64
 
 
+class ModelOutputError(ValueError):
+    """The model produced NaN or infinite scores (corrupt weights, a diverged run, fp16 overflow)."""
+
+
 class ScoringCancelled(RuntimeError):
     """Raised inside :func:`score` when its ``cancel`` callback returns True."""
 
@@ -372,6 +376,12 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
 
     crop = model.config.crop_size
     s, logits, parts = _heads(model, taps)
+    if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(logits).all())):
+        raise ModelOutputError(
+            "The model produced NaN or infinite scores: its weights are corrupt or come from a "
+            "training run that diverged (check its loss), or float16 overflowed (use "
+            "precision='bf16' or 'fp32')."
+        )
     scale: ScoreScale = getattr(model, "score_scale", None) or ScoreScale()
     probs = torch.softmax(logits, dim=1)
     units = scale.from_internal(s.numpy().astype(np.float64)).reshape(ny, nx)

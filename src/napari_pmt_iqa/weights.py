@@ -157,6 +157,10 @@ def save_checkpoint(
 def read_metadata(path: str | os.PathLike) -> dict:
     """Read the metadata document of a checkpoint without loading its tensors."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint file: name the .safetensors file inside it."
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -168,6 +172,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
             header = json.loads(f.read(n))
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: file not found.") from exc
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: no permission to read it.") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: {exc.strerror or exc}.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a safetensors checkpoint ({exc}).") from exc
     if not isinstance(header, dict):
@@ -186,7 +194,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: its napari-pmt-iqa metadata is not a JSON object.")
     if meta.get("architecture") != "PMT-IQA":
         raise CheckpointError(f"{path} holds a {meta.get('architecture')!r} model, not PMT-IQA.")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("format_version", 0))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: its format_version {meta.get('format_version')!r} is not a number; the "
+            "file was not written by napari-pmt-iqa or was edited."
+        ) from exc
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer napari-pmt-iqa (format {meta['format_version']}); "
             "upgrade the package."
@@ -392,6 +407,11 @@ def resolve_weights(
     ``None`` means the default model shipped with the package.
     """
     name = DEFAULT_MODEL if name_or_path is None else name_or_path
+    if isinstance(name, str) and not name.strip():
+        raise CheckpointError(
+            "The model name is empty: leave it out to use the default model "
+            f"({DEFAULT_MODEL!r}), or give a registered name or a checkpoint file."
+        )
     if isinstance(name, str) and name in REGISTRY:
         entry = REGISTRY[name]
         if entry.file:

@@ -179,6 +179,34 @@ def clear_rating(layer: Any, key: Sequence[int]) -> bool:
     return found
 
 
+def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
+    """Drop the ratings of planes that no longer exist; returns their keys.
+
+    A rating points at a plane by its indices along the leading axes; when the layer's data is
+    replaced by a smaller stack after rating, those planes are gone and so is what was rated.
+    A warning (a notification in napari) names what was dropped.
+    """
+    shape = tuple(_level0(layer).shape)
+    lead = len(shape) - (3 if getattr(layer, "rgb", False) else 2)
+    ratings = get_ratings(layer)
+    stale = [
+        k for k in ratings
+        if len(k) > lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
+    ]
+    if stale:
+        import warnings
+
+        layer.metadata[RATINGS_KEY] = {k: v for k, v in ratings.items() if k not in stale}
+        ratings_changed.emit(layer)
+        shown = ", ".join("-".join(map(str, k)) for k in stale[:5])
+        warnings.warn(
+            f"Dropped {len(stale)} rating(s) of '{layer.name}' whose planes no longer exist (its "
+            f"data changed after rating; its stack is now {shape[:max(lead, 0)]}): plane {shown}.",
+            stacklevel=2,
+        )
+    return stale
+
+
 def rated_layers(layers: Iterable[Any]) -> list[Any]:
     """The Image layers that carry at least one rating."""
     return [ly for ly in layers if _is_image(ly) and get_ratings(ly)]
@@ -188,6 +216,7 @@ def rated_pairs(layers: Iterable[Any]) -> list[tuple[np.ndarray, float]]:
     """``(plane, score)`` pairs of every rated plane: the ``data`` of a fine-tuning ``TrainConfig``."""
     out = []
     for layer in rated_layers(layers):
+        prune_stale_ratings(layer)
         for key, score in sorted(get_ratings(layer).items()):
             out.append((get_plane(layer, key), float(score)))
     return out
@@ -240,8 +269,13 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
     from ..weights import atomic_write_text
 
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise ValueError(f"{csv_path} is a folder: give the name of the CSV file to write in it.")
     if csv_path.suffix.lower() != ".csv":
         csv_path = csv_path.with_suffix(".csv")
+    layers = list(layers)
+    for layer in rated_layers(layers):
+        prune_stale_ratings(layer)
     layers = rated_layers(layers)
     if not layers:
         raise ValueError("No image is rated yet: rate images with the buttons or the keys 1-5 first.")
@@ -311,6 +345,11 @@ def load_ratings_csv(csv_path: str | os.PathLike, viewer: Any) -> int:
                 "scale of ratings given in napari."
             )
         plane = (row.get("plane") or "").strip()
+        if plane and not re.fullmatch(r"\d+(-\d+)*", plane):
+            raise ValueError(
+                f"{csv_path}, line {i}: the plane {plane!r} is not plane indices such as 3 or 0-3 "
+                "(as written by Save); fix or empty that cell."
+            )
         key = tuple(int(k) for k in plane.split("-")) if plane else ()
         layer = by_name.get((row.get("layer") or "").strip())
         if layer is not None and len(key) <= max(0, layer.ndim - 2):

@@ -239,6 +239,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             return
         self._layer = layer
         self._partial: list[float] = []
+        self._clear_result(f"Scoring '{layer.name}'…")
         self._start_job(
             score_job, data, bool(layer.rgb), model, self.chooser.device(), self.chooser.memory_mb(),
             self.maps_check.isChecked(), on_yield=self._on_yielded, on_return=self._on_returned,
@@ -264,9 +265,20 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.last_seconds = out[2]
             self._show_result(out[1], self._layer)
         elif kind == "cancelled":
+            self._clear_result("No score: scoring was cancelled.")
             self._message(out[1], warn=True)
         else:
+            self._clear_result("No score: scoring failed (see the message below).")
             self._message(f"Scoring failed: {out[1]}", error=True)
+
+    def _clear_result(self, text: str) -> None:
+        """Forget the shown result (a new score starts, or one failed): no stale numbers stay."""
+        self.result = None
+        self._scored_layer = None
+        self.score_label.setText(text)
+        self.class_label.setText("")
+        self.class_plot.setVisible(False)
+        self.stack_plot.setVisible(False)
 
     def _set_busy(self, busy: bool) -> None:
         self.score_button.setEnabled(not busy)
@@ -288,7 +300,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         first = result.planes[0] if hasattr(result, "planes") else result
         layer.metadata[METADATA_KEY] = result_metadata(result, self.chooser.current_model() or "", self.chooser.device())
         prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
-        self.score_label.setText(f"<b>{prefix}{score_meaning(result)}</b>")
+        self.score_label.setText(f"'{layer.name}': <b>{prefix}{score_meaning(result)}</b>")
         probs = np.mean([p.class_probs for p in result.planes], axis=0) if hasattr(result, "planes") else result.class_probs
         labels = class_labels(first.class_edges)
         cmap = class_colormap(len(probs), first.higher_is_better)

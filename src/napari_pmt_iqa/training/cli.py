@@ -274,6 +274,13 @@ def cmd_eval(args) -> int:
     from .trainer import TrainConfig, TrainingError, evaluate, resolve_dataset
 
     _setup(args)
+    if args.predictions:
+        from ..cli_score import output_problem
+
+        problem = output_problem(args.predictions, "the predictions CSV")
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         path = Path(args.data).expanduser()
         if not path.exists():
@@ -304,6 +311,12 @@ def cmd_eval(args) -> int:
         bar.close()
     except (TrainingError, DatasetError, ImageError, CheckpointError, ValueError) as exc:
         return _error(exc)
+    unreadable = m.pop("unreadable", [])
+    for p, why in unreadable[:5]:
+        print(f"warning: left out {p}: {why}", file=sys.stderr)
+    if len(unreadable) > 5:
+        print(f"warning: {len(unreadable) - 5} more unreadable images left out", file=sys.stderr)
+    m["unreadable"] = len(unreadable)
     if args.predictions:
         from .distributed import write_rows_csv
 
