@@ -204,3 +204,14 @@ def test_unwritable_csv_is_a_clear_error_before_scoring(ckpt, images, tmp_path, 
     rc = cli.main(["score", str(images), "--maps-dir", str(blocker), "--model", str(ckpt), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "is an existing file, not a folder" in err
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [(["--precision", "fp16"], "needs a GPU"), (["--memory-mb", "nan"], "memory_mb must be a positive")],
+)
+def test_bad_settings_fail_once_before_reading_files(ckpt, images, tmp_path, capsys, opts, match):
+    rc = cli.main(["score", str(images), "--model", str(ckpt), "--device", "cpu", "--no-progress",
+                   "--csv", str(tmp_path / "s.csv"), *opts])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count(match) == 1 and not (tmp_path / "s.csv").exists()

@@ -64,6 +64,19 @@ def test_reader_csv_dataset(tmp_path):
     assert len(read_dataset(root, "csv", limit=2)) == 2
 
 
+@pytest.mark.parametrize("scores", [[42.0], [7.0, 7.0, 7.0]], ids=["one-row", "all-equal"])
+def test_reader_opens_csv_without_a_training_scale(tmp_path, scores):
+    from PIL import Image
+
+    lines = ["image,mos"]
+    for k, v in enumerate(scores):
+        Image.fromarray(np.full((30, 40, 3), 40 * k, np.uint8)).save(tmp_path / f"im{k}.png")
+        lines.append(f"im{k}.png,{v}")
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    layers = get_reader(str(tmp_path / "scores.csv"))(str(tmp_path / "scores.csv"))
+    assert [kw["metadata"]["pmt_iqa_dataset"]["mos"] for _, kw, _ in layers] == scores
+
+
 def test_reader_declines_other_paths(tmp_path):
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
     assert get_reader(str(tmp_path)) is None

@@ -219,7 +219,7 @@ def test_bf16_is_close_to_fp32(tiny):
     # stated tolerance: 1 point on the 0-100 scale (bf16 keeps about 3 significant digits)
     assert abs(a.score - b.score) < 1.0
     np.testing.assert_allclose(a.crop_scores, b.crop_scores, atol=2.0)
-    with pytest.raises(ValueError, match="fp16 autocast is for GPUs"):
+    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
         score(img, tiny, "cpu", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         score(img, tiny, "cpu", precision="int8")
@@ -324,3 +324,38 @@ def test_nan_weights_are_a_clear_error_not_a_nan_score():
         score(img, bad, device="cpu")
     with pytest.raises(ModelOutputError):
         score_batch([img, img], bad, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"memory_mb": float("nan")}, "memory_mb must be a positive number"),
+        ({"memory_mb": -1}, "memory_mb must be a positive number"),
+        ({"method": "crops", "batch_size": 0}, "batch_size must be a whole number"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"precision": "fp16"}, "needs a GPU"),
+        ({"intensity_range": "ab"}, "intensity_range must be two numbers"),
+        ({"intensity_range": (5, 1)}, "low < high"),
+    ],
+)
+def test_bad_options_are_refused_up_front(tiny, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        score(_photo((64, 64, 3)), tiny, device="cpu", **kwargs)
+
+
+def test_score_batch_names_the_bad_image_and_takes_iterables(tiny):
+    from napari_pmt_iqa.scoring import score_batch
+
+    good = _photo((64, 64, 3))
+    bad = good.astype(np.float32)
+    bad[3, 3, 0] = np.nan
+    with pytest.raises(ImageError, match=r"Image 1 of the batch: .*NaN"):
+        score_batch([good, bad], tiny, device="cpu")
+    with pytest.raises(ImageError, match="use score\\(\\) for it"):
+        score_batch(good, tiny, device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be"):
+        score_batch([good], tiny, device="cpu", batch_size=0)
+    gen = score_batch((im for im in [good, good]), tiny, device="cpu")
+    assert len(gen) == 2 and gen[0].score == pytest.approx(gen[1].score)
+    stack = score_batch(np.stack([good, good]), tiny, device="cpu")
+    assert len(stack) == 2

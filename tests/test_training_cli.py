@@ -92,3 +92,21 @@ def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(tmp_path, ti
     with open(tmp_path / "p.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and [r["prediction"] for r in rows if "img_004" in r["path"]] == ["nan"]
+
+
+def test_training_input_mistakes_get_the_right_hint(tmp_path, capsys):
+    csv_path = make_dataset(tmp_path / "d", n=8, size=64)
+    text = csv_path.read_text().splitlines()
+    all_test = tmp_path / "d" / "all_test.csv"
+    all_test.write_text("\n".join([text[0] + ",split"] + [r + ",test" for r in text[1:]]) + "\n")
+    rc = tcli.main(["train", "--data", str(all_test), "--out", str(tmp_path / "o"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == tcli.EXIT_ERROR and "marked split=test" in err and "Lower batch_size" not in err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = tcli.main(["train", "--data", str(csv_path), "--out", str(blocker), *TINY])
+    err = capsys.readouterr().err
+    assert rc == tcli.EXIT_ERROR and "is an existing file" in err
+    rc = tcli.main(["train", "--data", str(csv_path), "--out", str(tmp_path / "o2"), "--limit", "0", *TINY])
+    err = capsys.readouterr().err
+    assert rc == tcli.EXIT_ERROR and "limit must be at least 1" in err

@@ -70,12 +70,19 @@ def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = Non
     from ._torch_guard import guard_triton
 
     guard_triton()
-    from .data.datasets import load_dataset
+    from .data.datasets import DatasetError, detect_layout, load_dataset
     from .imaging import ImageError, read_image
+    from .model.losses import ScoreScale
 
     limit = get_settings().reader_max_images if limit is None else limit
     kwargs = {"part": "all"} if layout == "biq2021" else {}
-    ds = load_dataset(path, layout=layout, **kwargs)
+    try:
+        ds = load_dataset(path, layout=layout, **kwargs)
+    except DatasetError as exc:
+        # viewing needs no training scale: a CSV of one row or of equal scores still opens
+        if (layout if layout != "auto" else detect_layout(path)) != "csv" or "are equal" not in str(exc):
+            raise
+        ds = load_dataset(path, layout="csv", scale=ScoreScale(0.0, 1.0, True, "score (as given)"))
     out, bad = [], []
     for k, s in enumerate(ds.samples[: max(1, int(limit))]):
         try:

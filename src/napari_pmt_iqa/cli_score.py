@@ -312,12 +312,13 @@ def run_score(args: argparse.Namespace) -> int:
             return 0  # a non-zero rank of a distributed run: rank 0 writes the table
     if result_rows is None:
         from .devices import DeviceError
-        from .scoring import get_model
+        from .scoring import check_options, get_model
         from .weights import CheckpointError
 
         try:
             model = get_model(args.model, args.device)
-        except (CheckpointError, DeviceError) as exc:
+            check_options(model, memory_mb=args.memory_mb, precision=args.precision)
+        except (CheckpointError, DeviceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         result_rows = score_files(

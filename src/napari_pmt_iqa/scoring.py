@@ -279,6 +279,47 @@ def _use_channels_last(model) -> None:
     model._pmt_channels_last = True
 
 
+def check_options(
+    net=None,
+    *,
+    memory_mb: float = 1024,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    intensity_range=None,
+) -> None:
+    """Refuse bad scoring options up front, each with a message that says what to give instead.
+
+    Raises
+    ------
+    ValueError
+        A memory budget that is not a positive number, a batch size below 1, an unknown precision
+        or fp16 on a CPU, an ``intensity_range`` that is not two numbers.
+    """
+    try:
+        mb = float(memory_mb)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if not (math.isfinite(mb) and mb > 0):
+        raise ValueError(f"memory_mb must be a positive number of megabytes; got {memory_mb!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1; got {batch_size!r}.")
+    from .devices import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    if precision == "fp16" and net is not None and next(net.parameters()).device.type == "cpu":
+        raise ValueError("precision='fp16' needs a GPU; on a CPU use 'bf16' (fast) or 'fp32'.")
+    if intensity_range is not None:
+        try:
+            lo, hi = (float(v) for v in intensity_range)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"intensity_range must be two numbers (low, high); got {intensity_range!r}."
+            ) from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"intensity_range needs finite low < high; got {intensity_range!r}.")
+
+
 def _tile_size(backbone: str, memory_mb: float, crop: int) -> int:
     bpp = BYTES_PER_PIXEL.get(backbone, 900)
     side = int(math.sqrt(max(memory_mb, 16) * 2**20 / bpp))
@@ -512,8 +553,11 @@ def score(
     >>> round(result.score, 1), result.units  # doctest: +SKIP
     (71.3, 'quality (0-100; LIVE-C MOS scale)')
     """
+    check_options(memory_mb=memory_mb, batch_size=batch_size, precision=precision,
+                  intensity_range=intensity_range)
     planes, lead = iter_planes(image, rgb=rgb, channel_axis=channel_axis)
     net = get_model(model, device)
+    check_options(net, precision=precision)
     kwargs = dict(method=method, maps=maps, memory_mb=memory_mb, precision=precision,
                   batch_size=batch_size, intensity_range=intensity_range, cancel=cancel)
     if not lead:
@@ -542,16 +586,30 @@ def score_batch(
 
     from .devices import autocast
 
+    check_options(memory_mb=memory_mb, batch_size=batch_size, precision=precision)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4)):
+            raise ImageError(
+                f"score_batch takes a list of images (or an (N, H, W[, C]) array); this looks like "
+                f"one image of shape {images.shape}: use score() for it, or pass [image]."
+            )
+        images = list(images)
+    elif not isinstance(images, Sequence):
+        images = list(images)  # a generator or other iterable
     net = get_model(model, device)
+    check_options(net, precision=precision)
     dev = next(net.parameters()).device
     crop = net.config.crop_size
     prepared = {}
     results: list[ScoreResult | None] = [None] * len(images)
     for idx, img in enumerate(images):
-        planes, lead = iter_planes(img)
-        if lead:
-            raise ImageError(f"score_batch takes 2D images; image {idx} is a stack of shape {np.shape(img)}.")
-        prepared[idx] = (planes[0], _prepare(planes[0], crop))
+        try:
+            planes, lead = iter_planes(img)
+            if lead:
+                raise ImageError(f"score_batch takes 2D images; this is a stack of shape {np.shape(img)}.")
+            prepared[idx] = (planes[0], _prepare(planes[0], crop))
+        except ImageError as exc:
+            raise ImageError(f"Image {idx} of the batch: {exc}") from exc
     groups: dict[tuple, list[int]] = {}
     tile = _tile_size(net.config.backbone, memory_mb, crop)
     for idx, (_, p) in prepared.items():

@@ -416,7 +416,7 @@ def resolve_dataset(config: TrainConfig, init_scale=None):
         ds = dataset_from_pairs(pairs, scale=use)
     if scale is not None:
         ds = replace(ds, scale=scale)
-    if config.limit:
+    if config.limit is not None:
         if config.limit < 1:
             raise TrainingError(f"limit must be at least 1; got {config.limit}.")
         if config.limit < len(ds):
@@ -713,6 +713,18 @@ class _Run:
         val_idx = [i for i in range(ntr, len(samples)) if i not in bad_idx]
         scale = ds.scale
         mos_train = [samples[i].mos for i in train_idx]
+        if not train_idx:
+            n_test = sum(1 for s in ds.samples if s.split == "test")
+            why = (
+                f"all {n_test} rows of the data are marked split=test (test rows are never trained on)"
+                if n_test == len(ds.samples)
+                else f"all {len(samples)} usable images went to validation or could not be read"
+            )
+            raise TrainingError(
+                f"There is nothing to train on: {why}.",
+                "Mark the rows to train on as split=train (or leave the split column empty), or "
+                "lower val_fraction.",
+            )
         if len(train_idx) < c.batch_size:
             raise TrainingError(
                 f"The training part has {len(train_idx)} usable images, fewer than one batch "
@@ -873,6 +885,11 @@ class _Run:
             from ..weights import cache_dir
 
             out = cache_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
+        if out.exists() and not out.is_dir():
+            raise TrainingError(
+                f"The output folder {out} is an existing file.",
+                "Choose a folder for the checkpoints (it is created if missing).",
+            )
         if self.d.main:
             out.mkdir(parents=True, exist_ok=True)
         self.out = out
