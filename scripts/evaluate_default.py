@@ -13,6 +13,10 @@ Parts (``--parts``, comma-separated; default all):
                no model saw: the share of correctly ordered pairs (less distortion -> higher score).
 ``fastcrops``  method="fast" versus method="crops" on the LIVE-C test part: mean/max absolute
                difference and SRCC of both.
+When the model and a baseline (probe, BRISQUE) are measured in the same run, the SRCC difference
+model - baseline on each test set gets a 95 % paired bootstrap interval (2,000 resamples of the test
+images), and ``--predictions`` writes every per-image score to a CSV.
+
 ``speed``      seconds per 500x500 image, this model next to the ResNet-50 paper model (random
                weights), same process, 2 threads.
 
@@ -109,6 +113,34 @@ def ridge_fit(X, y, alpha):
     return lambda Xn: ((Xn - mu) / sd) @ w + ym
 
 
+def paired_srcc_difference(a, b, mos, resamples=2000, seed=0):
+    """SRCC(a) - SRCC(b) on the same images, with a 95 % paired bootstrap interval.
+
+    Images where either method has no score (NaN, e.g. a BRISQUE failure) are left out of both.
+    """
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b, mos = a[ok], b[ok], mos[ok]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(mos), len(mos))
+        diffs.append(iqa_metrics(a[idx], mos[idx])["srcc"] - iqa_metrics(b[idx], mos[idx])["srcc"])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    d = iqa_metrics(a, mos)["srcc"] - iqa_metrics(b, mos)["srcc"]
+    return {"srcc_diff": float(d), "ci95": [float(lo), float(hi)], "n": int(ok.sum()), "resamples": resamples}
+
+
+def write_predictions(path, tests, preds):
+    """One row per test image: set, file, MOS and the score of each method of this run."""
+    methods = sorted(preds)
+    lines = ["set,image,mos," + ",".join(methods)]
+    for key, (samples, _) in tests.items():
+        for i, s in enumerate(samples):
+            vals = [preds[m][key][i] if key in preds[m] else float("nan") for m in methods]
+            lines.append(f"{key},{Path(s.path).name},{s.mos:.4f}," + ",".join(f"{v:.4f}" for v in vals))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def fmt(m):
     return f"{m['srcc']:.3f} / {m['plcc']:.3f}"
 
@@ -121,6 +153,7 @@ def main(argv=None):
     ap.add_argument("--kodak", default=None)
     ap.add_argument("--parts", default="livec,biq,brisque,probe,sanity,fastcrops,speed")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--predictions", default=None, help="CSV of every per-image score of this run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="debug: images per set")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/pmt-iqa-decoded"))
@@ -135,18 +168,21 @@ def main(argv=None):
     tests = {"LIVE-C test": (lc_test.samples[:lim], livec.scale), "BIQ2021 Test": (bq_test.samples[:lim], bq_test.scale)}
     res: dict = {"model": args.model, "n": {k: len(v[0]) for k, v in tests.items()}}
     t00 = time.time()
+    preds: dict[str, dict[str, np.ndarray]] = {}  # method -> test set -> per-image scores
 
     for key, part in (("LIVE-C test", "livec"), ("BIQ2021 Test", "biq")):
         if part in parts:
             samples, _ = tests[key]
             t0 = time.time()
             pred = model_scores(model, samples, cache)
+            preds.setdefault("ours", {})[key] = np.asarray(pred, dtype=float)
             res.setdefault("ours", {})[key] = iqa_metrics(pred, [s.mos for s in samples])
             print(f"ours {key}: {fmt(res['ours'][key])} ({time.time() - t0:.0f} s)", flush=True)
     if "brisque" in parts:
         for key, (samples, _) in tests.items():
             b = np.asarray(brisque_scores(samples, cache))
             ok = np.isfinite(b)
+            preds.setdefault("brisque", {})[key] = -b
             res.setdefault("brisque", {})[key] = iqa_metrics(-b[ok], np.asarray([s.mos for s in samples])[ok])
             print(f"BRISQUE {key}: {fmt(res['brisque'][key])} ({(~ok).sum()} failures)", flush=True)
     if "probe" in parts:
@@ -167,6 +203,7 @@ def main(argv=None):
         res["probe_alpha"] = best[1]
         for key, (samples, _) in tests.items():
             p = best[2](probe_features(samples, cache, bb))
+            preds.setdefault("probe", {})[key] = np.asarray(p, dtype=float)
             res.setdefault("probe", {})[key] = iqa_metrics(p, [s.mos for s in samples])
             print(f"probe {key}: {fmt(res['probe'][key])} (alpha {best[1]}, {time.time() - t0:.0f} s)", flush=True)
     if "sanity" in parts and args.kodak:
@@ -223,6 +260,17 @@ def main(argv=None):
                 rows[f"{name} {prec}"] = float(np.median(ts))
         res["speed_s_per_500px"] = rows
         print("speed:", rows, flush=True)
+    for base in ("probe", "brisque"):
+        for key, (samples, _) in tests.items():
+            a, b = preds.get("ours", {}).get(key), preds.get(base, {}).get(key)
+            if a is None or b is None:
+                continue
+            res.setdefault(f"ours_minus_{base}", {})[key] = paired_srcc_difference(
+                a, b, np.asarray([s.mos for s in samples], dtype=float)
+            )
+            print(f"ours - {base} {key}: {json.dumps(res[f'ours_minus_{base}'][key])}", flush=True)
+    if args.predictions and preds:
+        write_predictions(args.predictions, tests, preds)
     res["seconds"] = time.time() - t00
     if args.out:
         atomic_write_text(args.out, json.dumps(res, indent=2))

@@ -35,6 +35,10 @@ def main(argv=None):
     ap.add_argument("checkpoint")
     ap.add_argument("--eval", default=None, help="JSON written by scripts/evaluate_default.py")
     ap.add_argument("--name", default=DEFAULT_MODEL)
+    ap.add_argument(
+        "--stage1", default=None,
+        help="the stage-1 checkpoint a stage-2 run started from (its recipe goes into the metadata)",
+    )
     args = ap.parse_args(argv)
 
     from skimage import data
@@ -47,7 +51,14 @@ def main(argv=None):
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
         meta["metrics"] = {**meta.get("metrics", {}), "test": {
-            k: ev[k] for k in ("ours", "brisque", "probe", "sanity", "fast_vs_crops") if k in ev}}
+            k: ev[k] for k in ("ours", "brisque", "probe", "sanity", "fast_vs_crops", "ours_minus_probe",
+                             "ours_minus_brisque", "speed_s_per_500px", "commands") if k in ev}}
+    if args.stage1:
+        from napari_pmt_iqa.weights import read_metadata
+
+        first = read_metadata(args.stage1)
+        meta["training"] = {**meta.get("training", {}), "stage1": first.get("training", {}),
+                            "stage1_val": first.get("metrics", {})}
     meta["name"] = args.name
     out = PACKAGE_WEIGHTS / f"{args.name}.safetensors"
     save_checkpoint(out, model, meta, half=True)
