@@ -4,7 +4,8 @@ Parts (``--parts``, comma-separated; default all):
 
 ``livec``      SRCC/PLCC/KRCC on the LIVE-C test part (the seeded 80/20 split of train_default.py,
                untouched by training and selection).
-``biq``        the same on the BIQ2021 Test split (2,000 images; reserved, reported once at the end).
+``biq``        the same on the BIQ2021 Test split (2,000 images; reserved for the end: docs/results.md
+               says how often it was used).
 ``brisque``    BRISQUE (the offline ``brisque`` package) on the same test images.
 ``probe``      a linear probe: ridge regression on frozen ImageNet EfficientNet-Lite0 features
                (global average of the last stage over the whole image), fitted on the same training
@@ -13,16 +14,16 @@ Parts (``--parts``, comma-separated; default all):
                no model saw: the share of correctly ordered pairs (less distortion -> higher score).
 ``fastcrops``  method="fast" versus method="crops" on the LIVE-C test part: mean/max absolute
                difference and SRCC of both.
+``speed``      seconds per 500x500 image, this model next to the ResNet-50 paper model (random
+               weights), same process, 2 threads.
+
 When the model and a baseline (probe, BRISQUE) are measured in the same run, the SRCC difference
 model - baseline on each test set gets a 95 % paired bootstrap interval (2,000 resamples of the test
 images), and ``--predictions`` writes every per-image score to a CSV.
 
-``speed``      seconds per 500x500 image, this model next to the ResNet-50 paper model (random
-               weights), same process, 2 threads.
-
 Usage::
 
-    python scripts/evaluate_default.py --model runs/default/best.safetensors \
+    python scripts/evaluate_default.py --model runs/stage2/best.safetensors \
         --livec ~/iqa-data/ChallengeDB_release --biq ~/iqa-data/BIQ2021 \
         --kodak ~/iqa-data/pristine/testsets/Kodak24 --out docs/eval_default.json
 """

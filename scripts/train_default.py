@@ -167,6 +167,8 @@ def main(argv=None):
         best = 0.5 * (m_lc["srcc"] + m_bq["srcc"])
         rec = {"epoch": -1, "init": args.init, "val_livec": m_lc, "val_biq": m_bq, "val_srcc": best}
         history.append(rec)
+        # if no epoch beats it, the starting point itself is the result
+        save_checkpoint(out / "best.safetensors", model, dict(model.meta))
         print(json.dumps(rec), flush=True)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")

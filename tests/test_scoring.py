@@ -331,6 +331,7 @@ def test_nan_weights_are_a_clear_error_not_a_nan_score():
     [
         ({"memory_mb": float("nan")}, "memory_mb must be a positive number"),
         ({"memory_mb": -1}, "memory_mb must be a positive number"),
+        ({"memory_mb": "512"}, "memory_mb must be a positive number"),
         ({"method": "crops", "batch_size": 0}, "batch_size must be a whole number"),
         ({"precision": "fp8"}, "precision must be one of"),
         ({"precision": "fp16"}, "needs a GPU"),

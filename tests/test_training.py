@@ -316,3 +316,24 @@ def test_validation_split_column_and_test_rows_unused(tmp_path):
     r = train(cfg)
     assert r.n_val == 0 and r.best_epoch == 0 and r.best_val == {}
     assert np.isfinite(r.history[0]["train_loss"])
+
+
+def test_an_epoch_whose_validation_gives_nan_scores_is_never_best(data_csv, tmp_path, monkeypatch):
+    from napari_pmt_iqa.scoring import ModelOutputError
+    from napari_pmt_iqa.training import trainer as T
+
+    real = T.predict_images
+    calls = {"n": 0}
+
+    def second_epoch_diverges(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ModelOutputError("The model produced NaN or infinite scores")
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "predict_images", second_epoch_diverges)
+    events = []
+    r = train(tiny(data_csv, tmp_path, epochs=2, max_batches=2), listeners=[events.append])
+    assert r.epochs_done == 2 and calls["n"] == 2
+    assert any(isinstance(e, E.DataIssue) and "Validation of this epoch failed" in e.message for e in events)
+    assert r.best_epoch == 0  # the NaN epoch did not replace the good one

@@ -259,7 +259,7 @@ def output_problem(path: str | os.PathLike, what: str, folder: bool = False) -> 
     """
     import tempfile
 
-    path = Path(path).expanduser()
+    path = Path(path)  # exactly the path that is written (the shell expands ~)
     if not folder and path.is_dir():
         return f"{what} {path} is an existing folder; give a file name (for example {path / 'scores.csv'})."
     if folder and path.exists() and not path.is_dir():

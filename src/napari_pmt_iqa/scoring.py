@@ -296,7 +296,7 @@ def check_options(
         or fp16 on a CPU, an ``intensity_range`` that is not two numbers.
     """
     try:
-        mb = float(memory_mb)
+        mb = float("nan") if isinstance(memory_mb, (str, bytes)) else float(memory_mb)
     except (TypeError, ValueError):
         mb = float("nan")
     if not (math.isfinite(mb) and mb > 0):

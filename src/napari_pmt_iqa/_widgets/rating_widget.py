@@ -191,7 +191,7 @@ def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
     ratings = get_ratings(layer)
     stale = [
         k for k in ratings
-        if len(k) > lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
+        if len(k) != lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
     ]
     if stale:
         import warnings

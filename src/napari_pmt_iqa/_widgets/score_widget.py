@@ -8,6 +8,7 @@ timer on the GUI thread reads, and polls it for cancellation between tiles.
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Any
 
@@ -300,7 +301,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         first = result.planes[0] if hasattr(result, "planes") else result
         layer.metadata[METADATA_KEY] = result_metadata(result, self.chooser.current_model() or "", self.chooser.device())
         prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
-        self.score_label.setText(f"'{layer.name}': <b>{prefix}{score_meaning(result)}</b>")
+        self.score_label.setText(f"'{html.escape(layer.name)}': <b>{prefix}{score_meaning(result)}</b>")
         probs = np.mean([p.class_probs for p in result.planes], axis=0) if hasattr(result, "planes") else result.class_probs
         labels = class_labels(first.class_edges)
         cmap = class_colormap(len(probs), first.higher_is_better)

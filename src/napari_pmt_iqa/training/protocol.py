@@ -118,8 +118,15 @@ def run_protocol(
             model = load_checkpoint(best, device=str(_dev))
             m = evaluate(model, test, device=str(_dev), precision=config.precision,
                          batch_size=config.eval_batch_size)
-            row.update(test_srcc=m["srcc"], test_plcc=m["plcc"], test_krcc=m["krcc"],
-                       seconds=time.time() - t0, best_path=best)
+            if m.get("unreadable"):
+                import warnings
+
+                warnings.warn(
+                    f"split {i}: {len(m['unreadable'])} test image(s) could not be read and are left "
+                    f"out, e.g. {m['unreadable'][0][0]}", RuntimeWarning, stacklevel=2,
+                )
+            row.update(n_test=m.get("n", len(test)), test_srcc=m["srcc"], test_plcc=m["plcc"],
+                       test_krcc=m["krcc"], seconds=time.time() - t0, best_path=best)
             rows.append(row)
             if rank == 0:
                 _write(csv_path, rows, final=False)

@@ -1098,11 +1098,18 @@ class _Run:
 
         if not self.val_idx:
             return {}
+        from ..scoring import ModelOutputError
+
         share = self.val_idx[self.d.rank :: self.d.world]
-        preds = predict_images(
-            model, self.store.get, share, device=self.device, precision=self.cfg.precision,
-            batch_size=self.cfg.eval_batch_size,
-        )
+        try:
+            preds = predict_images(
+                model, self.store.get, share, device=self.device, precision=self.cfg.precision,
+                batch_size=self.cfg.eval_batch_size,
+            )
+        except ModelOutputError as exc:
+            # a diverged epoch: it scores NaN (never "best"); every rank still joins the gather
+            preds = np.full(len(share), np.nan)
+            self.emit(DataIssue(f"Validation of this epoch failed: {exc}"))
         pairs = list(zip(share, preds.tolist()))
         if self.d.active:
             import torch.distributed as dist
