@@ -138,7 +138,8 @@ def to_rgb01(
     if plane.shape[0] < 2 or plane.shape[1] < 2:
         raise ImageError(
             f"The image is {plane.shape[0]} x {plane.shape[1]} pixels; at least 2 x 2 are needed "
-            "(it is resized up to one crop)."
+            "(it is resized up to one crop), and scoring needs a short side of at least 14 pixels "
+            "(a 224-pixel crop enlarged at most 16 times)."
         )
     c = plane.shape[-1]
     if c == 4:

@@ -390,7 +390,9 @@ def resolve_dataset(config: TrainConfig, init_scale=None):
     elif isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
         if not path.exists():
-            raise TrainingError(f"The data set {path} does not exist.", "Check --data.")
+            raise TrainingError(
+                f"The data set {path} does not exist.", "Check the data path (--data, or the data set field of the fine-tune widget)."
+            )
         ds = load_dataset(path, config.layout)
     else:
         try:
