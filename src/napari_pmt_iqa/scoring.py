@@ -551,7 +551,7 @@ def score(
     >>> from skimage import data
     >>> result = score(data.astronaut())
     >>> round(result.score, 1), result.units  # doctest: +SKIP
-    (71.3, 'quality (0-100; LIVE-C MOS scale)')
+    (72.0, 'quality (0-100; LIVE-C MOS scale)')
     """
     check_options(memory_mb=memory_mb, batch_size=batch_size, precision=precision,
                   intensity_range=intensity_range)
