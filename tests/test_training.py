@@ -337,3 +337,12 @@ def test_an_epoch_whose_validation_gives_nan_scores_is_never_best(data_csv, tmp_
     assert r.epochs_done == 2 and calls["n"] == 2
     assert any(isinstance(e, E.DataIssue) and "Validation of this epoch failed" in e.message for e in events)
     assert r.best_epoch == 0  # the NaN epoch did not replace the good one
+
+
+def test_no_validation_part_is_said(data_csv, tmp_path):
+    events = []
+    with pytest.warns(RuntimeWarning, match="validation part has 0 image"):
+        r = train(tiny(data_csv, tmp_path, epochs=1, max_batches=1, val_fraction=0.0),
+                  listeners=[events.append])
+    assert r.epochs_done == 1
+    assert any(isinstance(e, E.DataIssue) and "last one is kept" in e.message for e in events)

@@ -747,6 +747,14 @@ class _Run:
             )
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             self.emit(DataIssue(msg))
+        if len(val_idx) < 3:
+            msg = (
+                f"The validation part has {len(val_idx)} image(s), too few to measure anything: no "
+                "epoch can be selected, the last one is kept and its validation SRCC is NaN. Give at "
+                "least a few more rated images (or a split column with 'val' rows)."
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self.emit(DataIssue(msg))
         self.ds, self.train_ds, self.val_ds = ds, train_ds, val_ds
         self.scale = scale
         self.store, self.samples = store, samples
