@@ -64,13 +64,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def check_precision(precision: str, device_type: str | None = None) -> None:
+    """Refuse an unknown precision, or fp16 on a CPU (``device_type`` None: not checked)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    if precision == "fp16" and device_type == "cpu":
+        raise ValueError("precision='fp16' needs a GPU; use precision='bf16' on a CPU (fast) or 'fp32'.")
+
+
 def autocast(device: torch.device, precision: str = "fp32"):
     """A context manager running the network in ``precision`` on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    check_precision(precision, device.type)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("fp16 autocast is for GPUs; use precision='bf16' on a CPU.")
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -16,8 +16,10 @@ is dropped.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -125,6 +127,19 @@ def standardize_layout(
     return arr[..., None]
 
 
+def parse_intensity_range(intensity_range: Any) -> tuple[float, float]:
+    """``(low, high)`` as floats, or an :class:`ImageError` that says what is wrong with it."""
+    try:
+        lo, hi = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise ImageError(
+            f"intensity_range must be two numbers (low, high); got {intensity_range!r}."
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ImageError(f"intensity_range needs finite low < high (high > low); got {intensity_range!r}.")
+    return lo, hi
+
+
 def to_rgb01(
     plane: np.ndarray, intensity_range: tuple[float, float] | None = None
 ) -> np.ndarray:
@@ -160,9 +175,7 @@ def to_rgb01(
         and float(np.max(np.abs(plane))) > 1e30
     )
     if intensity_range is not None:
-        lo, hi = map(float, intensity_range)
-        if not hi > lo:
-            raise ImageError(f"intensity_range needs high > low; got {intensity_range}.")
+        lo, hi = parse_intensity_range(intensity_range)
         work = np.float64 if (wide or max(abs(lo), abs(hi)) > 1e30) else np.float32
         out = (plane.astype(work) - lo) / (hi - lo)
     elif dtype == np.uint8:

@@ -303,21 +303,12 @@ def check_options(
         raise ValueError(f"memory_mb must be a positive number of megabytes; got {memory_mb!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of at least 1; got {batch_size!r}.")
-    from .devices import PRECISIONS
+    from .devices import check_precision
+    from .imaging import parse_intensity_range
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
-    if precision == "fp16" and net is not None and next(net.parameters()).device.type == "cpu":
-        raise ValueError("precision='fp16' needs a GPU; on a CPU use 'bf16' (fast) or 'fp32'.")
+    check_precision(precision, None if net is None else next(net.parameters()).device.type)
     if intensity_range is not None:
-        try:
-            lo, hi = (float(v) for v in intensity_range)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"intensity_range must be two numbers (low, high); got {intensity_range!r}."
-            ) from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ValueError(f"intensity_range needs finite low < high; got {intensity_range!r}.")
+        parse_intensity_range(intensity_range)
 
 
 def _tile_size(backbone: str, memory_mb: float, crop: int) -> int:
@@ -553,11 +544,10 @@ def score(
     >>> round(result.score, 1), result.units  # doctest: +SKIP
     (72.0, 'quality (0-100; LIVE-C MOS scale)')
     """
-    check_options(memory_mb=memory_mb, batch_size=batch_size, precision=precision,
-                  intensity_range=intensity_range)
     planes, lead = iter_planes(image, rgb=rgb, channel_axis=channel_axis)
     net = get_model(model, device)
-    check_options(net, precision=precision)
+    check_options(net, memory_mb=memory_mb, batch_size=batch_size, precision=precision,
+                  intensity_range=intensity_range)
     kwargs = dict(method=method, maps=maps, memory_mb=memory_mb, precision=precision,
                   batch_size=batch_size, intensity_range=intensity_range, cancel=cancel)
     if not lead:
@@ -586,7 +576,6 @@ def score_batch(
 
     from .devices import autocast
 
-    check_options(memory_mb=memory_mb, batch_size=batch_size, precision=precision)
     if isinstance(images, np.ndarray):
         if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4)):
             raise ImageError(
@@ -597,7 +586,7 @@ def score_batch(
     elif not isinstance(images, Sequence):
         images = list(images)  # a generator or other iterable
     net = get_model(model, device)
-    check_options(net, precision=precision)
+    check_options(net, memory_mb=memory_mb, batch_size=batch_size, precision=precision)
     dev = next(net.parameters()).device
     crop = net.config.crop_size
     prepared = {}
