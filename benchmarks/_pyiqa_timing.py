@@ -27,9 +27,16 @@ def main() -> None:
     timm.create_model = lambda *a, **k: orig_timm(*a, **{**k, "pretrained": False})
     for name in ("resnet50", "resnet18", "vgg16"):
         fn = getattr(torchvision.models, name)
-        setattr(torchvision.models, name,
-                lambda *a, _fn=fn, **k: _fn(*a, **{**k, "weights": None, "pretrained": False}
-                                            if "pretrained" in k else {**k, "weights": None}))
+        setattr(
+            torchvision.models,
+            name,
+            lambda *a, _fn=fn, **k: _fn(
+                *a,
+                **{**k, "weights": None, "pretrained": False}
+                if "pretrained" in k
+                else {**k, "weights": None},
+            ),
+        )
     import pyiqa
 
     img = np.load(path)

@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         t_crops += time.perf_counter() - t
         crop_diffs.append(np.abs(f.crop_scores - c.crop_scores).ravel())
         rows.append({"path": str(s.path), "mos": s.mos, "fast": f.score, "crops": c.score})
-        print(f"[{k}/{len(samples)}] {s.path.name}: fast {f.score:.3f}  crops {c.score:.3f}  "
-              f"MOS {s.mos:.2f}", flush=True)
+        print(
+            f"[{k}/{len(samples)}] {s.path.name}: fast {f.score:.3f}  crops {c.score:.3f}  "
+            f"MOS {s.mos:.2f}",
+            flush=True,
+        )
 
     fast = np.array([r["fast"] for r in rows])
     crops = np.array([r["crops"] for r in rows])
@@ -68,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     cd = np.concatenate(crop_diffs)
     mf, mc = iqa_metrics(fast, mos), iqa_metrics(crops, mos)
     units = getattr(model, "score_scale", None)
-    print(f"\n{len(rows)} LIVE-C images, model {getattr(model, 'checkpoint_path', args.model)}, "
-          f"{args.precision}, scores in {units.name if units else 'internal units'}\n")
+    print(
+        f"\n{len(rows)} LIVE-C images, model {getattr(model, 'checkpoint_path', args.model)}, "
+        f"{args.precision}, scores in {units.name if units else 'internal units'}\n"
+    )
     print("| quantity | fast | crops |")
     print("|---|---|---|")
     print(f"| SRCC vs MOS | {mf['srcc']:.4f} | {mc['srcc']:.4f} |")

@@ -57,9 +57,13 @@ def _crops_tensor(img: np.ndarray, crop: int = 224, step: int = 32) -> torch.Ten
     mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
     t = (t - mean) / std
-    return torch.stack([t[:, y : y + crop, x : x + crop]
-                        for y in range(0, H - crop + 1, step)
-                        for x in range(0, W - crop + 1, step)])
+    return torch.stack(
+        [
+            t[:, y : y + crop, x : x + crop]
+            for y in range(0, H - crop + 1, step)
+            for x in range(0, W - crop + 1, step)
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, default=500)
-    p.add_argument("--pyiqa-python", default=os.environ.get("PYIQA_PYTHON"),
-                   help="Python of a separate venv with pyiqa: adds its HyperIQA and TOPIQ-NR "
-                        "(random weights) on the same image (env PYIQA_PYTHON)")
+    p.add_argument(
+        "--pyiqa-python",
+        default=os.environ.get("PYIQA_PYTHON"),
+        help="Python of a separate venv with pyiqa: adds its HyperIQA and TOPIQ-NR "
+        "(random weights) on the same image (env PYIQA_PYTHON)",
+    )
     args = p.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
@@ -106,15 +113,22 @@ def main(argv: list[str] | None = None) -> None:
 
     t_bare = _time(lambda: run_bare(bare), repeats)
     t_bare_cl = _time(lambda: run_bare(bare_cl, True), repeats)
-    t_crops = _time(lambda: score(img, pmt50, "cpu", method="crops", maps=False, batch_size=bs),
-                    repeats)
+    t_crops = _time(
+        lambda: score(img, pmt50, "cpu", method="crops", maps=False, batch_size=bs), repeats
+    )
     t_ref = min(t_bare[1], t_bare_cl[1])
     rows += [
         (f"bare torchvision ResNet-50, {n_crops} crops, batches of {bs} (NCHW)", t_bare, ""),
-        (f"bare torchvision ResNet-50, {n_crops} crops, batches of {bs} (channels-last)",
-         t_bare_cl, ""),
-        (f"score(method='crops') ResNet-50, {n_crops} crops, fp32", t_crops,
-         f"overhead x{t_crops[1] / t_ref:.2f} (CPU time) vs the faster bare run (goal <= 1.10)"),
+        (
+            f"bare torchvision ResNet-50, {n_crops} crops, batches of {bs} (channels-last)",
+            t_bare_cl,
+            "",
+        ),
+        (
+            f"score(method='crops') ResNet-50, {n_crops} crops, fp32",
+            t_crops,
+            f"overhead x{t_crops[1] / t_ref:.2f} (CPU time) vs the faster bare run (goal <= 1.10)",
+        ),
     ]
 
     # ---------------------------------------------------------------- HyperIQA-like
@@ -126,18 +140,31 @@ def main(argv: list[str] | None = None) -> None:
                 bare(one)
 
     t_hyper = _time(hyper_like, max(1, repeats // 2))
-    rows.append(("HyperIQA-like: bare ResNet-50, 25 separate 224 crops, one forward each",
-                 t_hyper, "lower bound of HyperIQA's cost"))
+    rows.append(
+        (
+            "HyperIQA-like: bare ResNet-50, 25 separate 224 crops, one forward each",
+            t_hyper,
+            "lower bound of HyperIQA's cost",
+        )
+    )
 
     # ---------------------------------------------------------------- pyiqa, in its own venv
     if args.pyiqa_python:
         with tempfile.TemporaryDirectory() as tmp:
             np.save(Path(tmp) / "img.npy", img)
             proc = subprocess.run(
-                [args.pyiqa_python, str(Path(__file__).with_name("_pyiqa_timing.py")),
-                 str(Path(tmp) / "img.npy"), str(args.threads), str(max(1, repeats // 2)),
-                 "hyperiqa", "topiq_nr"],
-                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+                [
+                    args.pyiqa_python,
+                    str(Path(__file__).with_name("_pyiqa_timing.py")),
+                    str(Path(tmp) / "img.npy"),
+                    str(args.threads),
+                    str(max(1, repeats // 2)),
+                    "hyperiqa",
+                    "topiq_nr",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
             )
         if proc.returncode == 0:
             for name, t in json.loads(proc.stdout.strip().splitlines()[-1]).items():
@@ -147,8 +174,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- fast path
     goals = {"resnet50": 0.30, "efficientnet_lite0": 0.10}
-    models = {"resnet50": pmt50,
-              "efficientnet_lite0": PMTIQA(backbone="efficientnet_lite0", pretrained=True).eval()}
+    models = {
+        "resnet50": pmt50,
+        "efficientnet_lite0": PMTIQA(backbone="efficientnet_lite0", pretrained=True).eval(),
+    }
     for name, model in models.items():
         precs = ("fp32", "bf16")
         res = {}
@@ -158,21 +187,27 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 res[prec, maps] = _time(
                     lambda m=model, pr=prec, mp=maps: score(img, m, "cpu", maps=mp, precision=pr),
-                    repeats)
+                    repeats,
+                )
         for (prec, maps), t in res.items():
             note = ""
             if not maps:
                 est = t[1] / args.threads  # wall time without other load, if threads scale
-                note = (f"goal <= {goals[name]:.2f} s: wall {'met' if t[0] <= goals[name] else 'missed'}"
-                        f", CPU/threads {est:.3f} s {'met' if est <= goals[name] else 'missed'}")
+                note = (
+                    f"goal <= {goals[name]:.2f} s: wall {'met' if t[0] <= goals[name] else 'missed'}"
+                    f", CPU/threads {est:.3f} s {'met' if est <= goals[name] else 'missed'}"
+                )
             elif (prec, False) in res:
                 ratio = t[1] / res[prec, False][1]
                 note = f"maps / score alone = {ratio:.2f} (goal <= 1.3)"
-            rows.append((f"score(method='fast') {name}, {prec}, maps {'on' if maps else 'off'}",
-                         t, note))
+            rows.append(
+                (f"score(method='fast') {name}, {prec}, maps {'on' if maps else 'off'}", t, note)
+            )
 
-    print(f"\n500 x 500 image ({n_crops} crops), {args.threads} threads, torch "
-          f"{torch.__version__}, median of {repeats}\n")
+    print(
+        f"\n500 x 500 image ({n_crops} crops), {args.threads} threads, torch "
+        f"{torch.__version__}, median of {repeats}\n"
+    )
     print("| measurement | wall s / image | CPU s / image (all threads) | note |")
     print("|---|---|---|---|")
     for label, (t, c), note in rows:

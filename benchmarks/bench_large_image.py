@@ -48,8 +48,14 @@ def main(argv=None) -> None:
     before = rss_mb()
     calls = []
     t0 = time.perf_counter()
-    r = score(img, model=model, device="cpu", maps=True, memory_mb=args.memory_mb,
-              progress=lambda d, t: calls.append((d, t)))
+    r = score(
+        img,
+        model=model,
+        device="cpu",
+        maps=True,
+        memory_mb=args.memory_mb,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"| image | {args.side} x {args.side} RGB uint8 ({img.nbytes / 2**20:.0f} MiB) |")

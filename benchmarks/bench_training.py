@@ -41,9 +41,17 @@ def bench_trainer(pairs, backbone, batch, n_batches, warmup, precision):
     evs = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
-            data=pairs, out_dir=tmp, backbone=backbone, pretrained=False, epochs=1,
-            batch_size=batch, max_batches=warmup + n_batches, val_fraction=0, device="cpu",
-            precision=precision, score_scale=(0, 100),
+            data=pairs,
+            out_dir=tmp,
+            backbone=backbone,
+            pretrained=False,
+            epochs=1,
+            batch_size=batch,
+            max_batches=warmup + n_batches,
+            val_fraction=0,
+            device="cpu",
+            precision=precision,
+            score_scale=(0, 100),
         )
         train(cfg, listeners=[lambda e: evs.append(e) if isinstance(e, BatchEnd) else None])
     timed = evs[warmup:]
@@ -69,8 +77,10 @@ def bench_bare(pairs, backbone, batch, n_batches, warmup, precision):
     torch.manual_seed(0)
     model = PMTIQA(backbone=backbone, pretrained=False).train()
     heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    opt = torch.optim.Adam([{"params": model.backbone.parameters(), "lr": 1e-4},
-                            {"params": heads, "lr": 1e-3}], weight_decay=5e-4)
+    opt = torch.optim.Adam(
+        [{"params": model.backbone.parameters(), "lr": 1e-4}, {"params": heads, "lr": 1e-3}],
+        weight_decay=5e-4,
+    )
     loss_fn = PMTLoss()
     dev = torch.device("cpu")
     t0 = None
@@ -88,7 +98,9 @@ def bench_bare(pairs, backbone, batch, n_batches, warmup, precision):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backbones", nargs="+", default=["resnet50", "efficientnet_lite0"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batches", type=int, default=3, help="timed batches")
@@ -104,9 +116,13 @@ def main(argv=None) -> None:
         ours, wait = bench_trainer(pairs, bb, args.batch, args.batches, args.warmup, args.precision)
         bare = bench_bare(pairs, bb, args.batch, args.batches, args.warmup, args.precision)
         rows.append((bb, ours, bare, ours / bare, wait))
-    print(f"\ntraining throughput, CPU, {args.threads} threads, batch {args.batch} x 224 crops, "
-          f"{args.precision}, {args.batches} timed batches after {args.warmup} warm-up")
-    print(f"{'backbone':<20} {'trainer img/s':>13} {'bare loop img/s':>15} {'ratio':>6} {'data wait':>9}")
+    print(
+        f"\ntraining throughput, CPU, {args.threads} threads, batch {args.batch} x 224 crops, "
+        f"{args.precision}, {args.batches} timed batches after {args.warmup} warm-up"
+    )
+    print(
+        f"{'backbone':<20} {'trainer img/s':>13} {'bare loop img/s':>15} {'ratio':>6} {'data wait':>9}"
+    )
     for bb, ours, bare, ratio, wait in rows:
         print(f"{bb:<20} {ours:>13.2f} {bare:>15.2f} {ratio:>6.2f} {wait:>8.1%}")
 

@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ agreement
     imgs = _images(args.agree_images, seed=1)
     cpu = [score(im, model, "cpu", maps=False).score for im in imgs]
-    gpu_model = load_model(args.model, device="cuda") if hasattr(model, "checkpoint_path") \
+    gpu_model = (
+        load_model(args.model, device="cuda")
+        if hasattr(model, "checkpoint_path")
         else PMTIQA(model.config, pretrained=False).eval()
+    )
     if not hasattr(model, "checkpoint_path"):
         gpu_model.load_state_dict(model.state_dict())
     gpu_model = gpu_model.cuda()
@@ -86,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         d = np.abs(np.array(cpu) - np.array(g))
         good = d.max() <= args.tol
         ok &= bool(good) or tf32  # TF32 differences are reported, only strict fp32 must pass
-        print(f"CPU vs GPU fp32 (TF32 {'on' if tf32 else 'off'}): max |diff| {d.max():.4f}, "
-              f"mean {d.mean():.4f} (tolerance {args.tol}) -> {'OK' if good else 'DIFFERENT'}")
+        print(
+            f"CPU vs GPU fp32 (TF32 {'on' if tf32 else 'off'}): max |diff| {d.max():.4f}, "
+            f"mean {d.mean():.4f} (tolerance {args.tol}) -> {'OK' if good else 'DIFFERENT'}"
+        )
     for prec in ("bf16", "fp16"):
         g = [score(im, gpu_model, "cuda", maps=False, precision=prec).score for im in imgs]
         d = np.abs(np.array(cpu) - np.array(g))
@@ -103,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         score_batch(batch, gpu_model, "cuda", precision=prec, batch_size=args.batch)
         torch.cuda.synchronize()
-        rows.append((f"score_batch, {gpu_model.config.backbone}, {prec}",
-                     len(batch) / (time.perf_counter() - t)))
+        rows.append(
+            (
+                f"score_batch, {gpu_model.config.backbone}, {prec}",
+                len(batch) / (time.perf_counter() - t),
+            )
+        )
     t1 = time.perf_counter()
     for im in batch[:16]:
         score(im, gpu_model, "cuda", maps=True)
@@ -114,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     bare = torchvision.models.resnet50(weights=None).eval().cuda()
     bare = bare.to(memory_format=torch.channels_last)
     x = torch.rand(args.batch, 3, 480, 480, device="cuda").contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     for prec, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
             bare(x)
             torch.cuda.synchronize()
             t = time.perf_counter()
@@ -126,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 bare(x)
                 n += args.batch
             torch.cuda.synchronize()
-        rows.append((f"bare torchvision ResNet-50 forward, 480x480, {prec}",
-                     n / (time.perf_counter() - t)))
+        rows.append(
+            (f"bare torchvision ResNet-50 forward, 480x480, {prec}", n / (time.perf_counter() - t))
+        )
     print(f"\n500 x 500 images, batches of {args.batch}\n")
     print("| measurement | images / s |")
     print("|---|---|")

@@ -27,12 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
-SAMPLES = {"local": "local_defects", "blur": "graded_blur", "noise": "graded_noise", "jpeg": "graded_jpeg",
-           "pair": "photo_pair"}
+SAMPLES = {
+    "local": "local_defects",
+    "blur": "graded_blur",
+    "noise": "graded_noise",
+    "jpeg": "graded_jpeg",
+    "pair": "photo_pair",
+}
 
 
 def _has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in (
+        "darwin",
+        "win32",
+    )
 
 
 def _model_choice(model_arg: str | None) -> str:
@@ -43,26 +51,45 @@ def _model_choice(model_arg: str | None) -> str:
         return model_arg
     if DEFAULT_MODEL in REGISTRY:
         return DEFAULT_MODEL
-    print(f"WARNING: the default model {DEFAULT_MODEL!r} is not shipped with this version yet; the demo "
-          "uses a tiny RANDOM model, so its scores and maps mean nothing.", file=sys.stderr)
+    print(
+        f"WARNING: the default model {DEFAULT_MODEL!r} is not shipped with this version yet; the demo "
+        "uses a tiny RANDOM model, so its scores and maps mean nothing.",
+        file=sys.stderr,
+    )
     torch.manual_seed(0)
     path = Path(tempfile.mkdtemp(prefix="pmt-iqa-demo-")) / "tiny-random.safetensors"
-    save_checkpoint(path, PMTIQA(backbone="tiny", pretrained=False).eval(),
-                    description="tiny random model (demo fallback)")
+    save_checkpoint(
+        path,
+        PMTIQA(backbone="tiny", pretrained=False).eval(),
+        description="tiny random model (demo fallback)",
+    )
     return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--screenshot", metavar="PATH", help="save a screenshot of the window and exit")
-    ap.add_argument("--sample", choices=sorted(SAMPLES), default="local",
-                    help="sample to score (default: local, a photo with local defects)")
-    ap.add_argument("--model", help="registered model name or checkpoint path (default: the default model)")
+    ap.add_argument(
+        "--sample",
+        choices=sorted(SAMPLES),
+        default="local",
+        help="sample to score (default: local, a photo with local defects)",
+    )
+    ap.add_argument(
+        "--model", help="registered model name or checkpoint path (default: the default model)"
+    )
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--maps-figure", metavar="PATH",
-                    help="also save a figure of the image and each of its maps (docs/images/maps.png)")
-    ap.add_argument("--map", default="quality", choices=["quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"],
-                    help="overlay shown in the screenshot")
+    ap.add_argument(
+        "--maps-figure",
+        metavar="PATH",
+        help="also save a figure of the image and each of its maps (docs/images/maps.png)",
+    )
+    ap.add_argument(
+        "--map",
+        default="quality",
+        choices=["quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"],
+        help="overlay shown in the screenshot",
+    )
     args = ap.parse_args(argv)
 
     if not _has_display():
@@ -70,12 +97,21 @@ def main(argv: list[str] | None = None) -> int:
             print("No display even under xvfb-run.", file=sys.stderr)
             return 2
         if not shutil.which("xvfb-run"):
-            print("No display and no xvfb-run: install xvfb (apt-get install xvfb) or run with a display.",
-                  file=sys.stderr)
+            print(
+                "No display and no xvfb-run: install xvfb (apt-get install xvfb) or run with a display.",
+                file=sys.stderr,
+            )
             return 2
         shot = args.screenshot or "pmt-iqa-demo.png"
-        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1100x24", sys.executable, os.path.abspath(__file__),
-               *(argv if argv is not None else sys.argv[1:])]
+        cmd = [
+            "xvfb-run",
+            "-a",
+            "-s",
+            "-screen 0 1600x1100x24",
+            sys.executable,
+            os.path.abspath(__file__),
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
         if not args.screenshot:
             cmd += ["--screenshot", shot]
         return subprocess.call(cmd, env={**os.environ, "PMT_IQA_DEMO_XVFB": "1"})
@@ -111,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         for lay in viewer.layers:
             if "pmt_iqa_overlay" in lay.metadata:
                 lay.visible = lay.metadata["pmt_iqa_overlay"]["key"] == args.map
-                print(f"  layer: {lay.name}  scale={tuple(round(float(v), 2) for v in lay.scale)} "
-                      f"translate={tuple(round(float(v), 2) for v in lay.translate)}")
+                print(
+                    f"  layer: {lay.name}  scale={tuple(round(float(v), 2) for v in lay.scale)} "
+                    f"translate={tuple(round(float(v), 2) for v in lay.translate)}"
+                )
 
     widget.score(image)
     if args.screenshot:
@@ -146,9 +184,15 @@ def maps_figure(viewer, image, path: str) -> None:
     from qtpy.QtWidgets import QApplication
 
     overlays = [lay for lay in viewer.layers if "pmt_iqa_overlay" in lay.metadata]
-    titles = {"quality": "regression head: local quality", "class": "classification head: local class",
-              "confidence": "class confidence", "scale0": "scale 1: stride 4 (fine)", "scale1": "scale 2: stride 8",
-              "scale2": "scale 3: stride 16", "scale3": "scale 4: stride 32 (coarse)"}
+    titles = {
+        "quality": "regression head: local quality",
+        "class": "classification head: local class",
+        "confidence": "class confidence",
+        "scale0": "scale 1: stride 4 (fine)",
+        "scale1": "scale 2: stride 8",
+        "scale2": "scale 3: stride 16",
+        "scale3": "scale 4: stride 32 (coarse)",
+    }
     panels = []
     for shown in [None, *overlays]:
         for lay in overlays:
@@ -159,7 +203,11 @@ def maps_figure(viewer, image, path: str) -> None:
             QApplication.processEvents()
             time.sleep(0.02)
         shot = viewer.screenshot(canvas_only=True, flash=False)
-        title = "image" if shown is None else titles.get(shown.metadata["pmt_iqa_overlay"]["key"], shown.name)
+        title = (
+            "image"
+            if shown is None
+            else titles.get(shown.metadata["pmt_iqa_overlay"]["key"], shown.name)
+        )
         panels.append((np.asarray(shot)[..., :3], title))
     h = min(p.shape[0] for p, _ in panels)
     w = min(p.shape[1] for p, _ in panels)

@@ -60,8 +60,14 @@ def splits(livec_root, biq_root, split_seed=0):
 
 def model_scores(model, samples, cache, method="fast", precision="bf16"):
     return [
-        score(np.asarray(cache.get(s.path)), model=model, device="cpu", method=method,
-              precision=precision, maps=False).score
+        score(
+            np.asarray(cache.get(s.path)),
+            model=model,
+            device="cpu",
+            method=method,
+            precision=precision,
+            maps=False,
+        ).score
         for s in samples
     ]
 
@@ -97,7 +103,12 @@ def probe_features(samples, cache, backbone):
         img = np.asarray(cache.get(s.path))
         h, w = (img.shape[0] // 32) * 32, (img.shape[1] // 32) * 32
         oy, ox = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-        x = torch.from_numpy(np.ascontiguousarray(img[oy:oy + h, ox:ox + w])).permute(2, 0, 1)[None].float() / 255
+        x = (
+            torch.from_numpy(np.ascontiguousarray(img[oy : oy + h, ox : ox + w]))
+            .permute(2, 0, 1)[None]
+            .float()
+            / 255
+        )
         x = (x - 0.5) / 0.5
         with torch.autocast("cpu", dtype=torch.bfloat16):
             f4 = backbone(x)[-1]
@@ -128,7 +139,12 @@ def paired_srcc_difference(a, b, mos, resamples=2000, seed=0):
         diffs.append(iqa_metrics(a[idx], mos[idx])["srcc"] - iqa_metrics(b[idx], mos[idx])["srcc"])
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     d = iqa_metrics(a, mos)["srcc"] - iqa_metrics(b, mos)["srcc"]
-    return {"srcc_diff": float(d), "ci95": [float(lo), float(hi)], "n": int(ok.sum()), "resamples": resamples}
+    return {
+        "srcc_diff": float(d),
+        "ci95": [float(lo), float(hi)],
+        "n": int(ok.sum()),
+        "resamples": resamples,
+    }
 
 
 def write_predictions(path, tests, preds):
@@ -138,7 +154,9 @@ def write_predictions(path, tests, preds):
     for key, (samples, _) in tests.items():
         for i, s in enumerate(samples):
             vals = [preds[m][key][i] if key in preds[m] else float("nan") for m in methods]
-            lines.append(f"{key},{Path(s.path).name},{s.mos:.4f}," + ",".join(f"{v:.4f}" for v in vals))
+            lines.append(
+                f"{key},{Path(s.path).name},{s.mos:.4f}," + ",".join(f"{v:.4f}" for v in vals)
+            )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -147,8 +165,12 @@ def fmt(m):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint (needed by every part but brisque and probe)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default=None, help="checkpoint (needed by every part but brisque and probe)"
+    )
     ap.add_argument("--livec", required=True)
     ap.add_argument("--biq", required=True)
     ap.add_argument("--kodak", default=None)
@@ -166,7 +188,10 @@ def main(argv=None):
     livec, lc_train, lc_val, lc_test, biq, bq_train, bq_val = splits(args.livec, args.biq)
     bq_test = load_biq2021(args.biq, "test")
     lim = args.limit
-    tests = {"LIVE-C test": (lc_test.samples[:lim], livec.scale), "BIQ2021 Test": (bq_test.samples[:lim], bq_test.scale)}
+    tests = {
+        "LIVE-C test": (lc_test.samples[:lim], livec.scale),
+        "BIQ2021 Test": (bq_test.samples[:lim], bq_test.scale),
+    }
     res: dict = {"model": args.model, "n": {k: len(v[0]) for k, v in tests.items()}}
     t00 = time.time()
     preds: dict[str, dict[str, np.ndarray]] = {}  # method -> test set -> per-image scores
@@ -184,15 +209,29 @@ def main(argv=None):
             b = np.asarray(brisque_scores(samples, cache))
             ok = np.isfinite(b)
             preds.setdefault("brisque", {})[key] = -b
-            res.setdefault("brisque", {})[key] = iqa_metrics(-b[ok], np.asarray([s.mos for s in samples])[ok])
+            res.setdefault("brisque", {})[key] = iqa_metrics(
+                -b[ok], np.asarray([s.mos for s in samples])[ok]
+            )
             print(f"BRISQUE {key}: {fmt(res['brisque'][key])} ({(~ok).sum()} failures)", flush=True)
     if "probe" in parts:
         bb = PMTIQA(backbone="efficientnet_lite0", pretrained=True).backbone.eval()
         train = lc_train.samples[:lim] + bq_train.samples[:lim]
         val = lc_val.samples[:lim] + bq_val.samples[:lim]
-        y_tr = np.array([livec.scale.to_internal(s.mos) if s in set(lc_train.samples) else biq.scale.to_internal(s.mos) for s in train])
+        y_tr = np.array(
+            [
+                livec.scale.to_internal(s.mos)
+                if s in set(lc_train.samples)
+                else biq.scale.to_internal(s.mos)
+                for s in train
+            ]
+        )
         lc_val_set = set(lc_val.samples)
-        y_va = np.array([livec.scale.to_internal(s.mos) if s in lc_val_set else biq.scale.to_internal(s.mos) for s in val])
+        y_va = np.array(
+            [
+                livec.scale.to_internal(s.mos) if s in lc_val_set else biq.scale.to_internal(s.mos)
+                for s in val
+            ]
+        )
         t0 = time.time()
         X_tr, X_va = probe_features(train, cache, bb), probe_features(val, cache, bb)
         best = None
@@ -206,7 +245,10 @@ def main(argv=None):
             p = best[2](probe_features(samples, cache, bb))
             preds.setdefault("probe", {})[key] = np.asarray(p, dtype=float)
             res.setdefault("probe", {})[key] = iqa_metrics(p, [s.mos for s in samples])
-            print(f"probe {key}: {fmt(res['probe'][key])} (alpha {best[1]}, {time.time() - t0:.0f} s)", flush=True)
+            print(
+                f"probe {key}: {fmt(res['probe'][key])} (alpha {best[1]}, {time.time() - t0:.0f} s)",
+                flush=True,
+            )
     if "sanity" in parts and args.kodak:
         photos = sorted(Path(args.kodak).glob("*.png"))[:lim]
         good = total = 0
@@ -215,8 +257,16 @@ def main(argv=None):
             g = t = 0
             for p in photos:
                 img = load_rgb(p)
-                s = [score(distort(img, kind, lv, seed=1), model=model, device="cpu", maps=False,
-                           precision="bf16").score for lv in range(1, 6)]
+                s = [
+                    score(
+                        distort(img, kind, lv, seed=1),
+                        model=model,
+                        device="cpu",
+                        maps=False,
+                        precision="bf16",
+                    ).score
+                    for lv in range(1, 6)
+                ]
                 for i in range(5):
                     for j in range(i + 1, 5):
                         t += 1
@@ -224,7 +274,12 @@ def main(argv=None):
             per[kind] = g / t
             good += g
             total += t
-        res["sanity"] = {"ordered_pairs": good / total, "per_kind": per, "photos": len(photos), "pairs": total}
+        res["sanity"] = {
+            "ordered_pairs": good / total,
+            "per_kind": per,
+            "photos": len(photos),
+            "pairs": total,
+        }
         print(f"sanity: {good}/{total} pairs ordered = {good / total:.3f} {per}", flush=True)
     if "fastcrops" in parts:
         samples = lc_test.samples[:lim]
@@ -234,9 +289,13 @@ def main(argv=None):
         # paired bootstrap of the SRCC difference (fast - crops) over the test images
         lo, hi = paired_srcc_difference(f, c, np.asarray(mos, dtype=float))["ci95"]
         res["fast_vs_crops"] = {
-            "mean_abs_diff": float(np.mean(np.abs(f - c))), "max_abs_diff": float(np.max(np.abs(f - c))),
-            "mean_diff": float(np.mean(f - c)), "corr_fast_crops": float(np.corrcoef(f, c)[0, 1]),
-            "fast": iqa_metrics(f, mos), "crops": iqa_metrics(c, mos), "n": len(samples),
+            "mean_abs_diff": float(np.mean(np.abs(f - c))),
+            "max_abs_diff": float(np.max(np.abs(f - c))),
+            "mean_diff": float(np.mean(f - c)),
+            "corr_fast_crops": float(np.corrcoef(f, c)[0, 1]),
+            "fast": iqa_metrics(f, mos),
+            "crops": iqa_metrics(c, mos),
+            "n": len(samples),
             "srcc_diff_ci95": [float(lo), float(hi)],
         }
         print("fast vs crops:", json.dumps(res["fast_vs_crops"]), flush=True)

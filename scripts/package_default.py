@@ -31,12 +31,15 @@ HALF_TOLERANCE = 0.5
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("checkpoint")
     ap.add_argument("--eval", default=None, help="JSON written by scripts/evaluate_default.py")
     ap.add_argument("--name", default=DEFAULT_MODEL)
     ap.add_argument(
-        "--stage1", default=None,
+        "--stage1",
+        default=None,
         help="the stage-1 checkpoint a stage-2 run started from (its recipe goes into the metadata)",
     )
     args = ap.parse_args(argv)
@@ -50,15 +53,33 @@ def main(argv=None):
     meta = dict(model.meta)
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
-        meta["metrics"] = {**meta.get("metrics", {}), "test": {
-            k: ev[k] for k in ("ours", "brisque", "probe", "sanity", "fast_vs_crops", "ours_minus_probe",
-                             "ours_minus_brisque", "speed_s_per_500px", "commands") if k in ev}}
+        meta["metrics"] = {
+            **meta.get("metrics", {}),
+            "test": {
+                k: ev[k]
+                for k in (
+                    "ours",
+                    "brisque",
+                    "probe",
+                    "sanity",
+                    "fast_vs_crops",
+                    "ours_minus_probe",
+                    "ours_minus_brisque",
+                    "speed_s_per_500px",
+                    "commands",
+                )
+                if k in ev
+            },
+        }
     if args.stage1:
         from napari_pmt_iqa.weights import read_metadata
 
         first = read_metadata(args.stage1)
-        meta["training"] = {**meta.get("training", {}), "stage1": first.get("training", {}),
-                            "stage1_val": first.get("metrics", {})}
+        meta["training"] = {
+            **meta.get("training", {}),
+            "stage1": first.get("training", {}),
+            "stage1_val": first.get("metrics", {}),
+        }
     meta["name"] = args.name
     out = PACKAGE_WEIGHTS / f"{args.name}.safetensors"
     save_checkpoint(out, model, meta, half=True)
@@ -66,29 +87,37 @@ def main(argv=None):
     # float16 storage must not change scores beyond the tolerance
     half = load_checkpoint(out)
     imgs = [data.astronaut(), data.chelsea(), distort(data.coffee(), "blur", 3)]
-    diffs = [abs(score(i, model=model, device="cpu", maps=False).score
-                 - score(i, model=half, device="cpu", maps=False).score) for i in imgs]
+    diffs = [
+        abs(
+            score(i, model=model, device="cpu", maps=False).score
+            - score(i, model=half, device="cpu", maps=False).score
+        )
+        for i in imgs
+    ]
     print(f"float16 storage: max score change {max(diffs):.4f} (tolerance {HALF_TOLERANCE})")
     assert max(diffs) < HALF_TOLERANCE
 
     reg_path = PACKAGE_WEIGHTS / "registry.json"
     reg = [e for e in json.loads(reg_path.read_text()) if e["name"] != args.name]
     m = meta.get("metrics", {})
-    reg.insert(0, {
-        "name": args.name,
-        "file": out.name,
-        "sha256": sha256_of(out),
-        "meta": {
-            "description": meta.get("description", ""),
-            "backbone": meta["config"]["backbone"],
-            "score_scale": meta["score_scale"],
-            "training": meta.get("training", {}).get("data", {}),
-            "metrics": {k: v for k, v in m.items() if k != "test"},
-            "test": {k: v for k, v in m.get("test", {}).get("ours", {}).items()},
-            "storage_dtype": "float16",
-            "float16_max_score_change": float(np.max(diffs)),
+    reg.insert(
+        0,
+        {
+            "name": args.name,
+            "file": out.name,
+            "sha256": sha256_of(out),
+            "meta": {
+                "description": meta.get("description", ""),
+                "backbone": meta["config"]["backbone"],
+                "score_scale": meta["score_scale"],
+                "training": meta.get("training", {}).get("data", {}),
+                "metrics": {k: v for k, v in m.items() if k != "test"},
+                "test": {k: v for k, v in m.get("test", {}).get("ours", {}).items()},
+                "storage_dtype": "float16",
+                "float16_max_score_change": float(np.max(diffs)),
+            },
         },
-    })
+    )
     atomic_write_text(reg_path, json.dumps(reg, indent=2) + "\n")
     print(f"registered {args.name}: {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 

@@ -83,16 +83,23 @@ def evaluate(model, samples, scale, cache, limit=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--livec", required=True)
     ap.add_argument("--biq", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
-        "--biq-per-epoch", type=int, default=3000, help="BIQ2021 images drawn per epoch (0: all of them)"
+        "--biq-per-epoch",
+        type=int,
+        default=3000,
+        help="BIQ2021 images drawn per epoch (0: all of them)",
     )
-    ap.add_argument("--livec-repeat", type=int, default=2, help="LIVE-C training images per epoch x")
+    ap.add_argument(
+        "--livec-repeat", type=int, default=2, help="LIVE-C training images per epoch x"
+    )
     ap.add_argument("--lr", type=float, default=2e-4, help="backbone learning rate")
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -102,16 +109,23 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--max-batches", type=int, default=0, help="debug: stop epochs early")
     ap.add_argument(
-        "--init", default=None,
+        "--init",
+        default=None,
         help="stage 2: start from this checkpoint's weights (fresh optimiser); its validation score "
         "is measured first and is the one to beat, so best.safetensors is never worse on validation",
     )
     ap.add_argument(
-        "--constant-weights", type=float, nargs=2, metavar=("W_REG", "W_CLS"), default=None,
+        "--constant-weights",
+        type=float,
+        nargs=2,
+        metavar=("W_REG", "W_CLS"),
+        default=None,
         help="constant task weights instead of the progressive schedule (stage 2)",
     )
     ap.add_argument(
-        "--lr-schedule", choices=("step", "cosine"), default="step",
+        "--lr-schedule",
+        choices=("step", "cosine"),
+        default="step",
         help="step: x0.3 over the last 30%% of the epochs; cosine: from the base rate to 5%% of it",
     )
     args = ap.parse_args(argv)
@@ -198,11 +212,18 @@ def main(argv=None):
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * factor
         items = epoch_samples(epoch)
-        ds = RandomCropDataset([s for s, _ in items], [t for _, t in items], cache=cache, seed=args.seed)
+        ds = RandomCropDataset(
+            [s for s, _ in items], [t for _, t in items], cache=cache, seed=args.seed
+        )
         ds.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=args.batch, shuffle=False, num_workers=1, persistent_workers=False,
-            drop_last=True, prefetch_factor=4,
+            ds,
+            batch_size=args.batch,
+            shuffle=False,
+            num_workers=1,
+            persistent_workers=False,
+            drop_last=True,
+            prefetch_factor=4,
         )
         model.train()
         t0 = time.time()
@@ -240,29 +261,44 @@ def main(argv=None):
         m_bq = evaluate(model, bq_val.samples, biq.scale, cache)
         val = 0.5 * (m_lc["srcc"] + m_bq["srcc"])
         rec = {
-            "epoch": epoch, "w_reg": w_reg, "w_cls": w_cls, "lr_factor": factor,
+            "epoch": epoch,
+            "w_reg": w_reg,
+            "w_cls": w_cls,
+            "lr_factor": factor,
             **{k: v / max(n, 1) for k, v in tot.items()},
-            "val_livec": m_lc, "val_biq": m_bq, "val_srcc": val,
-            "train_s": train_time, "eval_s": time.time() - t0 - train_time,
+            "val_livec": m_lc,
+            "val_biq": m_bq,
+            "val_srcc": val,
+            "train_s": train_time,
+            "eval_s": time.time() - t0 - train_time,
         }
         history.append(rec)
         print(json.dumps(rec), flush=True)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         training = {
-            "recipe": "scripts/train_default.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "recipe": "scripts/train_default.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
             "data": {
-                "livec_train": len(lc_train), "livec_val": len(lc_val), "livec_split_seed": args.split_seed,
-                "biq2021_train": len(bq_train), "biq2021_val": len(bq_val),
+                "livec_train": len(lc_train),
+                "livec_val": len(lc_val),
+                "livec_split_seed": args.split_seed,
+                "biq2021_train": len(bq_train),
+                "biq2021_val": len(bq_val),
             },
-            "epochs_done": epoch + 1, "epochs": args.epochs,
-            "schedule": (f"constant {args.constant_weights}" if args.constant_weights else "progressive"),
+            "epochs_done": epoch + 1,
+            "epochs": args.epochs,
+            "schedule": (
+                f"constant {args.constant_weights}" if args.constant_weights else "progressive"
+            ),
             "optimizer": f"Adam lr {args.lr} (backbone) / {args.head_lr} (heads), wd 5e-4, "
             f"{args.lr_schedule} decay",
             **({"init": str(args.init)} if args.init else {}),
         }
         meta = build_metadata(
-            model, score_scale=UNIT_SCALE, training=training,
+            model,
+            score_scale=UNIT_SCALE,
+            training=training,
             metrics={"val_livec": m_lc, "val_biq2021": m_bq},
             description="PMT-IQA, EfficientNet-Lite0, trained on LIVE-C + BIQ2021 (train parts)",
         )
@@ -275,8 +311,13 @@ def main(argv=None):
 
         buf = io.BytesIO()
         torch.save(
-            {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-             "history": json.dumps(history)},
+            {
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": json.dumps(history),
+            },
             buf,
         )
         atomic_write_bytes(state_path, buf.getvalue())

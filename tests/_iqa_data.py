@@ -24,8 +24,13 @@ def make_image(rng: np.random.Generator, size: int, quality: float) -> np.ndarra
 
 
 def make_dataset(
-    root: Path, n: int = 24, size: int = 96, seed: int = 0, scale: float = 100.0,
-    split: bool = False, name: str = "scores.csv",
+    root: Path,
+    n: int = 24,
+    size: int = 96,
+    seed: int = 0,
+    scale: float = 100.0,
+    split: bool = False,
+    name: str = "scores.csv",
 ) -> Path:
     """Write ``n`` PNGs and a CSV ``image,mos[,split]`` into ``root``; return the CSV path."""
     from PIL import Image

@@ -85,7 +85,9 @@ def _fake_livec(root, n=12):
     names = [f"t{i}.bmp" for i in range(1, 8)] + [f"{100 + i}.bmp" for i in range(n)]
     for k, n_ in enumerate(names):
         folder = root / "Images" / ("trainingImages" if n_.startswith("t") else "")
-        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(folder / n_, format="BMP")
+        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
+            folder / n_, format="BMP"
+        )
     mos = np.linspace(10, 90, len(names))[None, :]
     arr = np.empty((len(names), 1), dtype=object)
     for k, n_ in enumerate(names):
@@ -115,10 +117,13 @@ def test_livec_not_a_livec_folder(tmp_path):
 def _fake_biq(root, bad_score=False):
     (root / "Images").mkdir(parents=True)
     for k, name in enumerate(["ss01 (1).jpg", "ss02 (1014).JPG", "ss03 (5).jpg", "ss03 (6).jpg"]):
-        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(root / "Images" / name, format="JPEG")
+        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
+            root / "Images" / name, format="JPEG"
+        )
     (root / "Train (Images and MOS).csv").write_text(
         "Image Name,MOS,,\nss01 (1).jpg,0.25,,\nss02 (1014).jpg,0.75,,\nss03 (5).jpg,"
-        + ("n/a" if bad_score else "0.5") + ",,\n"
+        + ("n/a" if bad_score else "0.5")
+        + ",,\n"
     )
     (root / "Test (Images and MOS).csv").write_text("Image Name,MOS\nss03 (6).jpg,0.4\n")
 
@@ -183,7 +188,7 @@ def test_pairs_of_arrays_and_paths(tmp_path):
 
 # --------------------------------------------------------------------------- crops and batches
 def test_array_to_rgb8_layouts_and_enlarging():
-    g16 = (np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20)
+    g16 = np.arange(50 * 60, dtype=np.uint16).reshape(50, 60) * 20
     out = array_to_rgb8(g16, 100)
     assert out.dtype == np.uint8 and out.shape == (100, 120, 3)
     assert array_to_rgb8(np.zeros((3, 300, 240), np.uint8)).shape == (300, 240, 3)

@@ -18,9 +18,13 @@ from napari_pmt_iqa.training import TrainConfig, train
 from napari_pmt_iqa.training.distributed import SCORE_COLUMNS, distributed_score_files
 from napari_pmt_iqa.weights import load_checkpoint, read_metadata
 
-TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or TORCHRUN is None,
-                                reason="torch.distributed / torchrun not available")
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(
+    "torchrun"
+)
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or TORCHRUN is None,
+    reason="torch.distributed / torchrun not available",
+)
 
 #: Tolerance of the 2-process vs 1-process comparison (frozen backbone; only the reduction
 #: order of the gradient all-reduce differs).
@@ -43,13 +47,40 @@ def _torchrun(args, timeout=300):
 
 def test_ddp_two_processes_match_one_process(tmp_path):
     data = make_dataset(tmp_path / "data", n=24, size=96)
-    common = dict(backbone="tiny", pretrained=False, epochs=2, batch_size=4, freeze_backbone=True,
-                  lr=1e-3, device="cpu")
+    common = dict(
+        backbone="tiny",
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        freeze_backbone=True,
+        lr=1e-3,
+        device="cpu",
+    )
     single = train(TrainConfig(data=data, out_dir=tmp_path / "one", **common))
-    _torchrun(["-m", "napari_pmt_iqa.training.cli", "train", "--data", str(data), "--out",
-               str(tmp_path / "two"), "--backbone", "tiny", "--no-pretrained", "--epochs", "2",
-               "--batch-size", "4", "--freeze-backbone", "--lr", "1e-3", "--device", "cpu",
-               "--no-progress"])
+    _torchrun(
+        [
+            "-m",
+            "napari_pmt_iqa.training.cli",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "two"),
+            "--backbone",
+            "tiny",
+            "--no-pretrained",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--freeze-backbone",
+            "--lr",
+            "1e-3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     meta = read_metadata(tmp_path / "two" / "last.safetensors")
     assert meta["training"]["world_size"] == 2
     assert meta["training"]["data"]["n_train"] == single.n_train
@@ -73,13 +104,15 @@ def test_distributed_scoring_merges_in_input_order(tmp_path, tiny_checkpoint):
     (tmp_path / "imgs" / "broken.png").write_bytes(b"nope")
     files.insert(2, str(tmp_path / "imgs" / "broken.png"))
     script = tmp_path / "score.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from napari_pmt_iqa.training.distributed import distributed_score_files
         rows = distributed_score_files({files!r}, model={str(tiny_checkpoint)!r}, device="cpu",
                                        out_csv={str(tmp_path / "two.csv")!r})
         import torch.distributed as dist, os
         assert (rows is None) == (os.environ["RANK"] != "0")
-    """))
+    """)
+    )
     _torchrun([str(script)])
     one = distributed_score_files(files, model=tiny_checkpoint, device="cpu")
     with open(tmp_path / "two.csv", newline="") as f:

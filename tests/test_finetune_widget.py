@@ -105,21 +105,40 @@ class FakeTrain:
                     emit(ev.Resumed(epoch, b))
                 if control.stop_requested:
                     emit(ev.Stopped(epoch, b, str(best or ""), ""))
-                    return SimpleNamespace(best_path=best and str(best), state_path=None, stopped=True,
-                                           best_val={"srcc": 0.5}, epochs_done=epoch, history=[])
+                    return SimpleNamespace(
+                        best_path=best and str(best),
+                        state_path=None,
+                        stopped=True,
+                        best_val={"srcc": 0.5},
+                        epochs_done=epoch,
+                        history=[],
+                    )
                 if self.fail_at is not None and (epoch, b) == self.fail_at:
-                    emit(ev.Failed("The device ran out of memory (4 images x 1 crops per step).",
-                                   "Lower the batch size.", str(best or "")))
+                    emit(
+                        ev.Failed(
+                            "The device ran out of memory (4 images x 1 crops per step).",
+                            "Lower the batch size.",
+                            str(best or ""),
+                        )
+                    )
                     raise MemoryError("out of memory")
                 time.sleep(self.delay)
                 emit(ev.BatchEnd(epoch, b, self.batches, 1.0 / (1 + epoch), 0.5, 0.5, 100.0))
             best = out / "best.safetensors"
             shutil.copyfile(self.checkpoint, best)
             emit(ev.CheckpointSaved(str(best), epoch, "best", 0.5))
-            emit(ev.EpochEnd(epoch, self.epochs, 1.0, 0.0, 1.0, 0.5, 0.5, {"srcc": 0.5, "plcc": 0.6}))
+            emit(
+                ev.EpochEnd(epoch, self.epochs, 1.0, 0.0, 1.0, 0.5, 0.5, {"srcc": 0.5, "plcc": 0.6})
+            )
         emit(ev.Finished(str(best), 0.5, self.epochs, 1.0))
-        return SimpleNamespace(best_path=str(best), state_path=None, stopped=False,
-                               best_val={"srcc": 0.5}, epochs_done=self.epochs, history=[])
+        return SimpleNamespace(
+            best_path=str(best),
+            state_path=None,
+            stopped=False,
+            best_val={"srcc": 0.5},
+            epochs_done=self.epochs,
+            history=[],
+        )
 
 
 class StallMeter:
@@ -153,7 +172,9 @@ class StallMeter:
 
 
 # --------------------------------------------------------------------------- Qt-free glue
-def test_training_events_generator_runs_the_trainer_off_the_calling_thread(tiny_checkpoint, tmp_path):
+def test_training_events_generator_runs_the_trainer_off_the_calling_thread(
+    tiny_checkpoint, tmp_path
+):
     fake = FakeTrain(tiny_checkpoint, epochs=2, batches=3, delay=0.0)
     gen = training_events(SimpleNamespace(out_dir=str(tmp_path)), fake, ev.Control())
     seen = []
@@ -210,13 +231,19 @@ def test_too_few_ratings_is_a_notification_not_a_crash(make_napari_viewer, qtbot
 
 
 # --------------------------------------------------------------------------- state machine (fake)
-def test_state_machine_with_an_injected_trainer(make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint):
+def test_state_machine_with_an_injected_trainer(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
     viewer, _ = _rated_viewer(make_napari_viewer)
     fake = FakeTrain(tiny_checkpoint, epochs=200, batches=5, delay=0.01)
     w = _widget(viewer, qtbot, tmp_path, train_fn=fake)
-    assert w.state == State.IDLE and not w.pause_button.isEnabled() and not w.stop_button.isEnabled()
+    assert (
+        w.state == State.IDLE and not w.pause_button.isEnabled() and not w.stop_button.isEnabled()
+    )
     assert w.start()
-    assert w.state == State.TRAINING and not w.start_button.isEnabled() and w.stop_button.isEnabled()
+    assert (
+        w.state == State.TRAINING and not w.start_button.isEnabled() and w.stop_button.isEnabled()
+    )
     qtbot.waitUntil(lambda: len(_kinds(w, "EpochEnd")) >= 1, timeout=TIMEOUT)
     assert fake.thread_names == ["pmt-iqa-train"]
     assert w.epoch_bar.maximum() == 200 and w.batch_bar.maximum() == 5
@@ -228,7 +255,9 @@ def test_state_machine_with_an_injected_trainer(make_napari_viewer, qtbot, tmp_p
     qtbot.wait(200)
     assert len(_kinds(w, "BatchEnd")) == n  # really paused
     w.pause_button.click()
-    qtbot.waitUntil(lambda: w.state == State.TRAINING and len(_kinds(w, "BatchEnd")) > n + 2, timeout=TIMEOUT)
+    qtbot.waitUntil(
+        lambda: w.state == State.TRAINING and len(_kinds(w, "BatchEnd")) > n + 2, timeout=TIMEOUT
+    )
     w.stop_button.click()
     assert w.state == State.STOPPING
     qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=TIMEOUT)
@@ -251,7 +280,9 @@ def test_failure_keeps_the_last_good_checkpoint_and_the_widget_usable(
     best = tmp_path / "run" / "best.safetensors"
     assert best.exists()
     msgs = [str(r.message) for r in notification_manager.records[n0:]]
-    assert any("ran out of memory" in m and "Lower the batch size" in m and str(best) in m for m in msgs)
+    assert any(
+        "ran out of memory" in m and "Lower the batch size" in m and str(best) in m for m in msgs
+    )
     assert w.start_button.isEnabled() and not w.stop_button.isEnabled()
     qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)
     assert _no_train_threads()
@@ -310,7 +341,9 @@ def test_real_training_progress_result_in_scorer_and_model_list(
     scorer.close()
 
 
-def test_real_pause_resume_stop_then_resume_from_checkpoint(make_napari_viewer, qtbot, tmp_path, cache):
+def test_real_pause_resume_stop_then_resume_from_checkpoint(
+    make_napari_viewer, qtbot, tmp_path, cache
+):
     viewer, _ = _rated_viewer(make_napari_viewer)
     w = _widget(viewer, qtbot, tmp_path, epochs=40, batch=2)
     w.start()
@@ -351,7 +384,9 @@ def test_real_failure_bad_data_shows_a_notification(make_napari_viewer, qtbot, t
     data.mkdir()
     for i in range(6):
         (data / f"img{i}.png").write_bytes(b"not a png at all")
-    (data / "scores.csv").write_text("image,mos\n" + "".join(f"img{i}.png,{10 + 10 * i}\n" for i in range(6)))
+    (data / "scores.csv").write_text(
+        "image,mos\n" + "".join(f"img{i}.png,{10 + 10 * i}\n" for i in range(6))
+    )
     viewer = make_napari_viewer()
     w = _widget(viewer, qtbot, tmp_path)
     w.folder_radio.setChecked(True)
@@ -366,7 +401,9 @@ def test_real_failure_bad_data_shows_a_notification(make_napari_viewer, qtbot, t
     qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
 
 
-def test_closing_the_viewer_during_training_stops_the_worker(make_napari_viewer, qtbot, tmp_path, cache):
+def test_closing_the_viewer_during_training_stops_the_worker(
+    make_napari_viewer, qtbot, tmp_path, cache
+):
     from qtpy.QtCore import QThreadPool
 
     viewer, _ = _rated_viewer(make_napari_viewer)

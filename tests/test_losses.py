@@ -122,8 +122,11 @@ def test_pmt_loss_epoch_zero_trains_only_the_classifier():
 
 def test_pmt_loss_under_bf16_scores():
     loss = PMTLoss(w_reg=1.0, w_cls=1.0)
-    total, l1, _ = loss(torch.tensor([40.0], dtype=torch.bfloat16),
-                        torch.zeros(1, 10, dtype=torch.bfloat16), torch.tensor([50.0]))
+    total, l1, _ = loss(
+        torch.tensor([40.0], dtype=torch.bfloat16),
+        torch.zeros(1, 10, dtype=torch.bfloat16),
+        torch.tensor([50.0]),
+    )
     assert total.dtype == torch.float32
     assert l1.item() == pytest.approx(10.0)
 

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_npe2_validate():
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent)) or shutil.which("npe2")
     assert exe, "the npe2 command is not installed"
-    out = subprocess.run([exe, "validate", str(ROOT / "napari.yaml")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "validate", str(ROOT / "napari.yaml")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout.lower()
 
@@ -61,7 +63,9 @@ def test_torch_guard_does_not_import_torch():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
-@pytest.mark.parametrize("module", ["napari_pmt_iqa._widgets", "napari_pmt_iqa._sample_data", "napari_pmt_iqa._reader"])
+@pytest.mark.parametrize(
+    "module", ["napari_pmt_iqa._widgets", "napari_pmt_iqa._sample_data", "napari_pmt_iqa._reader"]
+)
 def test_startup_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -42,7 +42,12 @@ def test_paper_configuration_layer_shapes_and_size():
     with torch.inference_mode():
         maps = model.stage_maps(torch.zeros(1, 3, 224, 224))
         out = model(torch.zeros(1, 3, 224, 224))
-    assert [tuple(m.shape[1:]) for m in maps] == [(16, 56, 56), (32, 28, 28), (64, 14, 14), (2048, 7, 7)]
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (16, 56, 56),
+        (32, 28, 28),
+        (64, 14, 14),
+        (2048, 7, 7),
+    ]
     assert out.score.shape == (1,) and out.logits.shape == (1, 10)
 
 
@@ -162,8 +167,13 @@ def test_window_path_on_larger_images(tiny):
     x = torch.randn(1, 3, 288, 352)  # 3 x 5 windows on the 32-px lattice
     with torch.inference_mode():
         out, ny, nx = tiny.windows(tiny.stage_maps(x))
-        crops = torch.cat([x[..., 32 * i : 32 * i + 224, 32 * j : 32 * j + 224]
-                           for i in range(ny) for j in range(nx)])
+        crops = torch.cat(
+            [
+                x[..., 32 * i : 32 * i + 224, 32 * j : 32 * j + 224]
+                for i in range(ny)
+                for j in range(nx)
+            ]
+        )
         ref = tiny(crops)
         out64, ny64, nx64 = tiny.windows(tiny.stage_maps(x), step=64)
     assert (ny, nx) == (3, 5)

@@ -21,7 +21,16 @@ def wheel(tmp_path_factory) -> Path:
     except ImportError:  # pragma: no cover
         pytest.skip("the 'build' package is not installed")
     proc = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
     )

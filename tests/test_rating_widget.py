@@ -135,7 +135,9 @@ def test_ratings_of_planes_that_no_longer_exist_are_dropped_with_a_warning(
     w.close()
 
 
-def test_save_load_csv_round_trip_usable_for_training(make_napari_viewer, qtbot, tmp_path, rgb, stack):
+def test_save_load_csv_round_trip_usable_for_training(
+    make_napari_viewer, qtbot, tmp_path, rgb, stack
+):
     from napari_pmt_iqa.data.datasets import load_dataset
 
     viewer = make_napari_viewer()
@@ -159,7 +161,9 @@ def test_save_load_csv_round_trip_usable_for_training(make_napari_viewer, qtbot,
     assert ds.scale.high == 100.0
     import tifffile
 
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ratings_images" / "z_stack_3.tif"), stack[3])
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "ratings_images" / "z_stack_3.tif"), stack[3]
+    )
 
     # loading onto the same layers restores the metadata
     a.metadata[RATINGS_KEY] = {}

@@ -24,11 +24,16 @@ def test_sample_functions_return_layer_data():
 
 
 def test_local_defects_quadrants():
-    (img, kwargs), = _sample_data.local_defects()
+    ((img, kwargs),) = _sample_data.local_defects()
     q = _sample_data._photo("astronaut", 384)
     n = q.shape[0]
     assert img.shape == (2 * n, 2 * q.shape[1], 3) and img.dtype == np.uint8
-    quads = [img[:n, : q.shape[1]], img[:n, q.shape[1] :], img[n:, : q.shape[1]], img[n:, q.shape[1] :]]
+    quads = [
+        img[:n, : q.shape[1]],
+        img[:n, q.shape[1] :],
+        img[n:, : q.shape[1]],
+        img[n:, q.shape[1] :],
+    ]
     assert np.array_equal(quads[0], q)  # the clean quadrant is untouched
     for k in (1, 2, 3):
         assert np.abs(quads[k].astype(int) - q.astype(int)).mean() > 1  # the others are distorted

@@ -37,8 +37,11 @@ def run(qtbot, widget, layer=None, timeout=30000):
 
 
 def overlays(viewer, name):
-    return {lay.metadata[OVERLAY_KEY]["key"]: lay for lay in viewer.layers
-            if lay.metadata.get(OVERLAY_KEY, {}).get("source") == name}
+    return {
+        lay.metadata[OVERLAY_KEY]["key"]: lay
+        for lay in viewer.layers
+        if lay.metadata.get(OVERLAY_KEY, {}).get("source") == name
+    }
 
 
 def test_score_2d_image_adds_registered_overlays(qtbot, viewer_widget, rgb_image, tiny_checkpoint):
@@ -50,7 +53,10 @@ def test_score_2d_image_adds_registered_overlays(qtbot, viewer_widget, rgb_image
     meta = layer.metadata[METADATA_KEY]
     assert meta["score"] == pytest.approx(ref.score, rel=1e-5)
     assert meta["units"] == ref.units and len(meta["class_probs"]) == 10
-    assert "higher is better" in widget.score_label.text() and f"{ref.score:.2f}" in widget.score_label.text()
+    assert (
+        "higher is better" in widget.score_label.text()
+        and f"{ref.score:.2f}" in widget.score_label.text()
+    )
     assert "Most likely class" in widget.class_label.text()
     ov = overlays(viewer, "photo")
     assert set(ov) == {"quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"}
@@ -94,11 +100,11 @@ def test_overlays_follow_rotated_sheared_and_affine_layers(
     for i, j in [(0, 0), (ny - 1, 0), (0, nx - 1), (ny - 1, nx - 1)]:
         # centre of map cell (i, j) in the image's pixel (data) coordinates
         centre = [g.translate[k] + g.scale[k] * ((i, j)[k] + 0.5) - 0.5 for k in range(2)]
-        np.testing.assert_allclose(
-            q.data_to_world((i, j)), layer.data_to_world(centre), atol=1e-6
-        )
+        np.testing.assert_allclose(q.data_to_world((i, j)), layer.data_to_world(centre), atol=1e-6)
         for lay in ov.values():
-            np.testing.assert_allclose(lay.data_to_world((i, j)), q.data_to_world((i, j)), atol=1e-9)
+            np.testing.assert_allclose(
+                lay.data_to_world((i, j)), q.data_to_world((i, j)), atol=1e-9
+            )
 
 
 def test_score_stack_plot_follows_slice(qtbot, viewer_widget, rgb_image):
@@ -158,7 +164,9 @@ def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
     timer.stop()
     worker_s = widget.last_seconds
     gaps = np.diff(ticks)
-    print(f"main thread {main_s:.3f} s, worker {worker_s:.3f} s, longest GUI stall {gaps.max() * 1000:.1f} ms over {len(ticks)} ticks")
+    print(
+        f"main thread {main_s:.3f} s, worker {worker_s:.3f} s, longest GUI stall {gaps.max() * 1000:.1f} ms over {len(ticks)} ticks"
+    )
     assert len(ticks) > 10
     assert gaps.max() < 0.100
     assert worker_s <= 1.5 * main_s + 0.05
@@ -193,7 +201,9 @@ def test_small_image_and_single_plane_stack(qtbot, viewer_widget):
     small = viewer.add_image(np.random.default_rng(3).random((40, 60)), name="small")
     run(qtbot, widget, small)
     assert widget.last_error == "" and np.isfinite(small.metadata[METADATA_KEY]["score"])
-    one = viewer.add_image(np.random.default_rng(4).integers(0, 255, (1, 230, 240), dtype=np.uint8), name="one")
+    one = viewer.add_image(
+        np.random.default_rng(4).integers(0, 255, (1, 230, 240), dtype=np.uint8), name="one"
+    )
     run(qtbot, widget, one)
     assert widget.last_error == "" and len(one.metadata[METADATA_KEY]["scores"]) == 1
 

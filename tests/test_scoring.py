@@ -81,8 +81,14 @@ def test_same_image_same_score_every_time(tiny):
 
 @pytest.mark.parametrize(
     "dtype, scale",
-    [(np.uint8, 1), (np.uint16, 257), (np.float32, 1 / 255), (np.float64, 1 / 255),
-     (np.int32, 1), (np.float32, 1.0)],
+    [
+        (np.uint8, 1),
+        (np.uint16, 257),
+        (np.float32, 1 / 255),
+        (np.float64, 1 / 255),
+        (np.int32, 1),
+        (np.float32, 1.0),
+    ],
 )
 def test_any_dtype_is_accepted(tiny, dtype, scale):
     img = (_photo().astype(np.float64) * scale).astype(dtype)
@@ -119,7 +125,9 @@ def test_small_images_are_enlarged_to_one_crop(tiny):
     r = score(_photo((100, 150, 3)), tiny, "cpu")
     assert r.n_crops >= 1
     assert r.crop_size == pytest.approx(224 * 100 / 224)  # crop side in original pixels
-    r2 = score(np.full((14, 14), 7, np.uint8), tiny, "cpu", maps=False)  # 16 x enlargement: the limit
+    r2 = score(
+        np.full((14, 14), 7, np.uint8), tiny, "cpu", maps=False
+    )  # 16 x enlargement: the limit
     assert np.isfinite(r2.score)
     with pytest.raises(ImageError, match="enlarged"):  # a 2 x 2 image says nothing about quality
         score(np.full((2, 2), 7, np.uint8), tiny, "cpu", maps=False)
@@ -139,8 +147,9 @@ def test_tiles_within_a_memory_bound_match_one_pass(tiny):
     img = _photo((544, 608, 3), seed=5)  # 11 x 13 crops
     one = score(img, tiny, "cpu", maps=False, memory_mb=4096)
     calls = []
-    tiled = score(img, tiny, "cpu", maps=False, memory_mb=1,
-                  progress=lambda d, t: calls.append((d, t)))
+    tiled = score(
+        img, tiny, "cpu", maps=False, memory_mb=1, progress=lambda d, t: calls.append((d, t))
+    )
     total = calls[-1][1]
     assert total > 4  # several tiles were used
     assert calls == [(k, total) for k in range(1, total + 1)]

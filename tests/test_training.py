@@ -30,8 +30,15 @@ def data_csv(tmp_path_factory):
 
 
 def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(data=data, out_dir=out, backbone="tiny", pretrained=False, epochs=2, batch_size=4,
-                device="cpu")
+    base = dict(
+        data=data,
+        out_dir=out,
+        backbone="tiny",
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -61,7 +68,9 @@ def test_train_writes_checkpoints_history_and_events(data_csv, tmp_path):
     meta = read_metadata(r.best_path)
     assert meta["score_scale"]["high"] == 100.0
     assert meta["metrics"]["val"]["srcc"] == pytest.approx(r.history[best]["val_srcc"])
-    assert meta["training"]["recipe"]["lr"] == 1e-4 and meta["training"]["recipe"]["head_lr"] == 1e-3
+    assert (
+        meta["training"]["recipe"]["lr"] == 1e-4 and meta["training"]["recipe"]["head_lr"] == 1e-3
+    )
     assert meta["training"]["data"]["n_train"] == 16
     model = load_checkpoint(r.best_path)
     assert model.config.backbone == "tiny"
@@ -79,8 +88,18 @@ def test_train_writes_checkpoints_history_and_events(data_csv, tmp_path):
 
 def test_knobs_constant_weights_lr_step_freeze_crops(data_csv, tmp_path):
     torch.manual_seed(0)
-    cfg = tiny(data_csv, tmp_path, progressive=False, loss_weights=(1.0, 0.5), lr_step=1,
-               freeze_backbone=True, crops_per_image=2, lr=1e-3, head_lr=5e-3, max_batches=2)
+    cfg = tiny(
+        data_csv,
+        tmp_path,
+        progressive=False,
+        loss_weights=(1.0, 0.5),
+        lr_step=1,
+        freeze_backbone=True,
+        crops_per_image=2,
+        lr=1e-3,
+        head_lr=5e-3,
+        max_batches=2,
+    )
     from napari_pmt_iqa.model import PMTIQA
 
     torch.manual_seed(cfg.seed)
@@ -132,15 +151,20 @@ def test_stop_and_resume_equals_uninterrupted(data_csv, tmp_path, stop_at):
     full = train(tiny(data_csv, tmp_path / "full", epochs=3))
     ctl = E.Control()
     log = E.EventLog()
-    part = train(tiny(data_csv, tmp_path / "part", epochs=3), listeners=[_stop_at(ctl, *stop_at), log],
-                 control=ctl)
+    part = train(
+        tiny(data_csv, tmp_path / "part", epochs=3),
+        listeners=[_stop_at(ctl, *stop_at), log],
+        control=ctl,
+    )
     assert part.stopped and part.state_path
     stopped = log.of(E.Stopped)[0]
     assert (stopped.epoch, stopped.batch) == (stop_at[0], stop_at[1] + 1)
     st = torch.load(part.state_path, weights_only=True)
     assert (st["epoch"], st["batch"]) == (stop_at[0], stop_at[1] + 1)
     log2 = E.EventLog()
-    res = train(tiny(data_csv, tmp_path / "part", epochs=3, resume=part.state_path), listeners=[log2])
+    res = train(
+        tiny(data_csv, tmp_path / "part", epochs=3, resume=part.state_path), listeners=[log2]
+    )
     started = log2.of(E.Started)[0]
     assert (started.start_epoch, started.start_batch) == (stop_at[0], stop_at[1] + 1)
     assert not res.stopped and res.epochs_done == 3
@@ -149,8 +173,11 @@ def test_stop_and_resume_equals_uninterrupted(data_csv, tmp_path, stop_at):
     mid_epoch = stop_at[1] + 1 < 4
     assert _states_equal(a, b, atol=1e-6 if mid_epoch else 0.0)
     assert [h["val_srcc"] for h in res.history] == pytest.approx(
-        [h["val_srcc"] for h in full.history], abs=1e-6)
-    assert [h["train_loss"] for h in res.history] == pytest.approx([h["train_loss"] for h in full.history])
+        [h["val_srcc"] for h in full.history], abs=1e-6
+    )
+    assert [h["train_loss"] for h in res.history] == pytest.approx(
+        [h["train_loss"] for h in full.history]
+    )
     assert res.best_epoch == full.best_epoch
 
 
@@ -213,8 +240,13 @@ def test_killed_during_checkpoint_write_leaves_previous_usable(data_csv, tmp_pat
                           pretrained=False, epochs=3, batch_size=4, device="cpu",
                           progressive=False, val_fraction=0))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert list(out.glob(".best.safetensors.*.tmp"))  # the torn write is a temporary file
     model = load_checkpoint(out / "best.safetensors")  # epoch 1's best: intact
@@ -224,7 +256,9 @@ def test_killed_during_checkpoint_write_leaves_previous_usable(data_csv, tmp_pat
     assert st["epoch"] == 1
     assert model.config.backbone == "tiny"
     # and the run continues from the state file
-    r = train(tiny(data_csv, out, epochs=3, progressive=False, val_fraction=0, resume=out / "state.pt"))
+    r = train(
+        tiny(data_csv, out, epochs=3, progressive=False, val_fraction=0, resume=out / "state.pt")
+    )
     assert r.epochs_done == 3 and read_metadata(r.best_path)["metrics"]["epoch"] == 2
 
 
@@ -335,14 +369,19 @@ def test_an_epoch_whose_validation_gives_nan_scores_is_never_best(data_csv, tmp_
     events = []
     r = train(tiny(data_csv, tmp_path, epochs=2, max_batches=2), listeners=[events.append])
     assert r.epochs_done == 2 and calls["n"] == 2
-    assert any(isinstance(e, E.DataIssue) and "Validation of this epoch failed" in e.message for e in events)
+    assert any(
+        isinstance(e, E.DataIssue) and "Validation of this epoch failed" in e.message
+        for e in events
+    )
     assert r.best_epoch == 0  # the NaN epoch did not replace the good one
 
 
 def test_no_validation_part_is_said(data_csv, tmp_path):
     events = []
     with pytest.warns(RuntimeWarning, match="validation part has 0 image"):
-        r = train(tiny(data_csv, tmp_path, epochs=1, max_batches=1, val_fraction=0.0),
-                  listeners=[events.append])
+        r = train(
+            tiny(data_csv, tmp_path, epochs=1, max_batches=1, val_fraction=0.0),
+            listeners=[events.append],
+        )
     assert r.epochs_done == 1
     assert any(isinstance(e, E.DataIssue) and "last one is kept" in e.message for e in events)

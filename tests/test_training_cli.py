@@ -11,7 +11,16 @@ from _iqa_data import make_dataset
 from napari_pmt_iqa.training import cli as tcli
 from napari_pmt_iqa.weights import read_metadata
 
-TINY = ["--backbone", "tiny", "--no-pretrained", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+TINY = [
+    "--backbone",
+    "tiny",
+    "--no-pretrained",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +40,46 @@ def test_subcommands_plug_into_the_main_parser():
         from napari_pmt_iqa.cli import build_parser
     except ImportError:  # pragma: no cover - the score CLI is another module
         return
-    assert build_parser().parse_args(["protocol", "--data", "d", "--out", "o"]).func is tcli.cmd_protocol
+    assert (
+        build_parser().parse_args(["protocol", "--data", "d", "--out", "o"]).func
+        is tcli.cmd_protocol
+    )
 
 
 def test_train_then_eval(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = tcli.main(["train", "--data", str(data_dir), "--out", str(out), "--epochs", "2",
-                    "--score-range", "0", "100", *TINY])
+    rc = tcli.main(
+        [
+            "train",
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--score-range",
+            "0",
+            "100",
+            *TINY,
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "val SRCC" in text and text.count("*") >= 1  # the per-epoch table
     assert read_metadata(out / "best.safetensors")["training"]["recipe"]["epochs"] == 2
-    rc = tcli.main(["eval", "--model", str(out / "best.safetensors"), "--data", str(data_dir),
-                    "--device", "cpu", "--predictions", str(tmp_path / "pred.csv")])
+    rc = tcli.main(
+        [
+            "eval",
+            "--model",
+            str(out / "best.safetensors"),
+            "--data",
+            str(data_dir),
+            "--device",
+            "cpu",
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "SRCC" in text and "PLCC" in text and "KRCC" in text and "n=20" in text
     with open(tmp_path / "pred.csv") as f:
@@ -52,17 +88,35 @@ def test_train_then_eval(data_dir, tmp_path, capsys):
 
 def test_train_bad_data_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "x.csv").write_text("img,quality\na.png,1\n")
-    rc = tcli.main(["train", "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), *TINY])
+    rc = tcli.main(
+        ["train", "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), *TINY]
+    )
     err = capsys.readouterr().err
     assert rc == tcli.EXIT_ERROR and "error:" in err and "'image' and 'mos'" in err
-    rc = tcli.main(["eval", "--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path / "x.csv")])
+    rc = tcli.main(
+        ["eval", "--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path / "x.csv")]
+    )
     assert rc == tcli.EXIT_ERROR
 
 
 def test_protocol_writes_every_split_and_medians(data_dir, tmp_path, capsys):
     out = tmp_path / "proto"
-    rc = tcli.main(["protocol", "--data", str(data_dir), "--out", str(out), "--splits", "2",
-                    "--epochs", "1", "--limit", "16", *TINY])
+    rc = tcli.main(
+        [
+            "protocol",
+            "--data",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--splits",
+            "2",
+            "--epochs",
+            "1",
+            "--limit",
+            "16",
+            *TINY,
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "median SRCC" in text
@@ -71,20 +125,48 @@ def test_protocol_writes_every_split_and_medians(data_dir, tmp_path, capsys):
     assert [r["split"] for r in rows] == ["0", "1", "median"]
     assert all(int(r["n_test"]) == 3 for r in rows[:2])  # 20% of the 16-image subset (limit)
     assert float(rows[2]["test_srcc"]) == pytest.approx(
-        sorted(float(r["test_srcc"]) for r in rows[:2])[0] / 2 + sorted(float(r["test_srcc"]) for r in rows[:2])[1] / 2)
-    assert (out / "split_00" / "best.safetensors").exists() and (out / "split_01" / "best.safetensors").exists()
+        sorted(float(r["test_srcc"]) for r in rows[:2])[0] / 2
+        + sorted(float(r["test_srcc"]) for r in rows[:2])[1] / 2
+    )
+    assert (out / "split_00" / "best.safetensors").exists() and (
+        out / "split_01" / "best.safetensors"
+    ).exists()
 
 
-def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(tmp_path, tiny_checkpoint, capsys):
+def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(
+    tmp_path, tiny_checkpoint, capsys
+):
     csv_path = make_dataset(tmp_path / "d", n=9, size=64)
     (tmp_path / "d" / "img_004.png").write_bytes(b"not an image at all")
     # a predictions path that is a folder is refused before any scoring
-    rc = tcli.main(["eval", "--model", str(tiny_checkpoint), "--data", str(csv_path), "--device", "cpu",
-                    "--predictions", str(tmp_path)])
+    rc = tcli.main(
+        [
+            "eval",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(csv_path),
+            "--device",
+            "cpu",
+            "--predictions",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == tcli.EXIT_ERROR and "is an existing folder" in err
-    rc = tcli.main(["eval", "--model", str(tiny_checkpoint), "--data", str(csv_path), "--device", "cpu",
-                    "--predictions", str(tmp_path / "p.csv")])
+    rc = tcli.main(
+        [
+            "eval",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(csv_path),
+            "--device",
+            "cpu",
+            "--predictions",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "left out" in cap.err and "img_004.png" in cap.err
@@ -107,6 +189,8 @@ def test_training_input_mistakes_get_the_right_hint(tmp_path, capsys):
     rc = tcli.main(["train", "--data", str(csv_path), "--out", str(blocker), *TINY])
     err = capsys.readouterr().err
     assert rc == tcli.EXIT_ERROR and "is an existing file" in err
-    rc = tcli.main(["train", "--data", str(csv_path), "--out", str(tmp_path / "o2"), "--limit", "0", *TINY])
+    rc = tcli.main(
+        ["train", "--data", str(csv_path), "--out", str(tmp_path / "o2"), "--limit", "0", *TINY]
+    )
     err = capsys.readouterr().err
     assert rc == tcli.EXIT_ERROR and "limit must be at least 1" in err

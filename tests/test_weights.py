@@ -39,8 +39,11 @@ def tiny():
 def ckpt(tmp_path, tiny):
     scale = ScoreScale(0, 5, name="MOS (BID, 0-5)")
     return W.save_checkpoint(
-        tmp_path / "tiny.safetensors", tiny, score_scale=scale,
-        training={"data": ["generated"], "epochs": 0}, metrics={"srcc": 0.5},
+        tmp_path / "tiny.safetensors",
+        tiny,
+        score_scale=scale,
+        training={"data": ["generated"], "epochs": 0},
+        metrics={"srcc": 0.5},
         description="tiny test model",
     )
 
@@ -77,8 +80,12 @@ def test_round_trip_keeps_weights_and_metadata(ckpt, tiny):
     meta = model.meta
     assert meta["architecture"] == "PMT-IQA"
     assert meta["config"]["backbone"] == "tiny"
-    assert meta["score_scale"] == {"low": 0.0, "high": 5.0, "higher_is_better": True,
-                                   "name": "MOS (BID, 0-5)"}
+    assert meta["score_scale"] == {
+        "low": 0.0,
+        "high": 5.0,
+        "higher_is_better": True,
+        "name": "MOS (BID, 0-5)",
+    }
     assert meta["class_edges"] == pytest.approx([0.5 * i for i in range(11)])
     assert meta["class_edges_internal"] == pytest.approx([10.0 * i for i in range(11)])
     assert meta["input"]["mean"] == list(tiny.mean) and meta["input"]["std"] == list(tiny.std)
@@ -175,19 +182,24 @@ def test_unknown_backbone_in_metadata_is_refused(ckpt, tmp_path):
 
 
 def test_invalid_score_scale_is_refused(ckpt, tmp_path):
-    bad = _rewrite_meta(ckpt, tmp_path / "scale.safetensors",
-                        lambda m: m.update(score_scale={"low": 3, "high": 3}))
+    bad = _rewrite_meta(
+        ckpt, tmp_path / "scale.safetensors", lambda m: m.update(score_scale={"low": 3, "high": 3})
+    )
     with pytest.raises(W.CheckpointError, match="score scale in its metadata is invalid"):
         W.load_checkpoint(bad)
 
 
 def test_newer_format_and_other_architecture_are_refused(ckpt, tmp_path):
-    newer = _rewrite_meta(ckpt, tmp_path / "newer.safetensors",
-                          lambda m: m.update(format_version=W.FORMAT_VERSION + 1))
+    newer = _rewrite_meta(
+        ckpt,
+        tmp_path / "newer.safetensors",
+        lambda m: m.update(format_version=W.FORMAT_VERSION + 1),
+    )
     with pytest.raises(W.CheckpointError, match="newer napari-pmt-iqa"):
         W.load_checkpoint(newer)
-    other = _rewrite_meta(ckpt, tmp_path / "hyper.safetensors",
-                          lambda m: m.update(architecture="HyperIQA"))
+    other = _rewrite_meta(
+        ckpt, tmp_path / "hyper.safetensors", lambda m: m.update(architecture="HyperIQA")
+    )
     with pytest.raises(W.CheckpointError, match="'HyperIQA' model, not PMT-IQA"):
         W.load_checkpoint(other)
 
@@ -201,7 +213,9 @@ def test_folder_and_bad_format_version_are_clear_errors(ckpt, tmp_path):
         W.load_model(str(folder))
     with pytest.raises(W.CheckpointError, match="model name is empty"):
         W.load_model("")
-    odd = _rewrite_meta(ckpt, tmp_path / "odd.safetensors", lambda m: m.update(format_version="abc"))
+    odd = _rewrite_meta(
+        ckpt, tmp_path / "odd.safetensors", lambda m: m.update(format_version="abc")
+    )
     with pytest.raises(W.CheckpointError, match="format_version 'abc' is not a number"):
         W.load_checkpoint(odd)
 
@@ -270,8 +284,14 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 def test_download_from_local_server_loads(ckpt, http_root):
     root, base = http_root
     (root / "m.safetensors").write_bytes(ckpt.read_bytes())
-    W.register(W.WeightsEntry("served", W.sha256_of(ckpt), url=f"{base}/m.safetensors",
-                              meta={"description": "served in a test"}))
+    W.register(
+        W.WeightsEntry(
+            "served",
+            W.sha256_of(ckpt),
+            url=f"{base}/m.safetensors",
+            meta={"description": "served in a test"},
+        )
+    )
     calls = []
     path = W.resolve_weights("served", progress=lambda d, t: calls.append((d, t)))
     assert path.parent == W.cache_dir()

@@ -36,7 +36,9 @@ def detect(path: str | Path) -> str | None:
         return "csv" if p.suffix.lower() == ".csv" and _is_iqa_csv(p) else None
     if not p.is_dir():
         return None
-    if (p / "Data" / "AllMOS_release.mat").exists() or (p / "ChallengeDB_release" / "Data").is_dir():
+    if (p / "Data" / "AllMOS_release.mat").exists() or (
+        p / "ChallengeDB_release" / "Data"
+    ).is_dir():
         return "livec"
     if (p / "Train (Images and MOS).csv").exists():
         return "biq2021"
@@ -80,7 +82,9 @@ def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = Non
         ds = load_dataset(path, layout=layout, **kwargs)
     except DatasetError as exc:
         # viewing needs no training scale: a CSV of one row or of equal scores still opens
-        if (layout if layout != "auto" else detect_layout(path)) != "csv" or "are equal" not in str(exc):
+        if (layout if layout != "auto" else detect_layout(path)) != "csv" or "are equal" not in str(
+            exc
+        ):
             raise
         ds = load_dataset(path, layout="csv", scale=ScoreScale(0.0, 1.0, True, "score (as given)"))
     out, bad = [], []
@@ -90,12 +94,21 @@ def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = Non
         except ImageError as exc:
             bad.append(str(exc))
             continue
-        meta = {DATASET_KEY: {"mos": float(s.mos), "path": str(s.path), "dataset": ds.name,
-                              "units": ds.scale.name, "index": k}}
+        meta = {
+            DATASET_KEY: {
+                "mos": float(s.mos),
+                "path": str(s.path),
+                "dataset": ds.name,
+                "units": ds.scale.name,
+                "index": k,
+            }
+        }
         out.append((arr, {"name": s.path.name, "metadata": meta, "visible": k == 0}, "image"))
     if len(ds) > limit:
-        _warn(f"{ds.name}: opened the first {limit} of {len(ds)} images (plugin setting "
-              "'reader_max_images'; the data-set widget has its own limit).")
+        _warn(
+            f"{ds.name}: opened the first {limit} of {len(ds)} images (plugin setting "
+            "'reader_max_images'; the data-set widget has its own limit)."
+        )
     if bad:
         _warn(f"{len(bad)} images could not be read, e.g. {bad[0]}")
     return out

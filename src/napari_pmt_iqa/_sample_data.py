@@ -55,7 +55,11 @@ def distort(img: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarr
     if kind == "blur":
         return img.copy() if level <= 0 else distortions.gaussian_blur(img, float(level))
     if kind == "noise":
-        return img.copy() if level <= 0 else distortions.gaussian_noise(img, 255.0 * float(level), seed)
+        return (
+            img.copy()
+            if level <= 0
+            else distortions.gaussian_noise(img, 255.0 * float(level), seed)
+        )
     if kind == "jpeg":
         return img.copy() if level >= 100 else distortions.jpeg(img, int(level))
     raise ValueError(f"Unknown distortion {kind!r}; use blur, noise or jpeg.")
@@ -71,8 +75,14 @@ def graded_stack(kind: str, max_side: int = 512) -> tuple[np.ndarray, dict]:
         "name": f"{photo} ({kind}, {len(levels)} levels)",
         "rgb": True,
         "axis_labels": ("level", "y", "x"),
-        "metadata": {"pmt_iqa_sample": {"photo": photo, "distortion": kind, "levels": list(levels),
-                                        "labels": labels}},
+        "metadata": {
+            "pmt_iqa_sample": {
+                "photo": photo,
+                "distortion": kind,
+                "levels": list(levels),
+                "labels": labels,
+            }
+        },
     }
     return stack, kwargs
 
@@ -96,8 +106,10 @@ def photo_pair() -> list[tuple]:
     """napari sample: one clean photo and a blurred, noisy copy, as two 2D layers."""
     img = _photo("chelsea")
     bad = distort(distort(img, "blur", 3.0), "noise", 0.08)
-    return [(img, {"name": "chelsea (clean)", "rgb": True}),
-            (bad, {"name": "chelsea (blur + noise)", "rgb": True, "visible": False})]
+    return [
+        (img, {"name": "chelsea (clean)", "rgb": True}),
+        (bad, {"name": "chelsea (blur + noise)", "rgb": True, "visible": False}),
+    ]
 
 
 def local_defects() -> list[tuple]:
@@ -109,8 +121,20 @@ def local_defects() -> list[tuple]:
     q = _photo("astronaut", 384)
     tl, tr = q, distort(q, "blur", 3.0)
     bl, br = distort(q, "noise", 0.12, seed=3), distort(q, "jpeg", 6)
-    out = np.concatenate([np.concatenate([tl, tr], axis=1), np.concatenate([bl, br], axis=1)], axis=0)
-    meta = {"pmt_iqa_sample": {"photo": "astronaut", "quadrants": {
-        "top-left": "clean", "top-right": "Gaussian blur sigma 3", "bottom-left": "Gaussian noise 0.12",
-        "bottom-right": "JPEG quality 6"}}}
-    return [(out, {"name": "astronaut x4 (clean, blur, noise, JPEG)", "rgb": True, "metadata": meta})]
+    out = np.concatenate(
+        [np.concatenate([tl, tr], axis=1), np.concatenate([bl, br], axis=1)], axis=0
+    )
+    meta = {
+        "pmt_iqa_sample": {
+            "photo": "astronaut",
+            "quadrants": {
+                "top-left": "clean",
+                "top-right": "Gaussian blur sigma 3",
+                "bottom-left": "Gaussian noise 0.12",
+                "bottom-right": "JPEG quality 6",
+            },
+        }
+    }
+    return [
+        (out, {"name": "astronaut x4 (clean, blur, noise, JPEG)", "rgb": True, "metadata": meta})
+    ]

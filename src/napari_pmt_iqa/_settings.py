@@ -45,7 +45,10 @@ def _from_env() -> Settings:
     s = Settings(source="environment")
     s.device = os.environ.get("PMT_IQA_DEVICE", s.device) or "auto"
     s.cache_dir = os.environ.get("PMT_IQA_CACHE", s.cache_dir)
-    for attr, var in (("memory_mb", "PMT_IQA_MEMORY_MB"), ("reader_max_images", "PMT_IQA_READER_MAX_IMAGES")):
+    for attr, var in (
+        ("memory_mb", "PMT_IQA_MEMORY_MB"),
+        ("reader_max_images", "PMT_IQA_READER_MAX_IMAGES"),
+    ):
         raw = os.environ.get(var)
         if raw:
             try:

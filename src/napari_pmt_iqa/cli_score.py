@@ -38,8 +38,16 @@ from pathlib import Path
 #: CSV columns. ``plane`` is empty for a 2D image and the plane index for the planes of a stack;
 #: ``score_low``/``score_high``/``higher_is_better`` say what the score means.
 CSV_FIELDS = (
-    "path", "plane", "score", "units", "score_low", "score_high", "higher_is_better",
-    "predicted_class", "n_crops", "error",
+    "path",
+    "plane",
+    "score",
+    "units",
+    "score_low",
+    "score_high",
+    "higher_is_better",
+    "predicted_class",
+    "n_crops",
+    "error",
 )
 
 
@@ -56,33 +64,45 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--csv", type=Path, default=None, help="write the results to this CSV file")
     p.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="registered model name or checkpoint file (default: the model shipped with the package)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--method", choices=("fast", "crops"), default="fast")
     p.add_argument(
-        "--maps-dir", type=Path, default=None,
+        "--maps-dir",
+        type=Path,
+        default=None,
         help="also write each image's quality maps to this folder (one .npz per image)",
     )
     p.add_argument("--memory-mb", type=float, default=1024.0, help="memory budget of one pass")
     colour = p.add_mutually_exclusive_group()
     colour.add_argument(
-        "--rgb", dest="rgb", action="store_const", const=True, default=None,
+        "--rgb",
+        dest="rgb",
+        action="store_const",
+        const=True,
+        default=None,
         help="treat an axis of 3 or 4 (last, or first) as colour channels",
     )
     colour.add_argument(
-        "--no-rgb", dest="rgb", action="store_const", const=False,
+        "--no-rgb",
+        dest="rgb",
+        action="store_const",
+        const=False,
         help="never treat an axis as colour: a (3, H, W) TIFF is a stack of 3 grey planes "
-             "(default: detected from the shape)",
+        "(default: detected from the shape)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_score)
 
 
 # --------------------------------------------------------------------------- helpers
-def expand_paths(paths: list[str | os.PathLike], recursive: bool = False) -> tuple[list[Path], list[dict]]:
+def expand_paths(
+    paths: list[str | os.PathLike], recursive: bool = False
+) -> tuple[list[Path], list[dict]]:
     """Files to score (folders expanded) and error rows for paths that do not exist.
 
     Returns
@@ -101,8 +121,13 @@ def expand_paths(paths: list[str | os.PathLike], recursive: bool = False) -> tup
         if p.is_dir():
             found = load_image_folder(p, recursive=recursive)
             if not found:
-                errors.append(_row(p, error="folder holds no image files"
-                                   + ("" if recursive else " (try --recursive)")))
+                errors.append(
+                    _row(
+                        p,
+                        error="folder holds no image files"
+                        + ("" if recursive else " (try --recursive)"),
+                    )
+                )
             cand = found
         elif p.is_file():
             cand = [p]
@@ -129,17 +154,19 @@ def _result_rows(path: Path, result) -> list[dict]:
     planes = result.planes if isinstance(result, StackResult) else [result]
     rows = []
     for k, r in enumerate(planes):
-        rows.append(_row(
-            path,
-            plane=k if isinstance(result, StackResult) else "",
-            score=f"{r.score:.4f}",
-            units=r.units,
-            score_low=r.score_range[0],
-            score_high=r.score_range[1],
-            higher_is_better=r.higher_is_better,
-            predicted_class=r.predicted_class,
-            n_crops=r.n_crops,
-        ))
+        rows.append(
+            _row(
+                path,
+                plane=k if isinstance(result, StackResult) else "",
+                score=f"{r.score:.4f}",
+                units=r.units,
+                score_low=r.score_range[0],
+                score_high=r.score_range[1],
+                higher_is_better=r.higher_is_better,
+                predicted_class=r.predicted_class,
+                n_crops=r.n_crops,
+            )
+        )
     return rows
 
 
@@ -193,8 +220,15 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
 
 
 def score_files(
-    files: list[Path], model, *, device: str = "auto", precision: str = "fp32", method: str = "fast",
-    memory_mb: float = 1024.0, maps_dir: Path | None = None, show_progress: bool = True,
+    files: list[Path],
+    model,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    method: str = "fast",
+    memory_mb: float = 1024.0,
+    maps_dir: Path | None = None,
+    show_progress: bool = True,
     rgb: bool | None = None,
 ) -> list[dict]:
     """Score ``files`` one by one in this process; unreadable files become error rows.
@@ -212,8 +246,16 @@ def score_files(
     for path in bar:
         try:
             image = read_image(path)
-            result = score(image, model, device, maps=maps_dir is not None, method=method,
-                           precision=precision, memory_mb=memory_mb, rgb=rgb)
+            result = score(
+                image,
+                model,
+                device,
+                maps=maps_dir is not None,
+                method=method,
+                precision=precision,
+                memory_mb=memory_mb,
+                rgb=rgb,
+            )
         except (ImageError, ValueError, OSError, RuntimeError) as exc:
             msg = str(exc).replace("\n", " ")
             bar.write(f"skipped {path}: {msg}", file=sys.stderr)
@@ -241,11 +283,18 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
         )
         return False, None
     if args.maps_dir is not None:
-        print("warning: --maps-dir is not supported with torchrun; no maps are written.",
-              file=sys.stderr)
+        print(
+            "warning: --maps-dir is not supported with torchrun; no maps are written.",
+            file=sys.stderr,
+        )
     rows = distributed_score_files(
-        files, model=args.model, device=args.device, precision=args.precision,
-        method=args.method, memory_mb=args.memory_mb, rgb=getattr(args, "rgb", None),
+        files,
+        model=args.model,
+        device=args.device,
+        precision=args.precision,
+        method=args.method,
+        memory_mb=args.memory_mb,
+        rgb=getattr(args, "rgb", None),
     )
     return True, rows
 
@@ -322,8 +371,14 @@ def run_score(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         result_rows = score_files(
-            files, model, device=args.device, precision=args.precision, method=args.method,
-            memory_mb=args.memory_mb, maps_dir=args.maps_dir, show_progress=not args.no_progress,
+            files,
+            model,
+            device=args.device,
+            precision=args.precision,
+            method=args.method,
+            memory_mb=args.memory_mb,
+            maps_dir=args.maps_dir,
+            show_progress=not args.no_progress,
             rgb=getattr(args, "rgb", None),
         )
     rows.extend(result_rows)
@@ -335,8 +390,10 @@ def run_score(args: argparse.Namespace) -> int:
         return 1
     if n_bad:
         n_paths = len({str(r["path"]) for r in rows})
-        print(f"warning: {n_bad} of {n_paths} paths could not be scored (see the 'error' column).",
-              file=sys.stderr)
+        print(
+            f"warning: {n_bad} of {n_paths} paths could not be scored (see the 'error' column).",
+            file=sys.stderr,
+        )
     if args.csv is not None:
         print(f"wrote {n_ok} scores to {args.csv}", file=sys.stderr)
     return 0

@@ -48,7 +48,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise DeviceError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from exc
+        raise DeviceError(
+            f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps."
+        ) from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"{device!r} was asked for, but this machine has no usable CUDA GPU.")
@@ -58,7 +60,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("'mps' was asked for, but Apple's Metal backend is not available here.")
+            raise DeviceError(
+                "'mps' was asked for, but Apple's Metal backend is not available here."
+            )
     elif dev.type != "cpu":
         raise DeviceError(f"Unsupported device type {dev.type!r}.")
     return dev
@@ -69,7 +73,9 @@ def check_precision(precision: str, device_type: str | None = None) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
     if precision == "fp16" and device_type == "cpu":
-        raise ValueError("precision='fp16' needs a GPU; use precision='bf16' on a CPU (fast) or 'fp32'.")
+        raise ValueError(
+            "precision='fp16' needs a GPU; use precision='bf16' on a CPU (fast) or 'fp32'."
+        )
 
 
 def autocast(device: torch.device, precision: str = "fp32"):

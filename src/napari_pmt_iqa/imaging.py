@@ -54,7 +54,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             with Image.open(path) as im:
                 im.load()
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                    im = im.convert(
+                        "RGBA" if "A" in im.mode or "transparency" in im.info else "RGB"
+                    )
                 elif im.mode == "LA":
                     im = im.convert("L")
                 arr = np.asarray(im)
@@ -89,9 +91,7 @@ def standardize_layout(
         The colour axis, when it is neither the last axis nor obvious.
     """
     arr = np.asarray(image)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-    ):
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageError(f"Image data must be numeric; got dtype {arr.dtype}.")
     if np.iscomplexobj(arr):
         raise ImageError("Complex-valued images cannot be scored; take the magnitude first.")
@@ -102,7 +102,9 @@ def standardize_layout(
     if channel_axis is not None:
         arr = np.moveaxis(arr, channel_axis, -1)
         if arr.shape[-1] not in (1, 3, 4):
-            raise ImageError(f"The channel axis has {arr.shape[-1]} entries; 1, 3 or 4 are supported.")
+            raise ImageError(
+                f"The channel axis has {arr.shape[-1]} entries; 1, 3 or 4 are supported."
+            )
         return arr
     if rgb is None:
         if arr.ndim >= 3 and arr.shape[-1] == 1 and arr.shape[-2] > 4:
@@ -136,13 +138,13 @@ def parse_intensity_range(intensity_range: Any) -> tuple[float, float]:
             f"intensity_range must be two numbers (low, high); got {intensity_range!r}."
         ) from None
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ImageError(f"intensity_range needs finite low < high (high > low); got {intensity_range!r}.")
+        raise ImageError(
+            f"intensity_range needs finite low < high (high > low); got {intensity_range!r}."
+        )
     return lo, hi
 
 
-def to_rgb01(
-    plane: np.ndarray, intensity_range: tuple[float, float] | None = None
-) -> np.ndarray:
+def to_rgb01(plane: np.ndarray, intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """One ``(H, W, C)`` plane to float32 RGB in [0, 1] (see the module docstring).
 
     Raises

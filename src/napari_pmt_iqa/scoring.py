@@ -301,7 +301,11 @@ def check_options(
         mb = float("nan")
     if not (math.isfinite(mb) and mb > 0):
         raise ValueError(f"memory_mb must be a positive number of megabytes; got {memory_mb!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a whole number of at least 1; got {batch_size!r}.")
     from .devices import check_precision
     from .imaging import parse_intensity_range
@@ -318,8 +322,16 @@ def _tile_size(backbone: str, memory_mb: float, crop: int) -> int:
 
 
 # --------------------------------------------------------------------------- core
-def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, precision: str,
-                    batch_size: int, progress, cancel):
+def _window_outputs(
+    model,
+    rgb: np.ndarray,
+    method: str,
+    memory_mb: float,
+    precision: str,
+    batch_size: int,
+    progress,
+    cancel,
+):
     """Taps (N, 112) of every lattice window of one prepared plane, and (ny, nx)."""
     import torch
 
@@ -346,8 +358,12 @@ def _window_outputs(model, rgb: np.ndarray, method: str, memory_mb: float, preci
                     raise ScoringCancelled("scoring was cancelled")
                 chunk = coords[k : k + batch_size]
                 x = torch.cat(
-                    [full[..., i * LATTICE : i * LATTICE + crop, j * LATTICE : j * LATTICE + crop]
-                     for i, j in chunk]
+                    [
+                        full[
+                            ..., i * LATTICE : i * LATTICE + crop, j * LATTICE : j * LATTICE + crop
+                        ]
+                        for i, j in chunk
+                    ]
                 ).contiguous(memory_format=torch.channels_last)
                 out = model(x)
                 t = torch.cat(out.taps, dim=1).float().cpu()
@@ -392,11 +408,23 @@ def _heads(model, taps):
     return s.float().cpu(), logits.float().cpu(), parts
 
 
-def _score_plane(model, plane, *, method, maps, memory_mb, precision, batch_size, intensity_range,
-                 progress, cancel) -> ScoreResult:
+def _score_plane(
+    model,
+    plane,
+    *,
+    method,
+    maps,
+    memory_mb,
+    precision,
+    batch_size,
+    intensity_range,
+    progress,
+    cancel,
+) -> ScoreResult:
     prep = _prepare(plane, model.config.crop_size, intensity_range)
-    taps, ny, nx = _window_outputs(model, prep.rgb, method, memory_mb, precision, batch_size,
-                                   progress, cancel)
+    taps, ny, nx = _window_outputs(
+        model, prep.rgb, method, memory_mb, precision, batch_size, progress, cancel
+    )
     return _finish(model, taps, ny, nx, prep, maps, method)
 
 
@@ -546,10 +574,22 @@ def score(
     """
     planes, lead = iter_planes(image, rgb=rgb, channel_axis=channel_axis)
     net = get_model(model, device)
-    check_options(net, memory_mb=memory_mb, batch_size=batch_size, precision=precision,
-                  intensity_range=intensity_range)
-    kwargs = dict(method=method, maps=maps, memory_mb=memory_mb, precision=precision,
-                  batch_size=batch_size, intensity_range=intensity_range, cancel=cancel)
+    check_options(
+        net,
+        memory_mb=memory_mb,
+        batch_size=batch_size,
+        precision=precision,
+        intensity_range=intensity_range,
+    )
+    kwargs = dict(
+        method=method,
+        maps=maps,
+        memory_mb=memory_mb,
+        precision=precision,
+        batch_size=batch_size,
+        intensity_range=intensity_range,
+        cancel=cancel,
+    )
     if not lead:
         return _score_plane(net, planes[0], progress=progress, **kwargs)
     results = []
@@ -564,8 +604,14 @@ def score(
 
 
 def score_batch(
-    images: Sequence[np.ndarray], model=None, device: str = "auto", *, precision: str = "fp32",
-    batch_size: int = 8, maps: bool = False, memory_mb: float = 1024,
+    images: Sequence[np.ndarray],
+    model=None,
+    device: str = "auto",
+    *,
+    precision: str = "fp32",
+    batch_size: int = 8,
+    maps: bool = False,
+    memory_mb: float = 1024,
 ) -> list[ScoreResult]:
     """Score many 2D images; images of the same shape go through the backbone together.
 
@@ -595,7 +641,9 @@ def score_batch(
         try:
             planes, lead = iter_planes(img)
             if lead:
-                raise ImageError(f"score_batch takes 2D images; this is a stack of shape {np.shape(img)}.")
+                raise ImageError(
+                    f"score_batch takes 2D images; this is a stack of shape {np.shape(img)}."
+                )
             prepared[idx] = (planes[0], _prepare(planes[0], crop))
         except ImageError as exc:
             raise ImageError(f"Image {idx} of the batch: {exc}") from exc
@@ -611,7 +659,11 @@ def score_batch(
     for idxs in groups.values():
         for k in range(0, len(idxs), batch_size):
             chunk = idxs[k : k + batch_size]
-            x = torch.from_numpy(np.stack([_tile_to_float(prepared[i][1].rgb) for i in chunk])).to(dev).permute(0, 3, 1, 2)
+            x = (
+                torch.from_numpy(np.stack([_tile_to_float(prepared[i][1].rgb) for i in chunk]))
+                .to(dev)
+                .permute(0, 3, 1, 2)
+            )
             _use_channels_last(net)
             with torch.inference_mode(), autocast(dev, precision):
                 x = net.normalize(x).contiguous(memory_format=torch.channels_last)

@@ -175,7 +175,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except PermissionError as exc:
         raise CheckpointError(f"{path}: no permission to read it.") from exc
     except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read as a checkpoint: {exc.strerror or exc}.") from exc
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint: {exc.strerror or exc}."
+        ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a safetensors checkpoint ({exc}).") from exc
     if not isinstance(header, dict):
@@ -189,7 +191,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     try:
         meta = json.loads(raw)
     except (TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: its napari-pmt-iqa metadata is not valid JSON ({exc}).") from exc
+        raise CheckpointError(
+            f"{path}: its napari-pmt-iqa metadata is not valid JSON ({exc})."
+        ) from exc
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its napari-pmt-iqa metadata is not a JSON object.")
     if meta.get("architecture") != "PMT-IQA":
@@ -232,11 +236,15 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     try:
         config = ModelConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the model configuration in its metadata is invalid ({exc}).") from exc
+        raise CheckpointError(
+            f"{path}: the model configuration in its metadata is invalid ({exc})."
+        ) from exc
     try:
         score_scale = ScoreScale.from_dict(meta["score_scale"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the score scale in its metadata is invalid ({exc}).") from exc
+        raise CheckpointError(
+            f"{path}: the score scale in its metadata is invalid ({exc})."
+        ) from exc
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -245,7 +253,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or wrong:
         detail = "; ".join(
             s
@@ -300,7 +310,11 @@ def _load_registry() -> dict[str, WeightsEntry]:
     if index.exists():
         for item in json.loads(index.read_text()):
             reg[item["name"]] = WeightsEntry(
-                item["name"], item["sha256"], item.get("file"), item.get("url"), item.get("meta", {})
+                item["name"],
+                item["sha256"],
+                item.get("file"),
+                item.get("url"),
+                item.get("meta", {}),
             )
     return reg
 
@@ -426,7 +440,9 @@ def resolve_weights(
                 )
             return path
         if entry.file:
-            raise CheckpointError(f"The weights file of {name!r} is missing from the package ({path}).")
+            raise CheckpointError(
+                f"The weights file of {name!r} is missing from the package ({path})."
+            )
         offline = is_offline() if offline is None else offline
         if offline or not entry.url:
             raise CheckpointError(

@@ -94,7 +94,9 @@ class BackgroundJobs:
 
         self.state = JobState()
         self.last_error = ""
-        self.worker = create_worker(func, *args, self.state, _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(
+            func, *args, self.state, _start_thread=False, _ignore_errors=True
+        )
         self.worker.yielded.connect(on_yield)
         self.worker.returned.connect(on_return)
         self.worker.errored.connect(lambda exc: self._message(error_text(exc), error=True))
@@ -149,7 +151,9 @@ class ModelChooser(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         self.model_combo = QComboBox()
-        self.model_combo.setToolTip("A registered model, a model you trained, or a checkpoint file (.safetensors)")
+        self.model_combo.setToolTip(
+            "A registered model, a model you trained, or a checkpoint file (.safetensors)"
+        )
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         idx = self.device_combo.findText(settings.device)
@@ -161,7 +165,9 @@ class ModelChooser(QWidget):
         self.memory_spin.setRange(16, 1_000_000)
         self.memory_spin.setSuffix(" MB")
         self.memory_spin.setValue(int(settings.memory_mb))
-        self.memory_spin.setToolTip("Memory budget of one backbone pass; larger images are scored in tiles")
+        self.memory_spin.setToolTip(
+            "Memory budget of one backbone pass; larger images are scored in tiles"
+        )
         self.info = QLabel()
         self.info.setWordWrap(True)
         self.info.setVisible(False)
@@ -180,8 +186,11 @@ class ModelChooser(QWidget):
         from ..weights import DEFAULT_MODEL, REGISTRY, list_models
 
         keep = self.current_model()
-        extra = [self.model_combo.itemData(i) for i in range(self.model_combo.count())
-                 if self.model_combo.itemData(i) and Path(str(self.model_combo.itemData(i))).suffix]
+        extra = [
+            self.model_combo.itemData(i)
+            for i in range(self.model_combo.count())
+            if self.model_combo.itemData(i) and Path(str(self.model_combo.itemData(i))).suffix
+        ]
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         try:

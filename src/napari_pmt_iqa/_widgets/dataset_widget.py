@@ -46,7 +46,14 @@ def load_job(path: str, layout: str, part: str, limit: int, state: JobState):
         from ..data.datasets import load_dataset
         from ..imaging import read_image
 
-        kwargs = {"part": part} if (layout == "biq2021" or (layout == "auto" and (Path(path) / "Train (Images and MOS).csv").exists())) else {}
+        kwargs = (
+            {"part": part}
+            if (
+                layout == "biq2021"
+                or (layout == "auto" and (Path(path) / "Train (Images and MOS).csv").exists())
+            )
+            else {}
+        )
         ds = load_dataset(path, layout=layout, **kwargs)
         samples = ds.samples[: max(1, int(limit))]
         failed = []
@@ -86,8 +93,15 @@ def score_all_job(images: list, model, device: str, memory_mb: float, rgb: list,
                 state.progress(k + done / max(total, 1), n)
 
             try:
-                res = score(img, net, maps=False, memory_mb=memory_mb, rgb=rgb[k], progress=prog,
-                            cancel=state.cancelled)
+                res = score(
+                    img,
+                    net,
+                    maps=False,
+                    memory_mb=memory_mb,
+                    rgb=rgb[k],
+                    progress=prog,
+                    cancel=state.cancelled,
+                )
             except ScoringCancelled:
                 return ("cancelled", state.reason or "Scoring was cancelled.")
             state.progress(k + 1, n)
@@ -204,9 +218,16 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.pred = np.zeros(0)
         self.plot.set_points([], [])
         self.metrics_label.setText("")
-        self._start_job(load_job, path, self.layout_combo.currentText(), self.part_combo.currentText(),
-                    self.limit_spin.value(), on_yield=self._on_loaded_item, on_return=self._on_loaded,
-                    text=f"Loading {path}…")
+        self._start_job(
+            load_job,
+            path,
+            self.layout_combo.currentText(),
+            self.part_combo.currentText(),
+            self.limit_spin.value(),
+            on_yield=self._on_loaded_item,
+            on_return=self._on_loaded,
+            text=f"Loading {path}…",
+        )
 
     def _on_loaded_item(self, item) -> None:
         if item[0] == "dataset":
@@ -216,10 +237,18 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.samples.append(sample)
         self._images.append(arr)
         if not self.stack_check.isChecked():
-            meta = {DATASET_KEY: {"mos": float(sample.mos), "path": str(sample.path),
-                                  "dataset": self.dataset.name, "units": self.dataset.scale.name, "index": len(self.samples) - 1}}
-            layer = self.viewer.add_image(arr, name=sample.path.name, metadata=meta,
-                                          visible=len(self.layers) == 0)
+            meta = {
+                DATASET_KEY: {
+                    "mos": float(sample.mos),
+                    "path": str(sample.path),
+                    "dataset": self.dataset.name,
+                    "units": self.dataset.scale.name,
+                    "index": len(self.samples) - 1,
+                }
+            }
+            layer = self.viewer.add_image(
+                arr, name=sample.path.name, metadata=meta, visible=len(self.layers) == 0
+            )
             self.layers.append(layer)
             self._images[-1] = None  # the layer holds it
 
@@ -236,17 +265,36 @@ class DatasetWidget(BackgroundJobs, QWidget):
         if self.stack_check.isChecked() and self._images:
             shapes = {a.shape for a in self._images}
             if len(shapes) == 1:
-                meta = {DATASET_KEY: {"mos": self.mos.tolist(), "paths": [str(s.path) for s in self.samples],
-                                      "dataset": self.dataset.name, "units": self.dataset.scale.name}}
-                self.stack_layer = self.viewer.add_image(np.stack(self._images), name=f"{self.dataset.name} stack",
-                                                         metadata=meta)
+                meta = {
+                    DATASET_KEY: {
+                        "mos": self.mos.tolist(),
+                        "paths": [str(s.path) for s in self.samples],
+                        "dataset": self.dataset.name,
+                        "units": self.dataset.scale.name,
+                    }
+                }
+                self.stack_layer = self.viewer.add_image(
+                    np.stack(self._images), name=f"{self.dataset.name} stack", metadata=meta
+                )
             else:
-                self._message(f"The images have {len(shapes)} different shapes; they were loaded as separate "
-                              "layers instead of one stack.", warn=True)
+                self._message(
+                    f"The images have {len(shapes)} different shapes; they were loaded as separate "
+                    "layers instead of one stack.",
+                    warn=True,
+                )
                 for k, (arr, s) in enumerate(zip(self._images, self.samples)):
-                    meta = {DATASET_KEY: {"mos": float(s.mos), "path": str(s.path), "dataset": self.dataset.name,
-                                          "units": self.dataset.scale.name, "index": k}}
-                    self.layers.append(self.viewer.add_image(arr, name=s.path.name, metadata=meta, visible=k == 0))
+                    meta = {
+                        DATASET_KEY: {
+                            "mos": float(s.mos),
+                            "path": str(s.path),
+                            "dataset": self.dataset.name,
+                            "units": self.dataset.scale.name,
+                            "index": k,
+                        }
+                    }
+                    self.layers.append(
+                        self.viewer.add_image(arr, name=s.path.name, metadata=meta, visible=k == 0)
+                    )
             self._images = []
         self.plot.x_label = f"MOS ({self.dataset.scale.name})" if self.dataset else "MOS"
         if kind == "ok":
@@ -261,7 +309,9 @@ class DatasetWidget(BackgroundJobs, QWidget):
             if self.stack_layer not in self.viewer.layers:
                 return [], []
             data = np.asarray(self.stack_layer.data)
-            return [data[k] for k in range(data.shape[0])], [bool(self.stack_layer.rgb)] * data.shape[0]
+            return [data[k] for k in range(data.shape[0])], [
+                bool(self.stack_layer.rgb)
+            ] * data.shape[0]
         images, rgb = [], []
         for layer in self.layers:
             ok = layer in self.viewer.layers
@@ -288,19 +338,33 @@ class DatasetWidget(BackgroundJobs, QWidget):
             return
         missing = sum(i is None for i in images)
         if missing:
-            self._message(f"{missing} of the data set's layers were removed; they are skipped.", warn=True)
+            self._message(
+                f"{missing} of the data set's layers were removed; they are skipped.", warn=True
+            )
         self.pred = np.full(len(images), np.nan)
         self._units = ""
-        self._start_job(score_all_job, images, model, self.chooser.device(), self.chooser.memory_mb(), rgb,
-                    on_yield=self._on_scored_item, on_return=self._on_scored,
-                    text=f"Scoring {len(images)} images…")
+        self._start_job(
+            score_all_job,
+            images,
+            model,
+            self.chooser.device(),
+            self.chooser.memory_mb(),
+            rgb,
+            on_yield=self._on_scored_item,
+            on_return=self._on_scored,
+            text=f"Scoring {len(images)} images…",
+        )
 
     def _on_scored_item(self, item) -> None:
         _, k, value, units = item
         self.pred[k] = value
         if units:
             self._units = units
-        if self.stack_layer is None and k < len(self.layers) and self.layers[k] in self.viewer.layers:
+        if (
+            self.stack_layer is None
+            and k < len(self.layers)
+            and self.layers[k] in self.viewer.layers
+        ):
             self.layers[k].metadata[METADATA_KEY] = {"score": value, "units": units}
         self._update_plot()
 
@@ -308,11 +372,16 @@ class DatasetWidget(BackgroundJobs, QWidget):
         if out[0] == "error":
             self._message(f"Scoring failed: {out[1]}", error=True)
         elif out[0] == "cancelled":
-            self._message(f"{out[1]} {int(np.isfinite(self.pred).sum())} images were scored.", warn=True)
+            self._message(
+                f"{out[1]} {int(np.isfinite(self.pred).sum())} images were scored.", warn=True
+            )
         else:
             self._message(f"Scored {int(np.isfinite(self.pred).sum())} images.")
         if self.stack_layer is not None and self.stack_layer in self.viewer.layers:
-            self.stack_layer.metadata[METADATA_KEY] = {"scores": self.pred.tolist(), "units": self._units}
+            self.stack_layer.metadata[METADATA_KEY] = {
+                "scores": self.pred.tolist(),
+                "units": self._units,
+            }
         self._update_plot()
 
     def _update_plot(self) -> None:
@@ -324,7 +393,9 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.metrics = iqa_metrics(self.pred[ok], self.mos[ok])
         m = self.metrics
         if np.isfinite(m["srcc"]):
-            self.metrics_label.setText(f"SRCC {m['srcc']:.3f}   PLCC {m['plcc']:.3f}   (n = {m['n']})")
+            self.metrics_label.setText(
+                f"SRCC {m['srcc']:.3f}   PLCC {m['plcc']:.3f}   (n = {m['n']})"
+            )
         else:
             self.metrics_label.setText(f"n = {m['n']} (SRCC/PLCC need at least 3 different scores)")
 

@@ -163,7 +163,9 @@ class CurvesPlot(_PlotBase):
         a = self._area()
         p.setPen(QPen(QColor(170, 170, 170), 1))
         p.drawText(QRectF(a.right() + 2, a.top() - 6, 40, 14), Qt.AlignmentFlag.AlignLeft, "1")
-        p.drawText(QRectF(a.right() + 2, a.center().y() - 7, 40, 14), Qt.AlignmentFlag.AlignLeft, "0")
+        p.drawText(
+            QRectF(a.right() + 2, a.center().y() - 7, 40, 14), Qt.AlignmentFlag.AlignLeft, "0"
+        )
         p.drawText(QRectF(a.right() + 2, a.bottom() - 8, 40, 14), Qt.AlignmentFlag.AlignLeft, "-1")
         p.setPen(QPen(QColor(110, 110, 110), 1, Qt.PenStyle.DashLine))
         p.drawLine(QPointF(a.left(), a.center().y()), QPointF(a.right(), a.center().y()))
@@ -297,12 +299,16 @@ class FinetuneWidget(QWidget):
             models = {}
         for name, desc in models.items():
             self.init_combo.addItem(Path(name).name if Path(name).suffix else name, f"model:{name}")
-            self.init_combo.setItemData(self.init_combo.count() - 1, desc or name, Qt.ItemDataRole.ToolTipRole)
+            self.init_combo.setItemData(
+                self.init_combo.count() - 1, desc or name, Qt.ItemDataRole.ToolTipRole
+            )
         for label, bb in BACKBONES:
             self.init_combo.addItem(label, f"backbone:{bb}")
         self.init_combo.addItem(CHOOSE_FILE, None)
         i = self.init_combo.findData(f"model:{DEFAULT_MODEL}")
-        self.init_combo.setCurrentIndex(i if i >= 0 else self.init_combo.findData("backbone:efficientnet_lite0"))
+        self.init_combo.setCurrentIndex(
+            i if i >= 0 else self.init_combo.findData("backbone:efficientnet_lite0")
+        )
         self._last_init = self.init_combo.currentIndex()
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
@@ -313,16 +319,26 @@ class FinetuneWidget(QWidget):
         self.lr_combo = QComboBox()
         self.lr_combo.setEditable(True)
         self.lr_combo.addItems(LEARNING_RATES)
-        self.lr_combo.setToolTip("Backbone learning rate; the heads use 10x (divided by 10 every 6 epochs)")
-        self.freeze_check = QCheckBox("Freeze backbone (train the heads only: faster, fewer images)")
-        self.progressive_check = QCheckBox("Progressive schedule (classification first, then regression)")
+        self.lr_combo.setToolTip(
+            "Backbone learning rate; the heads use 10x (divided by 10 every 6 epochs)"
+        )
+        self.freeze_check = QCheckBox(
+            "Freeze backbone (train the heads only: faster, fewer images)"
+        )
+        self.progressive_check = QCheckBox(
+            "Progressive schedule (classification first, then regression)"
+        )
         self.progressive_check.setChecked(True)
         self.out_edit = QLineEdit(str(default_out_dir()))
-        self.out_edit.setToolTip("The run folder: best.safetensors, last.safetensors and state.pt go here")
+        self.out_edit.setToolTip(
+            "The run folder: best.safetensors, last.safetensors and state.pt go here"
+        )
         self.out_browse = QPushButton("...")
         self.out_browse.setFixedWidth(30)
         self.name_edit = QLineEdit("my-finetuned-model")
-        self.name_edit.setToolTip("Name of the model in the model lists (a copy goes to your models folder)")
+        self.name_edit.setToolTip(
+            "Name of the model in the model lists (a copy goes to your models folder)"
+        )
         out_row = QHBoxLayout()
         out_row.addWidget(self.out_edit, 1)
         out_row.addWidget(self.out_browse)
@@ -346,9 +362,13 @@ class FinetuneWidget(QWidget):
         lay.addLayout(b1)
         b2 = QHBoxLayout()
         self.resume_ckpt_button = QPushButton("Resume from checkpoint")
-        self.resume_ckpt_button.setToolTip("Continue the run in the output folder from its state.pt")
+        self.resume_ckpt_button.setToolTip(
+            "Continue the run in the output folder from its state.pt"
+        )
         self.use_button = QPushButton("Use in scorer")
-        self.use_button.setToolTip("Add the trained model to the score widget's model list and select it")
+        self.use_button.setToolTip(
+            "Add the trained model to the score widget's model list and select it"
+        )
         b2.addWidget(self.resume_ckpt_button)
         b2.addWidget(self.use_button)
         lay.addLayout(b2)
@@ -398,9 +418,11 @@ class FinetuneWidget(QWidget):
     def _apply_device_defaults(self, *_: Any) -> None:
         """Sensible settings for a CPU (few epochs, small batches, frozen backbone) or a GPU."""
         dev = self.device_combo.currentText()
-        kind = "gpu" if dev.startswith(("cuda", "mps")) or (
-            dev == "auto" and self.device_combo.count() > 2
-        ) else "cpu"
+        kind = (
+            "gpu"
+            if dev.startswith(("cuda", "mps")) or (dev == "auto" and self.device_combo.count() > 2)
+            else "cpu"
+        )
         d = DEFAULTS[kind]
         self.epochs_spin.setValue(d["epochs"])
         self.batch_spin.setValue(d["batch_size"])
@@ -484,14 +506,18 @@ class FinetuneWidget(QWidget):
                     "with the rating widget (keys 1-5), or choose a data set folder."
                 )
             if len({s for _, s in pairs}) < 2:
-                raise ValueError("All ratings are equal: give better and worse images different scores.")
+                raise ValueError(
+                    "All ratings are equal: give better and worse images different scores."
+                )
             kw["data"] = pairs
             kw["score_scale"] = ScoreScale(SCALE_LOW, SCALE_HIGH, True, SCALE_NAME)
             data_desc = f"{len(pairs)} planes rated in napari"
         else:
             path = self.data_edit.text().strip()
             if not path:
-                raise ValueError("Choose a data set folder (or a CSV image,mos), or train on ratings.")
+                raise ValueError(
+                    "Choose a data set folder (or a CSV image,mos), or train on ratings."
+                )
             kw["data"] = path
             kw["layout"] = self.layout_combo.currentText()
             data_desc = f"{path} (layout {kw['layout']})"
@@ -642,7 +668,9 @@ class FinetuneWidget(QWidget):
     def use_in_scorer(self) -> bool:
         """Announce the trained model again (``model_trained``): the score widget selects it."""
         if self.published_path is None or not Path(self.published_path).exists():
-            self._report_error("No trained model yet: train (or stop a run after its first epoch) first.")
+            self._report_error(
+                "No trained model yet: train (or stop a run after its first epoch) first."
+            )
             return False
         from ..weights import read_metadata
 
@@ -729,7 +757,9 @@ class FinetuneWidget(QWidget):
 
     def _update_progress_text(self) -> None:
         if self.state == State.PAUSED:
-            self.status_label.setText("Paused. Resume to go on, Stop to end and keep the best model.")
+            self.status_label.setText(
+                "Paused. Resume to go on, Stop to end and keep the best model."
+            )
             return
         if self.state == State.STOPPING or not self._done_batches:
             return
@@ -765,7 +795,9 @@ class FinetuneWidget(QWidget):
         best = getattr(res, "best_path", None)
         text = []
         if outcome.publish_error is not None:
-            self._report_error(user_message(outcome.publish_error, "Check that the models folder is writable."))
+            self._report_error(
+                user_message(outcome.publish_error, "Check that the models folder is writable.")
+            )
         if outcome.published is not None:
             self.published_path = Path(outcome.published)
             text.append(f"Best model: {best}\nAdded to your models as {self.published_path}")
@@ -777,16 +809,21 @@ class FinetuneWidget(QWidget):
             text.append("Stopped before the first epoch ended: no checkpoint was saved.")
         bv = getattr(res, "best_val", None) or {}
         if bv:
-            text.append("Best validation: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in bv.items()
-                                                         if isinstance(v, float)))
+            text.append(
+                "Best validation: "
+                + ", ".join(f"{k.upper()} {v:.3f}" for k, v in bv.items() if isinstance(v, float))
+            )
         self.result_label.setText("\n".join(text))
         self._set_state(State.STOPPED if stopped else State.DONE)
         from napari.utils.notifications import show_info
 
         show_info(
             ("Fine-tuning stopped" if stopped else "Fine-tuning finished")
-            + (f": the model is in the score widget's list ({Path(self.published_path).name})."
-               if self.published_path else ".")
+            + (
+                f": the model is in the score widget's list ({Path(self.published_path).name})."
+                if self.published_path
+                else "."
+            )
         )
 
     def _on_worker_error(self, exc: BaseException) -> None:
@@ -861,9 +898,20 @@ class FinetuneWidget(QWidget):
         )
         self.use_button.setEnabled(not busy and self.published_path is not None)
         for w in (
-            self.ratings_radio, self.folder_radio, self.data_edit, self.data_browse, self.layout_combo,
-            self.init_combo, self.device_combo, self.batch_spin, self.lr_combo,
-            self.freeze_check, self.progressive_check, self.out_edit, self.out_browse, self.name_edit,
+            self.ratings_radio,
+            self.folder_radio,
+            self.data_edit,
+            self.data_browse,
+            self.layout_combo,
+            self.init_combo,
+            self.device_combo,
+            self.batch_spin,
+            self.lr_combo,
+            self.freeze_check,
+            self.progressive_check,
+            self.out_edit,
+            self.out_browse,
+            self.name_edit,
         ):
             w.setEnabled(not busy)
         self.epochs_spin.setEnabled(not busy)

@@ -230,7 +230,9 @@ def overlay_specs(
     geom = first.maps.geometry
     if hasattr(result, "planes"):
         for p in result.planes[1:]:
-            if tuple(p.maps.geometry.scale) != tuple(geom.scale) or tuple(p.maps.geometry.translate) != tuple(geom.translate):
+            if tuple(p.maps.geometry.scale) != tuple(geom.scale) or tuple(
+                p.maps.geometry.translate
+            ) != tuple(geom.translate):
                 raise ValueError("The planes of the stack have different map geometries.")
     scale, translate = map_transform(geom, layer_scale, layer_translate)
     lo, hi = (float(v) for v in first.score_range)
@@ -246,24 +248,47 @@ def overlay_specs(
 
     specs = [
         OverlaySpec(
-            "quality", "image", _stack(result, "quality"),
-            {**base, "name": f"quality map, {units}, {direction_word(hib)} [{image_name}]",
-             "colormap": quality_colormap(hib), "contrast_limits": (lo, hi), "opacity": 0.6,
-             "blending": "translucent",
-             **meta("quality", "regression head: score of the 224 px crop centred on each 32 px cell")},
+            "quality",
+            "image",
+            _stack(result, "quality"),
+            {
+                **base,
+                "name": f"quality map, {units}, {direction_word(hib)} [{image_name}]",
+                "colormap": quality_colormap(hib),
+                "contrast_limits": (lo, hi),
+                "opacity": 0.6,
+                "blending": "translucent",
+                **meta(
+                    "quality",
+                    "regression head: score of the 224 px crop centred on each 32 px cell",
+                ),
+            },
         ),
         OverlaySpec(
-            "class", "labels", (_stack(result, "class_map") + 1).astype(np.int32),
-            {**base, "name": f"class map, label = class + 1 of {n_cls} [{image_name}]",
-             "colormap": class_colormap(n_cls, hib), "opacity": 0.6,
-             **meta("class", "classification head: most likely quality class of each crop")},
+            "class",
+            "labels",
+            (_stack(result, "class_map") + 1).astype(np.int32),
+            {
+                **base,
+                "name": f"class map, label = class + 1 of {n_cls} [{image_name}]",
+                "colormap": class_colormap(n_cls, hib),
+                "opacity": 0.6,
+                **meta("class", "classification head: most likely quality class of each crop"),
+            },
         ),
         OverlaySpec(
-            "confidence", "image", _stack(result, "confidence"),
-            {**base, "name": f"class confidence, probability 0-1 [{image_name}]",
-             "colormap": "gray", "contrast_limits": (0.0, 1.0), "opacity": 0.6,
-             "blending": "translucent",
-             **meta("confidence", "probability of the most likely class of each crop")},
+            "confidence",
+            "image",
+            _stack(result, "confidence"),
+            {
+                **base,
+                "name": f"class confidence, probability 0-1 [{image_name}]",
+                "colormap": "gray",
+                "contrast_limits": (0.0, 1.0),
+                "opacity": 0.6,
+                "blending": "translucent",
+                **meta("confidence", "probability of the most likely class of each crop"),
+            },
         ),
     ]
     scale_maps = _stack(result, "scale_maps")  # (*lead, 4, ny, nx)
@@ -273,11 +298,21 @@ def overlay_specs(
     for t in range(scale_maps.shape[-3]):
         specs.append(
             OverlaySpec(
-                f"scale{t}", "image", np.ascontiguousarray(scale_maps[..., t, :, :]),
-                {**base, "name": f"scale map {t + 1}/4 {names[t]}, score change in {units} [{image_name}]",
-                 "colormap": "PiYG", "contrast_limits": (-lim, lim), "opacity": 0.6,
-                 "blending": "translucent",
-                 **meta(f"scale{t}", "crop score minus the score with this tap replaced by its image mean")},
+                f"scale{t}",
+                "image",
+                np.ascontiguousarray(scale_maps[..., t, :, :]),
+                {
+                    **base,
+                    "name": f"scale map {t + 1}/4 {names[t]}, score change in {units} [{image_name}]",
+                    "colormap": "PiYG",
+                    "contrast_limits": (-lim, lim),
+                    "opacity": 0.6,
+                    "blending": "translucent",
+                    **meta(
+                        f"scale{t}",
+                        "crop score minus the score with this tap replaced by its image mean",
+                    ),
+                },
             )
         )
     for s in specs:

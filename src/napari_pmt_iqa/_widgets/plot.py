@@ -20,7 +20,9 @@ _POINT = QColor(80, 170, 255, 200)
 _NAN = QColor(120, 120, 120)
 
 
-def _nice_range(values: np.ndarray, fixed: tuple[float, float] | None = None) -> tuple[float, float]:
+def _nice_range(
+    values: np.ndarray, fixed: tuple[float, float] | None = None
+) -> tuple[float, float]:
     v = values[np.isfinite(values)] if values.size else values
     if fixed is not None:
         lo, hi = fixed
@@ -73,12 +75,34 @@ class _PlotBase(QWidget):
         f = p.font()
         f.setPointSizeF(max(6.0, f.pointSizeF() * 0.8))
         p.setFont(f)
-        p.drawText(QRectF(0, a.top() - 6, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[1], ys))
-        p.drawText(QRectF(0, a.bottom() - 8, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[0], ys))
-        p.drawText(QRectF(a.left(), a.bottom() + 2, 60, 14), Qt.AlignmentFlag.AlignLeft, self._fmt(self._xr[0], xs))
-        p.drawText(QRectF(a.right() - 60, a.bottom() + 2, 60, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._xr[1], xs))
-        p.drawText(QRectF(a.left() + 60, a.bottom() + 2, a.width() - 120, 14), Qt.AlignmentFlag.AlignHCenter, self.x_label)
-        p.drawText(QRectF(a.left(), 0, a.width(), 16), Qt.AlignmentFlag.AlignHCenter, self.title or self.y_label)
+        p.drawText(
+            QRectF(0, a.top() - 6, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[1], ys)
+        )
+        p.drawText(
+            QRectF(0, a.bottom() - 8, 54, 14),
+            Qt.AlignmentFlag.AlignRight,
+            self._fmt(self._yr[0], ys),
+        )
+        p.drawText(
+            QRectF(a.left(), a.bottom() + 2, 60, 14),
+            Qt.AlignmentFlag.AlignLeft,
+            self._fmt(self._xr[0], xs),
+        )
+        p.drawText(
+            QRectF(a.right() - 60, a.bottom() + 2, 60, 14),
+            Qt.AlignmentFlag.AlignRight,
+            self._fmt(self._xr[1], xs),
+        )
+        p.drawText(
+            QRectF(a.left() + 60, a.bottom() + 2, a.width() - 120, 14),
+            Qt.AlignmentFlag.AlignHCenter,
+            self.x_label,
+        )
+        p.drawText(
+            QRectF(a.left(), 0, a.width(), 16),
+            Qt.AlignmentFlag.AlignHCenter,
+            self.title or self.y_label,
+        )
 
 
 class LinePlot(_PlotBase):
@@ -90,7 +114,9 @@ class LinePlot(_PlotBase):
         self.current: int | None = None
         self.y_range: tuple[float, float] | None = None
 
-    def set_values(self, values: Sequence[float], y_range: tuple[float, float] | None = None) -> None:
+    def set_values(
+        self, values: Sequence[float], y_range: tuple[float, float] | None = None
+    ) -> None:
         """Values to plot (NaN for not yet scored) and an optional fixed y range."""
         self.values = np.asarray(values, dtype=float).ravel()
         self.y_range = y_range
@@ -212,7 +238,9 @@ class BarPlot(_PlotBase):
         self.values = np.zeros(0)
         self.colors: list[QColor] = []
 
-    def set_values(self, values: Sequence[float], colors: Sequence[Sequence[float]] | None = None) -> None:
+    def set_values(
+        self, values: Sequence[float], colors: Sequence[Sequence[float]] | None = None
+    ) -> None:
         self.values = np.asarray(values, dtype=float).ravel()
         self.colors = [QColor.fromRgbF(*[float(c) for c in col[:3]]) for col in (colors or [])]
         self.update()

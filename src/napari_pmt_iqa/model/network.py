@@ -142,7 +142,10 @@ class PMTIQA(nn.Module):
             self.tap_fc = nn.ModuleList([nn.Linear(c4, 4 * d)])
         ms = 4 * d
         self.trunk = nn.Sequential(
-            nn.Linear(ms, ms), nn.LeakyReLU(0.01), nn.Linear(ms, config.trunk_dim), nn.LeakyReLU(0.01)
+            nn.Linear(ms, ms),
+            nn.LeakyReLU(0.01),
+            nn.Linear(ms, config.trunk_dim),
+            nn.LeakyReLU(0.01),
         )
         self.reg_head = nn.Linear(config.trunk_dim, 1)
         # start the regression at the middle of the internal 0-100 scale, not at 0
@@ -257,7 +260,9 @@ class PMTIQA(nn.Module):
             out.append(sel)
         return out, ny, nx
 
-    def windows(self, maps: list[torch.Tensor], step: int | None = None) -> tuple[PMTOutput, int, int]:
+    def windows(
+        self, maps: list[torch.Tensor], step: int | None = None
+    ) -> tuple[PMTOutput, int, int]:
         """Outputs of every lattice window of whole-image stage maps (see :meth:`window_pooled`)."""
         pooled, ny, nx = self.window_pooled(maps, step)
         taps = self.taps_from_pooled(pooled)

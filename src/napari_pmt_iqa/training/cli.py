@@ -49,7 +49,9 @@ class ProgressPrinter:
 
         if isinstance(ev, E.Preparing) and self.bars:
             if self.bar is None:
-                self.bar = tqdm(total=ev.total, desc="decoding images", unit="img", file=self.file, leave=False)
+                self.bar = tqdm(
+                    total=ev.total, desc="decoding images", unit="img", file=self.file, leave=False
+                )
             self.bar.n = ev.done
             self.bar.refresh()
             if ev.done >= ev.total:
@@ -60,7 +62,11 @@ class ProgressPrinter:
             self._close()
             self.epochs = ev.epochs
             self.batches = ev.batches_per_epoch
-            extra = f", resumed at epoch {ev.start_epoch} batch {ev.start_batch}" if ev.resumed_from else ""
+            extra = (
+                f", resumed at epoch {ev.start_epoch} batch {ev.start_batch}"
+                if ev.resumed_from
+                else ""
+            )
             self._write(
                 f"training on {ev.device} x{ev.world_size}: {ev.n_train} images, {ev.n_val} for "
                 f"validation, {ev.batches_per_epoch} batches per epoch{extra}"
@@ -68,8 +74,14 @@ class ProgressPrinter:
         elif isinstance(ev, E.BatchEnd):
             if self.bars:
                 if self.bar is None:
-                    self.bar = tqdm(total=ev.batches, initial=ev.batch, desc=f"epoch {ev.epoch + 1}/{self.epochs}",
-                                    unit="batch", file=self.file, leave=False)
+                    self.bar = tqdm(
+                        total=ev.batches,
+                        initial=ev.batch,
+                        desc=f"epoch {ev.epoch + 1}/{self.epochs}",
+                        unit="batch",
+                        file=self.file,
+                        leave=False,
+                    )
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{ev.loss:.3f}", img_s=f"{ev.images_per_s:.1f}")
         elif isinstance(ev, E.EpochEnd):
@@ -86,7 +98,9 @@ class ProgressPrinter:
             )
         elif isinstance(ev, E.Stopped):
             self._close()
-            self._write(f"stopped at epoch {ev.epoch + 1}, batch {ev.batch}; state saved to {ev.state_path}")
+            self._write(
+                f"stopped at epoch {ev.epoch + 1}, batch {ev.batch}; state saved to {ev.state_path}"
+            )
         elif isinstance(ev, E.Finished):
             self._close()
             self._write(f"done: best val SRCC {_fmt(ev.best_val_srcc)}, {ev.best_path}")
@@ -102,10 +116,19 @@ class ProgressPrinter:
 # --------------------------------------------------------------------------- arguments
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data set folder or CSV (image,mos[,split])")
-    p.add_argument("--dataset", default="auto", choices=["auto", "csv", "livec", "biq2021"],
-                   help="layout of --data (default: detected)")
-    p.add_argument("--score-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                   help="range of the scores (default: the data set's, or inferred)")
+    p.add_argument(
+        "--dataset",
+        default="auto",
+        choices=["auto", "csv", "livec", "biq2021"],
+        help="layout of --data (default: detected)",
+    )
+    p.add_argument(
+        "--score-range",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="range of the scores (default: the data set's, or inferred)",
+    )
     p.add_argument("--lower-is-better", action="store_true", help="scores are DMOS-like")
     p.add_argument("--limit", type=int, help="use a random subset of this many images (quick runs)")
 
@@ -113,28 +136,46 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="output folder (best/last.safetensors, state.pt)")
-    p.add_argument("--init", help="registered model or checkpoint to fine-tune (default: ImageNet backbone)")
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   choices=["resnet50", "resnet34", "resnet18", "efficientnet_lite0", "tiny"])
-    p.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     p.add_argument(
-        "--no-multiscale", action="store_true",
+        "--init", help="registered model or checkpoint to fine-tune (default: ImageNet backbone)"
+    )
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=["resnet50", "resnet34", "resnet18", "efficientnet_lite0", "tiny"],
+    )
+    p.add_argument(
+        "--no-pretrained", action="store_true", help="start the backbone from random weights"
+    )
+    p.add_argument(
+        "--no-multiscale",
+        action="store_true",
         help="ablation: feed only the last backbone stage to the heads (no MS taps)",
     )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8, help="images per step (over all processes)")
     p.add_argument("--crops-per-image", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate")
-    p.add_argument("--head-lr", type=float, help="learning rate of the new layers (default 10 x --lr)")
+    p.add_argument(
+        "--head-lr", type=float, help="learning rate of the new layers (default 10 x --lr)"
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--lr-step", type=int, default=6, help="divide the rates by 10 every N epochs (0: never)")
+    p.add_argument(
+        "--lr-step", type=int, default=6, help="divide the rates by 10 every N epochs (0: never)"
+    )
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument(
-        "--no-sync-bn", action="store_true",
+        "--no-sync-bn",
+        action="store_true",
         help="multi-GPU runs: keep per-process batch-norm statistics instead of SyncBatchNorm",
     )
-    p.add_argument("--constant-weights", nargs="*", type=float, metavar="W",
-                   help="constant loss weights [W_REG W_CLS] (default 1 1) instead of the progressive schedule")
+    p.add_argument(
+        "--constant-weights",
+        nargs="*",
+        type=float,
+        metavar="W",
+        help="constant loss weights [W_REG W_CLS] (default 1 1) instead of the progressive schedule",
+    )
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -149,8 +190,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def add_subcommands(sub) -> None:
     """Add ``train``, ``eval`` and ``protocol`` to an argparse sub-parser collection."""
-    p = sub.add_parser("train", help="train or fine-tune a model",
-                       description="Train PMT-IQA (the paper's recipe by default).")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model",
+        description="Train PMT-IQA (the paper's recipe by default).",
+    )
     _add_train_args(p)
     p.add_argument("--resume", help="state.pt (or its folder) of an interrupted run")
     p.set_defaults(func=cmd_train)
@@ -158,8 +202,12 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("eval", help="SRCC/PLCC/KRCC of a model on a data set")
     _add_data_args(p)
     p.add_argument("--model", required=True, help="checkpoint file or registered model name")
-    p.add_argument("--part", default="test", choices=["train", "test", "all"],
-                   help="BIQ2021 part (default: test, the held-out split)")
+    p.add_argument(
+        "--part",
+        default="test",
+        choices=["train", "test", "all"],
+        help="BIQ2021 part (default: test, the held-out split)",
+    )
     p.add_argument("--split", help="only rows of this split column value (generic CSV layout)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -169,7 +217,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("protocol", help="the paper's protocol: N random 80/20 splits, median SRCC/PLCC")
+    p = sub.add_parser(
+        "protocol", help="the paper's protocol: N random 80/20 splits, median SRCC/PLCC"
+    )
     _add_train_args(p)
     p.add_argument("--splits", type=int, default=10)
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -194,16 +244,35 @@ def config_from_args(args):
     if cw is not None and len(cw) not in (0, 2):
         raise SystemExit("error: --constant-weights takes no value or two (W_REG W_CLS)")
     return TrainConfig(
-        data=args.data, layout=args.dataset, score_scale=_scale(args), out_dir=args.out,
-        init=args.init, backbone=args.backbone, pretrained=not args.no_pretrained, multiscale=not args.no_multiscale,
-        epochs=args.epochs, batch_size=args.batch_size, crops_per_image=args.crops_per_image,
-        lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, lr_step=args.lr_step,
-        freeze_backbone=args.freeze_backbone, sync_batchnorm=not args.no_sync_bn,
+        data=args.data,
+        layout=args.dataset,
+        score_scale=_scale(args),
+        out_dir=args.out,
+        init=args.init,
+        backbone=args.backbone,
+        pretrained=not args.no_pretrained,
+        multiscale=not args.no_multiscale,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        crops_per_image=args.crops_per_image,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        weight_decay=args.weight_decay,
+        lr_step=args.lr_step,
+        freeze_backbone=args.freeze_backbone,
+        sync_batchnorm=not args.no_sync_bn,
         progressive=cw is None,
-        loss_weights=tuple(cw) if cw else (1.0, 1.0), precision=args.precision, device=args.device,
-        val_fraction=args.val_fraction, seed=args.seed, num_workers=args.workers,
-        resume=getattr(args, "resume", None), max_batches=args.max_batches, limit=args.limit,
-        cache_mb=args.cache_mb, eval_batch_size=args.eval_batch_size,
+        loss_weights=tuple(cw) if cw else (1.0, 1.0),
+        precision=args.precision,
+        device=args.device,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        num_workers=args.workers,
+        resume=getattr(args, "resume", None),
+        max_batches=args.max_batches,
+        limit=args.limit,
+        cache_mb=args.cache_mb,
+        eval_batch_size=args.eval_batch_size,
     )
 
 
@@ -297,7 +366,9 @@ def cmd_eval(args) -> int:
                 raise DatasetError(f"No rows of {path} have split {args.split!r}.")
         ds = resolve_dataset(TrainConfig(data=ds, score_scale=_scale(args), limit=args.limit))
         if ds.skipped:
-            print(f"warning: {len(ds.skipped)} images left out, e.g. {ds.skipped[0]}", file=sys.stderr)
+            print(
+                f"warning: {len(ds.skipped)} images left out, e.g. {ds.skipped[0]}", file=sys.stderr
+            )
         from tqdm import tqdm
 
         bar = tqdm(total=len(ds), desc="scoring", unit="img", file=sys.stderr, leave=False)
@@ -306,8 +377,15 @@ def cmd_eval(args) -> int:
             bar.n = done
             bar.refresh()
 
-        m, preds = evaluate(args.model, ds, device=args.device, precision=args.precision,
-                            batch_size=args.batch_size, progress=progress, return_predictions=True)
+        m, preds = evaluate(
+            args.model,
+            ds,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            progress=progress,
+            return_predictions=True,
+        )
         bar.close()
     except (TrainingError, DatasetError, ImageError, CheckpointError, ValueError) as exc:
         return _error(exc)
@@ -320,12 +398,17 @@ def cmd_eval(args) -> int:
     if args.predictions:
         from .distributed import write_rows_csv
 
-        rows = [{"path": str(s.path), "mos": s.mos, "prediction": float(p)} for s, p in zip(ds.samples, preds)]
+        rows = [
+            {"path": str(s.path), "mos": s.mos, "prediction": float(p)}
+            for s, p in zip(ds.samples, preds)
+        ]
         write_rows_csv(args.predictions, rows, ("path", "mos", "prediction"))
     if args.json:
         print(json.dumps({**m, "data": ds.name, "model": str(args.model)}))
     else:
-        print(f"{ds.name}: n={m['n']}  SRCC {_fmt(m['srcc'])}  PLCC {_fmt(m['plcc'])}  KRCC {_fmt(m['krcc'])}")
+        print(
+            f"{ds.name}: n={m['n']}  SRCC {_fmt(m['srcc'])}  PLCC {_fmt(m['plcc'])}  KRCC {_fmt(m['krcc'])}"
+        )
     return 0
 
 
@@ -352,17 +435,26 @@ def cmd_protocol(args) -> int:
     try:
         cfg = config_from_args(args)
         listeners = [ProgressPrinter(bars=not args.no_progress)] if main else []
-        res = run_protocol(cfg, splits=args.splits, test_fraction=args.test_fraction,
-                           split_seed=args.split_seed, out_dir=args.out, listeners=listeners,
-                           control=control, on_split=on_split)
+        res = run_protocol(
+            cfg,
+            splits=args.splits,
+            test_fraction=args.test_fraction,
+            split_seed=args.split_seed,
+            out_dir=args.out,
+            listeners=listeners,
+            control=control,
+            on_split=on_split,
+        )
     except (TrainingError, DatasetError) as exc:
         return _error(exc)
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
     if main:
-        print(f"{len(res.rows)} splits: median SRCC {_fmt(res.median_srcc)}  median PLCC "
-              f"{_fmt(res.median_plcc)}  ({res.csv_path})")
+        print(
+            f"{len(res.rows)} splits: median SRCC {_fmt(res.median_srcc)}  median PLCC "
+            f"{_fmt(res.median_plcc)}  ({res.csv_path})"
+        )
     return EXIT_STOPPED if res.stopped else 0
 
 

@@ -41,19 +41,35 @@ def _rows(path: str, result) -> list[dict]:
     stack = planes is not None
     out = []
     for k, r in enumerate(planes if stack else [result]):
-        out.append({
-            "path": path, "plane": k if stack else "", "score": f"{r.score:.4f}", "units": r.units,
-            "predicted_class": r.predicted_class, "n_crops": r.n_crops, "error": "",
-        })
+        out.append(
+            {
+                "path": path,
+                "plane": k if stack else "",
+                "score": f"{r.score:.4f}",
+                "units": r.units,
+                "predicted_class": r.predicted_class,
+                "n_crops": r.n_crops,
+                "error": "",
+            }
+        )
     return out
 
 
 def _error_row(path: str, error: str) -> dict:
-    return {"path": path, "plane": "", "score": "", "units": "", "predicted_class": "",
-            "n_crops": "", "error": error}
+    return {
+        "path": path,
+        "plane": "",
+        "score": "",
+        "units": "",
+        "predicted_class": "",
+        "n_crops": "",
+        "error": error,
+    }
 
 
-def write_rows_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS) -> Path:
+def write_rows_csv(
+    path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS
+) -> Path:
     """Write rows to a CSV file atomically."""
     from ..weights import atomic_write_text
 
@@ -118,8 +134,16 @@ def distributed_score_files(
         for k, i in enumerate(mine):
             p = paths[i]
             try:
-                r = score(read_image(p), model=net, device=str(dev), maps=False,
-                          precision=precision, method=method, memory_mb=memory_mb, rgb=rgb)
+                r = score(
+                    read_image(p),
+                    model=net,
+                    device=str(dev),
+                    maps=False,
+                    precision=precision,
+                    method=method,
+                    memory_mb=memory_mb,
+                    rgb=rgb,
+                )
                 rows.append((i, _rows(p, r)))
             except (ImageError, OSError, ValueError) as exc:
                 rows.append((i, [_error_row(p, str(exc))]))

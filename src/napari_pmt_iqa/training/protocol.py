@@ -21,8 +21,19 @@ from .events import Control, Event
 from .trainer import TrainConfig, TrainingError, evaluate, resolve_dataset, train
 
 COLUMNS = (
-    "split", "split_seed", "n_train", "n_val", "n_test", "best_epoch", "epochs_done", "val_srcc",
-    "test_srcc", "test_plcc", "test_krcc", "seconds", "best_path",
+    "split",
+    "split_seed",
+    "n_train",
+    "n_val",
+    "n_test",
+    "best_epoch",
+    "epochs_done",
+    "val_srcc",
+    "test_srcc",
+    "test_plcc",
+    "test_krcc",
+    "seconds",
+    "best_path",
 )
 
 
@@ -47,9 +58,15 @@ def _write(path: Path, rows: list[dict], final: bool) -> None:
 
     out = list(rows)
     if final and rows:
-        out.append({"split": "median", "test_srcc": _median(rows, "test_srcc"),
-                    "test_plcc": _median(rows, "test_plcc"), "test_krcc": _median(rows, "test_krcc"),
-                    "val_srcc": _median(rows, "val_srcc")})
+        out.append(
+            {
+                "split": "median",
+                "test_srcc": _median(rows, "test_srcc"),
+                "test_plcc": _median(rows, "test_plcc"),
+                "test_krcc": _median(rows, "test_krcc"),
+                "val_srcc": _median(rows, "val_srcc"),
+            }
+        )
     write_rows_csv(path, out, COLUMNS)
 
 
@@ -106,27 +123,49 @@ def run_protocol(
             t0 = time.time()
             seed_i = split_seed + i
             pool, test = random_split(ds, test_fraction, seed=seed_i)
-            cfg = replace(config, data=pool, out_dir=out / f"split_{i:02d}", limit=None, resume=None)
+            cfg = replace(
+                config, data=pool, out_dir=out / f"split_{i:02d}", limit=None, resume=None
+            )
             r = train(cfg, listeners=listeners, control=control)
             if r.stopped:
                 res.stopped = True
                 break
-            row = {"split": i, "split_seed": seed_i, "n_train": r.n_train, "n_val": r.n_val,
-                   "n_test": len(test), "best_epoch": r.best_epoch, "epochs_done": r.epochs_done,
-                   "val_srcc": float(r.best_val.get("srcc", float("nan")))}
+            row = {
+                "split": i,
+                "split_seed": seed_i,
+                "n_train": r.n_train,
+                "n_val": r.n_val,
+                "n_test": len(test),
+                "best_epoch": r.best_epoch,
+                "epochs_done": r.epochs_done,
+                "val_srcc": float(r.best_val.get("srcc", float("nan"))),
+            }
             best = r.best_path or str(out / f"split_{i:02d}" / "best.safetensors")
             model = load_checkpoint(best, device=str(_dev))
-            m = evaluate(model, test, device=str(_dev), precision=config.precision,
-                         batch_size=config.eval_batch_size)
+            m = evaluate(
+                model,
+                test,
+                device=str(_dev),
+                precision=config.precision,
+                batch_size=config.eval_batch_size,
+            )
             if m.get("unreadable"):
                 import warnings
 
                 warnings.warn(
                     f"split {i}: {len(m['unreadable'])} test image(s) could not be read and are left "
-                    f"out, e.g. {m['unreadable'][0][0]}", RuntimeWarning, stacklevel=2,
+                    f"out, e.g. {m['unreadable'][0][0]}",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
-            row.update(n_test=m.get("n", len(test)), test_srcc=m["srcc"], test_plcc=m["plcc"],
-                       test_krcc=m["krcc"], seconds=time.time() - t0, best_path=best)
+            row.update(
+                n_test=m.get("n", len(test)),
+                test_srcc=m["srcc"],
+                test_plcc=m["plcc"],
+                test_krcc=m["krcc"],
+                seconds=time.time() - t0,
+                best_path=best,
+            )
             rows.append(row)
             if rank == 0:
                 _write(csv_path, rows, final=False)

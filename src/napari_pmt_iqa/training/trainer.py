@@ -287,7 +287,9 @@ class _Emitter:
             except Exception as exc:  # a broken listener must not kill the training
                 if id(fn) not in self._warned:
                     self._warned.add(id(fn))
-                    warnings.warn(f"A training listener failed: {exc!r}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"A training listener failed: {exc!r}", RuntimeWarning, stacklevel=2
+                    )
 
 
 # --------------------------------------------------------------------------- distributed context
@@ -391,7 +393,8 @@ def resolve_dataset(config: TrainConfig, init_scale=None):
         path = Path(data).expanduser()
         if not path.exists():
             raise TrainingError(
-                f"The data set {path} does not exist.", "Check the data path (--data, or the data set field of the fine-tune widget)."
+                f"The data set {path} does not exist.",
+                "Check the data path (--data, or the data set field of the fine-tune widget).",
             )
         ds = load_dataset(path, config.layout)
     else:
@@ -424,7 +427,9 @@ def resolve_dataset(config: TrainConfig, init_scale=None):
         if config.limit < len(ds):
             rng = random.Random(config.seed + 4242)
             keep = sorted(rng.sample(range(len(ds)), config.limit))
-            ds = replace(ds, samples=[ds.samples[i] for i in keep], name=f"{ds.name}[limit {config.limit}]")
+            ds = replace(
+                ds, samples=[ds.samples[i] for i in keep], name=f"{ds.name}[limit {config.limit}]"
+            )
     return ds
 
 
@@ -435,7 +440,9 @@ def split_train_val(ds, val_fraction: float, seed: int):
     has_split = any(s.split for s in ds.samples)
     if has_split:
         pool = ds.subset([s for s in ds.samples if s.split in (None, "", "train")], "[train]")
-        val = ds.subset([s for s in ds.samples if s.split in ("val", "valid", "validation")], "[val]")
+        val = ds.subset(
+            [s for s in ds.samples if s.split in ("val", "valid", "validation")], "[val]"
+        )
         if len(val) > 0:
             return pool, val
     else:
@@ -481,13 +488,19 @@ def predict_images(
             big = [j for j, im in ok if im.shape[0] * im.shape[1] > BATCH_EVAL_MAX_PIXELS]
             if small:
                 res = score_batch(
-                    [imgs[j - k] for j in small], model=model, device=dev, precision=precision,
-                    batch_size=batch_size, maps=False,
+                    [imgs[j - k] for j in small],
+                    model=model,
+                    device=dev,
+                    precision=precision,
+                    batch_size=batch_size,
+                    maps=False,
                 )
                 for j, r in zip(small, res):
                     out[j] = r.score
             for j in big:
-                out[j] = score(imgs[j - k], model=model, device=dev, maps=False, precision=precision).score
+                out[j] = score(
+                    imgs[j - k], model=model, device=dev, maps=False, precision=precision
+                ).score
             if progress:
                 progress(min(k + chunk, len(indices)), len(indices))
     finally:
@@ -542,17 +555,26 @@ def evaluate(
             return None
 
     preds = predict_images(
-        net, get_image, range(len(samples)),
-        device=None, precision=precision, batch_size=batch_size, progress=progress,
+        net,
+        get_image,
+        range(len(samples)),
+        device=None,
+        precision=precision,
+        batch_size=batch_size,
+        progress=progress,
     )
     ok = np.isfinite(preds)
     if not ok.any():
         first = unreadable[0][1] if unreadable else "the model gave no finite score"
-        raise TrainingError(f"None of the {len(samples)} evaluation images could be scored ({first}).")
+        raise TrainingError(
+            f"None of the {len(samples)} evaluation images could be scored ({first})."
+        )
     # compare on the internal scale of the model vs the data set's scale mapped there too
     mscale = getattr(net, "score_scale", None)
     p_int = np.asarray(mscale.to_internal(preds)) if mscale is not None else preds
-    m_int = np.asarray(data.scale.to_internal(np.asarray([s.mos for s in samples], dtype=np.float64)))
+    m_int = np.asarray(
+        data.scale.to_internal(np.asarray([s.mos for s in samples], dtype=np.float64))
+    )
     m = iqa_metrics(p_int[ok], m_int[ok])
     m["mae_internal"] = float(np.mean(np.abs(p_int[ok] - m_int[ok])))
     m["unreadable"] = unreadable
@@ -624,7 +646,9 @@ def train(
 class _Run:
     """One training run (the state of :func:`train`)."""
 
-    def __init__(self, config: TrainConfig, emit: _Emitter, control: Control, d: _Dist, device) -> None:
+    def __init__(
+        self, config: TrainConfig, emit: _Emitter, control: Control, d: _Dist, device
+    ) -> None:
         self.cfg = config
         self.emit = emit
         self.control = control
@@ -644,13 +668,19 @@ class _Run:
         if int(c.crops_per_image) < 1:
             raise TrainingError(f"crops_per_image must be at least 1; got {c.crops_per_image}.")
         if not (c.lr > 0) or (c.head_lr is not None and not c.head_lr > 0):
-            raise TrainingError(f"Learning rates must be positive; got lr={c.lr}, head_lr={c.head_lr}.")
+            raise TrainingError(
+                f"Learning rates must be positive; got lr={c.lr}, head_lr={c.head_lr}."
+            )
         if not 0 <= c.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1); got {c.val_fraction}.")
         if c.precision not in PRECISIONS:
-            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}.")
+            raise TrainingError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}."
+            )
         if c.precision == "fp16" and self.device.type != "cuda":
-            raise TrainingError("precision 'fp16' needs a CUDA GPU.", "Use --precision bf16 on a CPU.")
+            raise TrainingError(
+                "precision 'fp16' needs a CUDA GPU.", "Use --precision bf16 on a CPU."
+            )
         if c.batch_size % self.d.world:
             raise TrainingError(
                 f"batch_size ({c.batch_size}) is the number of images per step over all "
@@ -676,7 +706,9 @@ class _Run:
         if c.init is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model = PMTIQA(backbone=c.backbone, pretrained=c.pretrained, multiscale=c.multiscale)
+                model = PMTIQA(
+                    backbone=c.backbone, pretrained=c.pretrained, multiscale=c.multiscale
+                )
             for w in caught:
                 self.emit(DataIssue(str(w.message)))
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -707,7 +739,9 @@ class _Run:
                     + ".",
                     "Fix the paths or files (or remove them from the list) and start again.",
                 )
-            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(skipped[:10])
+            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(
+                skipped[:10]
+            )
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             self.emit(DataIssue(msg, tuple(skipped)))
         ntr = len(train_ds)
@@ -740,7 +774,9 @@ class _Run:
                 "Rate images with different scores.",
             )
         lo, hi = min(s.mos for s in samples), max(s.mos for s in samples)
-        if lo < scale.low - 1e-9 * abs(scale.high - scale.low) or hi > scale.high + 1e-9 * abs(scale.high - scale.low):
+        if lo < scale.low - 1e-9 * abs(scale.high - scale.low) or hi > scale.high + 1e-9 * abs(
+            scale.high - scale.low
+        ):
             msg = (
                 f"Scores range over {lo:g}..{hi:g}, beyond the score scale {scale.low:g}..{scale.high:g} "
                 f"({scale.name}); out-of-range scores fall into the end classes."
@@ -772,7 +808,9 @@ class _Run:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
         else:
-            groups.append({"params": list(model.backbone.parameters()), "lr": c.lr, "base_lr": c.lr})
+            groups.append(
+                {"params": list(model.backbone.parameters()), "lr": c.lr, "base_lr": c.lr}
+            )
         groups.append({"params": heads, "lr": head_lr, "base_lr": head_lr})
         return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
 
@@ -808,11 +846,16 @@ class _Run:
         }
         desc = c.description or f"PMT-IQA ({model.config.backbone}) trained on {self.ds.name}"
         return build_metadata(
-            model, score_scale=self.scale, training=training,
-            metrics={"val": val, "epoch": epoch}, description=desc,
+            model,
+            score_scale=self.scale,
+            training=training,
+            metrics={"val": val, "epoch": epoch},
+            description=desc,
         )
 
-    def _save_state(self, model, opt, scaler, epoch: int, batch: int, sums: list[float], best) -> None:
+    def _save_state(
+        self, model, opt, scaler, epoch: int, batch: int, sums: list[float], best
+    ) -> None:
         import torch
 
         from ..weights import atomic_write_bytes
@@ -855,7 +898,9 @@ class _Run:
         if path.is_dir():
             path = path / "state.pt"
         if not path.exists():
-            raise TrainingError(f"Cannot resume: {path} does not exist.", "Give the state.pt of an earlier run.")
+            raise TrainingError(
+                f"Cannot resume: {path} does not exist.", "Give the state.pt of an earlier run."
+            )
         try:
             st = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -943,17 +988,28 @@ class _Run:
 
         targets = [self.scale.to_internal(self.samples[i].mos) for i in self.train_idx]
         dataset = CropDataset(
-            self.store, self.train_idx, targets, crop_size=model.config.crop_size,
-            crops_per_image=c.crops_per_image, flip=c.flip, seed=c.seed,
+            self.store,
+            self.train_idx,
+            targets,
+            crop_size=model.config.crop_size,
+            crops_per_image=c.crops_per_image,
+            flip=c.flip,
+            seed=c.seed,
         )
         n_batches = len(self.train_idx) // c.batch_size
         if c.max_batches:
             n_batches = min(n_batches, c.max_batches)
         self.emit(
             Started(
-                epochs=c.epochs, batches_per_epoch=n_batches, n_train=len(self.train_idx),
-                n_val=len(self.val_idx), start_epoch=start_epoch, device=str(self.device),
-                start_batch=start_batch, world_size=self.d.world, resumed_from=self.resumed_from,
+                epochs=c.epochs,
+                batches_per_epoch=n_batches,
+                n_train=len(self.train_idx),
+                n_val=len(self.val_idx),
+                start_epoch=start_epoch,
+                device=str(self.device),
+                start_batch=start_batch,
+                world_size=self.d.world,
+                resumed_from=self.resumed_from,
             )
         )
         K = c.crops_per_image
@@ -972,7 +1028,9 @@ class _Run:
             sums = list(sums0) if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
             dataset.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=mine[b0:], num_workers=c.num_workers,
+                dataset,
+                batch_sampler=mine[b0:],
+                num_workers=c.num_workers,
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
                 prefetch_factor=4 if c.num_workers > 0 else None,
@@ -1019,9 +1077,15 @@ class _Run:
                 step_s = time.perf_counter() - t_mark - data_s
                 self.emit(
                     BatchEnd(
-                        epoch, bi, n_batches, lv, l1v, cev,
+                        epoch,
+                        bi,
+                        n_batches,
+                        lv,
+                        l1v,
+                        cev,
                         images_per_s=nb_img * self.d.world / max(data_s + step_s, 1e-9),
-                        data_s=data_s, step_s=step_s,
+                        data_s=data_s,
+                        step_s=step_s,
                     )
                 )
                 t_mark = time.perf_counter()
@@ -1039,11 +1103,17 @@ class _Run:
             if is_best:
                 best = [key, epoch, val]
             rec = {
-                "epoch": epoch, "w_reg": w_reg, "w_cls": w_cls, "lr": c.lr * factor,
-                "train_loss": tot[0] / max(tot[3], 1), "train_l1": tot[1] / max(tot[3], 1),
+                "epoch": epoch,
+                "w_reg": w_reg,
+                "w_cls": w_cls,
+                "lr": c.lr * factor,
+                "train_loss": tot[0] / max(tot[3], 1),
+                "train_l1": tot[1] / max(tot[3], 1),
                 "train_ce": tot[2] / max(tot[3], 1),
                 **{f"val_{k}": v for k, v in val.items()},
-                "seconds": time.time() - t_epoch, "train_seconds": train_s, "is_best": is_best,
+                "seconds": time.time() - t_epoch,
+                "train_seconds": train_s,
+                "is_best": is_best,
             }
             self.history.append(rec)
             if self.d.main:
@@ -1051,17 +1121,31 @@ class _Run:
 
                 meta = self._metadata(model, epoch, val)
                 save_checkpoint(last_path, model, meta)
-                self.emit(CheckpointSaved(str(last_path), epoch, "last", val.get("srcc", float("nan"))))
+                self.emit(
+                    CheckpointSaved(str(last_path), epoch, "last", val.get("srcc", float("nan")))
+                )
                 if is_best:
                     self.best_path = out / "best.safetensors"
                     save_checkpoint(self.best_path, model, meta)
-                    self.emit(CheckpointSaved(str(self.best_path), epoch, "best", val.get("srcc", float("nan"))))
+                    self.emit(
+                        CheckpointSaved(
+                            str(self.best_path), epoch, "best", val.get("srcc", float("nan"))
+                        )
+                    )
                 self._save_state(model, opt, scaler, epoch + 1, 0, [0.0] * 4, best)
             self.emit(
                 EpochEnd(
-                    epoch=epoch, epochs=c.epochs, w_reg=w_reg, w_cls=w_cls,
-                    train_loss=rec["train_loss"], train_l1=rec["train_l1"], train_ce=rec["train_ce"],
-                    val=val, lr=c.lr * factor, seconds=rec["seconds"], is_best=is_best,
+                    epoch=epoch,
+                    epochs=c.epochs,
+                    w_reg=w_reg,
+                    w_cls=w_cls,
+                    train_loss=rec["train_loss"],
+                    train_l1=rec["train_l1"],
+                    train_ce=rec["train_ce"],
+                    val=val,
+                    lr=c.lr * factor,
+                    seconds=rec["seconds"],
+                    is_best=is_best,
                 )
             )
             self._barrier()
@@ -1070,7 +1154,8 @@ class _Run:
             Finished(
                 best_path=best_path or "",
                 best_val_srcc=float(best[2].get("srcc", float("nan"))) if best[2] else float("nan"),
-                epochs_done=len(self.history), seconds=time.time() - t_start,
+                epochs_done=len(self.history),
+                seconds=time.time() - t_start,
             )
         )
         return self._result(False, best)
@@ -1083,7 +1168,9 @@ class _Run:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(
+            [1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu"
+        )
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
@@ -1099,7 +1186,9 @@ class _Run:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor(sums, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(
+            sums, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu"
+        )
         dist.all_reduce(t)
         return t.cpu().tolist()
 
@@ -1113,7 +1202,11 @@ class _Run:
         share = self.val_idx[self.d.rank :: self.d.world]
         try:
             preds = predict_images(
-                model, self.store.get, share, device=self.device, precision=self.cfg.precision,
+                model,
+                self.store.get,
+                share,
+                device=self.device,
+                precision=self.cfg.precision,
                 batch_size=self.cfg.eval_batch_size,
             )
         except ModelOutputError as exc:
@@ -1139,7 +1232,9 @@ class _Run:
             self._save_state(model, opt, scaler, epoch, batch, sums, best)
         self._barrier()
         self.emit(
-            Stopped(epoch, batch, str(self.best_path) if self.best_path else "", str(self.state_path))
+            Stopped(
+                epoch, batch, str(self.best_path) if self.best_path else "", str(self.state_path)
+            )
         )
         return self._result(True, best)
 
