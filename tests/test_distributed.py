@@ -60,7 +60,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     _torchrun(
         [
             "-m",
-            "napari_pmt_iqa.training.cli",
+            "napari_pmt_iqa",
             "train",
             "--data",
             str(data),

@@ -1,4 +1,9 @@
-"""The ``pmt-iqa`` command line: ``score`` here, ``train``/``eval``/``protocol`` from training."""
+"""The ``pmt-iqa`` command line: one module per verb (``score``, ``train``, ``eval``, ``protocol``).
+
+What several verbs share lives in :mod:`._common`. Entry point: ``napari_pmt_iqa.cli:main`` (also
+``python -m napari_pmt_iqa ...`` and ``torchrun -m napari_pmt_iqa train ...``). torch is imported only
+when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,26 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pmt-iqa", description="Blind image quality assessment with PMT-IQA."
     )
     parser.add_argument("--version", action="version", version=f"napari-pmt-iqa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from .cli_score import add_subcommands as add_score
+    from .score import add_subcommands as add_score
 
     add_score(sub)
     try:
-        from .training.cli import add_subcommands as add_training
+        from .eval import add_subcommands as add_eval
+        from .protocol import add_subcommands as add_protocol
+        from .train import add_subcommands as add_train
     except ImportError:  # training CLI not available
         pass
     else:
-        add_training(sub)
+        add_train(sub)
+        add_eval(sub)
+        add_protocol(sub)
     return parser
 
 

@@ -8,7 +8,11 @@ import csv
 import pytest
 
 from _iqa_data import make_dataset
-from napari_pmt_iqa.training import cli as tcli
+from napari_pmt_iqa import cli
+from napari_pmt_iqa.cli import _common
+from napari_pmt_iqa.cli import eval as cli_eval
+from napari_pmt_iqa.cli import protocol as cli_protocol
+from napari_pmt_iqa.cli import train as cli_train
 from napari_pmt_iqa.weights import read_metadata
 
 TINY = [
@@ -31,24 +35,22 @@ def data_dir(tmp_path_factory):
 def test_subcommands_plug_into_the_main_parser():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
-    tcli.add_subcommands(sub)
+    for verb in (cli_train, cli_eval, cli_protocol):
+        verb.add_subcommands(sub)
     args = p.parse_args(["train", "--data", "d", "--out", "o", "--constant-weights"])
-    assert args.func is tcli.cmd_train
-    cfg = tcli.config_from_args(args)
+    assert args.func is cli_train.cmd_train
+    cfg = _common.config_from_args(args)
     assert cfg.progressive is False and cfg.loss_weights == (1.0, 1.0) and cfg.lr == 1e-4
-    try:
-        from napari_pmt_iqa.cli import build_parser
-    except ImportError:  # pragma: no cover - the score CLI is another module
-        return
     assert (
-        build_parser().parse_args(["protocol", "--data", "d", "--out", "o"]).func
-        is tcli.cmd_protocol
+        p.parse_args(["eval", "--data", "d", "--model", "m"]).func is cli_eval.cmd_eval
+        and cli.build_parser().parse_args(["protocol", "--data", "d", "--out", "o"]).func
+        is cli_protocol.cmd_protocol
     )
 
 
 def test_train_then_eval(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = tcli.main(
+    rc = cli.main(
         [
             "train",
             "--data",
@@ -67,7 +69,7 @@ def test_train_then_eval(data_dir, tmp_path, capsys):
     assert rc == 0, text
     assert "val SRCC" in text and text.count("*") >= 1  # the per-epoch table
     assert read_metadata(out / "best.safetensors")["training"]["recipe"]["epochs"] == 2
-    rc = tcli.main(
+    rc = cli.main(
         [
             "eval",
             "--model",
@@ -88,20 +90,18 @@ def test_train_then_eval(data_dir, tmp_path, capsys):
 
 def test_train_bad_data_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "x.csv").write_text("img,quality\na.png,1\n")
-    rc = tcli.main(
-        ["train", "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), *TINY]
-    )
+    rc = cli.main(["train", "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), *TINY])
     err = capsys.readouterr().err
-    assert rc == tcli.EXIT_ERROR and "error:" in err and "'image' and 'mos'" in err
-    rc = tcli.main(
+    assert rc == _common.EXIT_ERROR and "error:" in err and "'image' and 'mos'" in err
+    rc = cli.main(
         ["eval", "--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path / "x.csv")]
     )
-    assert rc == tcli.EXIT_ERROR
+    assert rc == _common.EXIT_ERROR
 
 
 def test_protocol_writes_every_split_and_medians(data_dir, tmp_path, capsys):
     out = tmp_path / "proto"
-    rc = tcli.main(
+    rc = cli.main(
         [
             "protocol",
             "--data",
@@ -139,7 +139,7 @@ def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(
     csv_path = make_dataset(tmp_path / "d", n=9, size=64)
     (tmp_path / "d" / "img_004.png").write_bytes(b"not an image at all")
     # a predictions path that is a folder is refused before any scoring
-    rc = tcli.main(
+    rc = cli.main(
         [
             "eval",
             "--model",
@@ -153,8 +153,8 @@ def test_eval_leaves_out_unreadable_images_and_checks_outputs_first(
         ]
     )
     err = capsys.readouterr().err
-    assert rc == tcli.EXIT_ERROR and "is an existing folder" in err
-    rc = tcli.main(
+    assert rc == _common.EXIT_ERROR and "is an existing folder" in err
+    rc = cli.main(
         [
             "eval",
             "--model",
@@ -181,16 +181,16 @@ def test_training_input_mistakes_get_the_right_hint(tmp_path, capsys):
     text = csv_path.read_text().splitlines()
     all_test = tmp_path / "d" / "all_test.csv"
     all_test.write_text("\n".join([text[0] + ",split"] + [r + ",test" for r in text[1:]]) + "\n")
-    rc = tcli.main(["train", "--data", str(all_test), "--out", str(tmp_path / "o"), *TINY])
+    rc = cli.main(["train", "--data", str(all_test), "--out", str(tmp_path / "o"), *TINY])
     err = capsys.readouterr().err
-    assert rc == tcli.EXIT_ERROR and "marked split=test" in err and "Lower batch_size" not in err
+    assert rc == _common.EXIT_ERROR and "marked split=test" in err and "Lower batch_size" not in err
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    rc = tcli.main(["train", "--data", str(csv_path), "--out", str(blocker), *TINY])
+    rc = cli.main(["train", "--data", str(csv_path), "--out", str(blocker), *TINY])
     err = capsys.readouterr().err
-    assert rc == tcli.EXIT_ERROR and "is an existing file" in err
-    rc = tcli.main(
+    assert rc == _common.EXIT_ERROR and "is an existing file" in err
+    rc = cli.main(
         ["train", "--data", str(csv_path), "--out", str(tmp_path / "o2"), "--limit", "0", *TINY]
     )
     err = capsys.readouterr().err
-    assert rc == tcli.EXIT_ERROR and "limit must be at least 1" in err
+    assert rc == _common.EXIT_ERROR and "limit must be at least 1" in err

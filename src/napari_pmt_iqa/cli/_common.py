@@ -1,16 +1,13 @@
-"""``pmt-iqa train``, ``pmt-iqa eval`` and ``pmt-iqa protocol``.
-
-Multi-GPU or multi-node: the same commands under torchrun, e.g.
-``torchrun --nproc-per-node 4 -m napari_pmt_iqa train --data ... --out runs/x``.
-Ctrl-C once stops training cleanly (``state.pt`` is written; continue with ``--resume``), twice
-aborts.
+"""What several ``pmt-iqa`` verbs share: exit codes, the training progress printer, the data and
+training arguments, the ``TrainConfig`` built from them, Ctrl-C handling, error printing and the
+check that an output path can be written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,7 +42,7 @@ class ProgressPrinter:
     def __call__(self, ev) -> None:
         from tqdm import tqdm
 
-        from . import events as E
+        from ..training import events as E
 
         if isinstance(ev, E.Preparing) and self.bars:
             if self.bar is None:
@@ -188,45 +185,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the table stays)")
 
 
-def add_subcommands(sub) -> None:
-    """Add ``train``, ``eval`` and ``protocol`` to an argparse sub-parser collection."""
-    p = sub.add_parser(
-        "train",
-        help="train or fine-tune a model",
-        description="Train PMT-IQA (the paper's recipe by default).",
-    )
-    _add_train_args(p)
-    p.add_argument("--resume", help="state.pt (or its folder) of an interrupted run")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="SRCC/PLCC/KRCC of a model on a data set")
-    _add_data_args(p)
-    p.add_argument("--model", required=True, help="checkpoint file or registered model name")
-    p.add_argument(
-        "--part",
-        default="test",
-        choices=["train", "test", "all"],
-        help="BIQ2021 part (default: test, the held-out split)",
-    )
-    p.add_argument("--split", help="only rows of this split column value (generic CSV layout)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--predictions", help="write per-image predictions to this CSV")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--threads", type=int)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "protocol", help="the paper's protocol: N random 80/20 splits, median SRCC/PLCC"
-    )
-    _add_train_args(p)
-    p.add_argument("--splits", type=int, default=10)
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.set_defaults(func=cmd_protocol)
-
-
 def _scale(args):
     if not args.score_range and not args.lower_is_better:
         return None
@@ -238,7 +196,7 @@ def _scale(args):
 
 def config_from_args(args):
     """A :class:`TrainConfig` from parsed ``train``/``protocol`` arguments."""
-    from .trainer import TrainConfig
+    from ..training.trainer import TrainConfig
 
     cw = args.constant_weights
     if cw is not None and len(cw) not in (0, 2):
@@ -284,7 +242,7 @@ def _setup(args):
 
 
 def _is_main() -> bool:
-    from .distributed import world
+    from ..training.distributed import world
 
     return world()[0] == 0
 
@@ -312,160 +270,24 @@ def _error(exc) -> int:
     return EXIT_ERROR
 
 
-def cmd_train(args) -> int:
-    from ..data.datasets import DatasetError
-    from .events import Control
-    from .trainer import TrainingError, train
+def output_problem(path: str | os.PathLike, what: str, folder: bool = False) -> str:
+    """Why ``path`` cannot be written ("" if it can); checked before any work starts.
 
-    _setup(args)
-    control = Control()
-    old = _install_sigint(control)
+    ``folder``: the path is a folder to write files into (created if missing); otherwise a file,
+    which must not be an existing folder and whose folder must be writable.
+    """
+    import tempfile
+
+    path = Path(path)  # exactly the path that is written (the shell expands ~)
+    if not folder and path.is_dir():
+        return f"{what} {path} is an existing folder; give a file name (for example {path / 'scores.csv'})."
+    if folder and path.exists() and not path.is_dir():
+        return f"{what} {path} is an existing file, not a folder; choose another location."
+    target = path if folder else path.parent
     try:
-        cfg = config_from_args(args)
-        listeners = [ProgressPrinter(bars=not args.no_progress)] if _is_main() else []
-        result = train(cfg, listeners=listeners, control=control)
-    except (TrainingError, DatasetError) as exc:
-        return _error(exc)
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-    if result.stopped:
-        if _is_main():
-            print(f"resume with: --resume {result.state_path}")
-        return EXIT_STOPPED
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from ..data.datasets import DatasetError, load_biq2021, load_dataset
-    from ..imaging import ImageError
-    from ..weights import CheckpointError
-    from .trainer import TrainConfig, TrainingError, evaluate, resolve_dataset
-
-    _setup(args)
-    if args.predictions:
-        from ..cli_score import output_problem
-
-        problem = output_problem(args.predictions, "the predictions CSV")
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-    try:
-        path = Path(args.data).expanduser()
-        if not path.exists():
-            raise DatasetError(f"The data set {path} does not exist.")
-        layout = args.dataset
-        if layout == "auto":
-            from ..data.datasets import detect_layout
-
-            layout = detect_layout(path)
-        ds = load_biq2021(path, args.part) if layout == "biq2021" else load_dataset(path, layout)
-        if args.split:
-            ds = ds.split(args.split.lower())
-            if not len(ds):
-                raise DatasetError(f"No rows of {path} have split {args.split!r}.")
-        ds = resolve_dataset(TrainConfig(data=ds, score_scale=_scale(args), limit=args.limit))
-        if ds.skipped:
-            print(
-                f"warning: {len(ds.skipped)} images left out, e.g. {ds.skipped[0]}", file=sys.stderr
-            )
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(ds), desc="scoring", unit="img", file=sys.stderr, leave=False)
-
-        def progress(done, total):
-            bar.n = done
-            bar.refresh()
-
-        m, preds = evaluate(
-            args.model,
-            ds,
-            device=args.device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            progress=progress,
-            return_predictions=True,
-        )
-        bar.close()
-    except (TrainingError, DatasetError, ImageError, CheckpointError, ValueError) as exc:
-        return _error(exc)
-    unreadable = m.pop("unreadable", [])
-    for p, why in unreadable[:5]:
-        print(f"warning: left out {p}: {why}", file=sys.stderr)
-    if len(unreadable) > 5:
-        print(f"warning: {len(unreadable) - 5} more unreadable images left out", file=sys.stderr)
-    m["unreadable"] = len(unreadable)
-    if args.predictions:
-        from .distributed import write_rows_csv
-
-        rows = [
-            {"path": str(s.path), "mos": s.mos, "prediction": float(p)}
-            for s, p in zip(ds.samples, preds)
-        ]
-        write_rows_csv(args.predictions, rows, ("path", "mos", "prediction"))
-    if args.json:
-        print(json.dumps({**m, "data": ds.name, "model": str(args.model)}))
-    else:
-        print(
-            f"{ds.name}: n={m['n']}  SRCC {_fmt(m['srcc'])}  PLCC {_fmt(m['plcc'])}  KRCC {_fmt(m['krcc'])}"
-        )
-    return 0
-
-
-def cmd_protocol(args) -> int:
-    from ..data.datasets import DatasetError
-    from .events import Control
-    from .protocol import run_protocol
-    from .trainer import TrainingError
-
-    _setup(args)
-    control = Control()
-    old = _install_sigint(control)
-    main = _is_main()
-
-    def on_split(row):
-        if main:
-            print(
-                f"split {row['split']}: test SRCC {_fmt(row['test_srcc'])} PLCC {_fmt(row['test_plcc'])} "
-                f"KRCC {_fmt(row['test_krcc'])} (val SRCC {_fmt(row['val_srcc'])}, best epoch "
-                f"{row['best_epoch']}, {row['seconds']:.0f}s)",
-                flush=True,
-            )
-
-    try:
-        cfg = config_from_args(args)
-        listeners = [ProgressPrinter(bars=not args.no_progress)] if main else []
-        res = run_protocol(
-            cfg,
-            splits=args.splits,
-            test_fraction=args.test_fraction,
-            split_seed=args.split_seed,
-            out_dir=args.out,
-            listeners=listeners,
-            control=control,
-            on_split=on_split,
-        )
-    except (TrainingError, DatasetError) as exc:
-        return _error(exc)
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-    if main:
-        print(
-            f"{len(res.rows)} splits: median SRCC {_fmt(res.median_srcc)}  median PLCC "
-            f"{_fmt(res.median_plcc)}  ({res.csv_path})"
-        )
-    return EXIT_STOPPED if res.stopped else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m napari_pmt_iqa.training.cli train|eval|protocol ...`` (without ``score``)."""
-    parser = argparse.ArgumentParser(prog="pmt-iqa")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_subcommands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        return f"cannot write {what} in {target} ({exc.strerror or exc}); choose another location."
+    return ""

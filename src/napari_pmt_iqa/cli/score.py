@@ -35,6 +35,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._common import output_problem
+
 #: CSV columns. ``plane`` is empty for a 2D image and the plane index for the planes of a stack;
 #: ``score_low``/``score_high``/``higher_is_better`` say what the score means.
 CSV_FIELDS = (
@@ -111,7 +113,7 @@ def expand_paths(
         The image files in the order given (each folder's files sorted), without duplicates, and a
         result row for each path that is neither a file nor a folder.
     """
-    from .data.datasets import load_image_folder
+    from ..data.datasets import load_image_folder
 
     files: list[Path] = []
     errors: list[dict] = []
@@ -149,7 +151,7 @@ def _row(path, error: str = "", **values) -> dict:
 
 
 def _result_rows(path: Path, result) -> list[dict]:
-    from .scoring import StackResult
+    from ..scoring import StackResult
 
     planes = result.planes if isinstance(result, StackResult) else [result]
     rows = []
@@ -178,8 +180,8 @@ def _save_maps(maps_dir: Path, path: Path, result, used: set[str]) -> None:
     """
     import numpy as np
 
-    from .scoring import StackResult
-    from .weights import atomic_write_bytes
+    from ..scoring import StackResult
+    from ..weights import atomic_write_bytes
 
     planes = result.planes if isinstance(result, StackResult) else [result]
     if any(r.maps is None for r in planes):
@@ -214,7 +216,7 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        from .weights import atomic_write_text
+        from ..weights import atomic_write_text
 
         atomic_write_text(out, buf.getvalue())
 
@@ -237,8 +239,8 @@ def score_files(
     """
     from tqdm import tqdm
 
-    from .imaging import ImageError, read_image
-    from .scoring import score
+    from ..imaging import ImageError, read_image
+    from ..scoring import score
 
     rows: list[dict] = []
     used: set[str] = set()
@@ -274,7 +276,7 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
     ``rows`` is what the helper returns: the result rows on rank 0, ``None`` on the other ranks.
     """
     try:
-        from .training.distributed import distributed_score_files
+        from ..training.distributed import distributed_score_files
     except (ImportError, AttributeError):
         print(
             f"warning: WORLD_SIZE={os.environ.get('WORLD_SIZE')} but distributed scoring is not "
@@ -300,29 +302,6 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
 
 
 # --------------------------------------------------------------------------- entry point
-def output_problem(path: str | os.PathLike, what: str, folder: bool = False) -> str:
-    """Why ``path`` cannot be written ("" if it can); checked before any work starts.
-
-    ``folder``: the path is a folder to write files into (created if missing); otherwise a file,
-    which must not be an existing folder and whose folder must be writable.
-    """
-    import tempfile
-
-    path = Path(path)  # exactly the path that is written (the shell expands ~)
-    if not folder and path.is_dir():
-        return f"{what} {path} is an existing folder; give a file name (for example {path / 'scores.csv'})."
-    if folder and path.exists() and not path.is_dir():
-        return f"{what} {path} is an existing file, not a folder; choose another location."
-    target = path if folder else path.parent
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target):
-            pass
-    except OSError as exc:
-        return f"cannot write {what} in {target} ({exc.strerror or exc}); choose another location."
-    return ""
-
-
 def _unwritable_outputs(args: argparse.Namespace) -> str:
     """Check, before any scoring, that the CSV and the maps folder can be written ("" if fine)."""
     if args.csv is not None:
@@ -360,9 +339,9 @@ def run_score(args: argparse.Namespace) -> int:
         if (available and result_rows is None) or (not available and rank != 0):
             return 0  # a non-zero rank of a distributed run: rank 0 writes the table
     if result_rows is None:
-        from .devices import DeviceError
-        from .scoring import check_options, get_model
-        from .weights import CheckpointError
+        from ..devices import DeviceError
+        from ..scoring import check_options, get_model
+        from ..weights import CheckpointError
 
         try:
             model = get_model(args.model, args.device)

@@ -1,0 +1,1 @@
+"""Tests of the ``pmt-iqa`` command line (``napari_pmt_iqa.cli``), one file per verb group."""
