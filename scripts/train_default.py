@@ -42,7 +42,8 @@ import torch
 from napari_pmt_iqa.data.crops import DecodeCache, RandomCropDataset
 from napari_pmt_iqa.data.datasets import load_biq2021, load_livec, random_split
 from napari_pmt_iqa.metrics import iqa_metrics
-from napari_pmt_iqa.model import PMTIQA, PMTLoss, ScoreScale, progressive_weights
+from napari_pmt_iqa.model import PMTIQA, PMTLoss, progressive_weights
+from napari_pmt_iqa.score_scale import ScoreScale
 from napari_pmt_iqa.scoring import score
 from napari_pmt_iqa.weights import atomic_write_bytes, build_metadata, save_checkpoint
 

@@ -10,7 +10,8 @@ import torch
 
 from napari_pmt_iqa import scoring
 from napari_pmt_iqa.imaging import ImageError
-from napari_pmt_iqa.model import PMTIQA, ScoreScale
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.score_scale import ScoreScale
 from napari_pmt_iqa.scoring import (
     ScoreResult,
     ScoringCancelled,

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from napari_pmt_iqa import weights as W
-from napari_pmt_iqa.model import PMTIQA, ScoreScale
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.score_scale import ScoreScale
 from napari_pmt_iqa.scoring import score
 
 

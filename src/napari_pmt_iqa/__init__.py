@@ -30,7 +30,7 @@ _LAZY = {
     "REGISTRY": "weights",
     "PMTIQA": "model",
     "ModelConfig": "model",
-    "ScoreScale": "model",
+    "ScoreScale": "score_scale",
     "ImageError": "imaging",
     "read_image": "imaging",
     "iqa_metrics": "metrics",
@@ -41,7 +41,8 @@ __all__ = ["__version__", *_LAZY]
 if TYPE_CHECKING:  # pragma: no cover
     from .imaging import ImageError, read_image
     from .metrics import iqa_metrics
-    from .model import PMTIQA, ModelConfig, ScoreScale
+    from .model import PMTIQA, ModelConfig
+    from .score_scale import ScoreScale
     from .scoring import (
         ModelOutputError,
         QualityMaps,

@@ -74,7 +74,7 @@ def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = Non
     guard_triton()
     from .data.datasets import DatasetError, detect_layout, load_dataset
     from .imaging import ImageError, read_image
-    from .model.losses import ScoreScale
+    from .score_scale import ScoreScale
 
     limit = get_settings().reader_max_images if limit is None else limit
     kwargs = {"part": "all"} if layout == "biq2021" else {}

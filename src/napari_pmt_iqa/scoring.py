@@ -432,7 +432,8 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
     """Heads, units, positions and maps from the window taps of one prepared plane."""
     import torch
 
-    from .model.losses import ScoreScale, class_edges
+    from .model.losses import class_edges
+    from .score_scale import ScoreScale
 
     crop = model.config.crop_size
     s, logits, parts = _heads(model, taps)

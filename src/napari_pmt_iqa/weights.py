@@ -91,7 +91,8 @@ def build_metadata(model, **extra: Any) -> dict:
     ``extra`` entries (``score_scale``, ``training``, ``metrics``, ``name``, ...) are merged in.
     """
     from ._version import __version__
-    from .model.losses import ScoreScale, class_edges
+    from .model.losses import class_edges
+    from .score_scale import ScoreScale
 
     scale = extra.pop("score_scale", None) or getattr(model, "score_scale", None) or ScoreScale()
     if isinstance(scale, ScoreScale):
@@ -228,8 +229,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model.losses import ScoreScale
     from .model.network import PMTIQA, ModelConfig
+    from .score_scale import ScoreScale
 
     path = Path(path)
     meta = read_metadata(path)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from napari_pmt_iqa import cli
-from napari_pmt_iqa.model import PMTIQA, ScoreScale
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.score_scale import ScoreScale
 from napari_pmt_iqa.weights import save_checkpoint
 
 

@@ -494,7 +494,7 @@ class FinetuneWidget(QWidget):
         ValueError
             Too few or constant ratings, no data folder, a bad learning rate.
         """
-        from ..model.losses import ScoreScale
+        from ..score_scale import ScoreScale
         from ..training import TrainConfig
 
         kw: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """IQA data sets in their official layouts, plus a generic folder-and-CSV layout.
 
 A data set here is a plain list of :class:`Sample` (image path, score, optional split and content
-id) with the :class:`~napari_pmt_iqa.model.losses.ScoreScale` of its scores. Loading images is the
+id) with the :class:`~napari_pmt_iqa.score_scale.ScoreScale` of its scores. Loading images is the
 job of :mod:`napari_pmt_iqa.data.crops`; this module only reads the annotations and checks them.
 
 Layouts
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..model.losses import ScoreScale
+from ..score_scale import ScoreScale
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 

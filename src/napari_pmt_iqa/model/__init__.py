@@ -1,9 +1,9 @@
 """The PMT-IQA network, its backbones and its losses."""
 
+from ..score_scale import ScoreScale
 from .backbones import BACKBONES, available_backbones, build_backbone
 from .losses import (
     PMTLoss,
-    ScoreScale,
     class_edges,
     constant_weights,
     progressive_weights,

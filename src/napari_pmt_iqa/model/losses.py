@@ -2,76 +2,16 @@
 
 The model always regresses on an internal scale of 0 (worst) to 100 (best). A data set's own units
 (LIVE-C's MOS 0-100, BIQ2021's 0-1, a DMOS where lower is better, ...) are mapped onto it by a
-:class:`ScoreScale`, which a checkpoint keeps so that scores come back in the units of its data.
+:class:`ScoreScale`, which a checkpoint keeps so that scores come back in the units of its data
+(``ScoreScale`` and ``INTERNAL_MAX`` live in :mod:`napari_pmt_iqa.score_scale`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-#: The internal scale the regression head works on.
-INTERNAL_MAX = 100.0
-
-
-@dataclass(frozen=True)
-class ScoreScale:
-    """The units of a data set's scores.
-
-    Parameters
-    ----------
-    low, high
-        The range of the scale (``low < high``), e.g. 0 and 100 for LIVE-C.
-    higher_is_better
-        False for DMOS-like scales.
-    name
-        Human-readable name of the units, e.g. ``"MOS (LIVE-C, 0-100)"``.
-    """
-
-    low: float = 0.0
-    high: float = 100.0
-    higher_is_better: bool = True
-    name: str = "quality score (0-100)"
-
-    def __post_init__(self) -> None:
-        if not (float(self.high) > float(self.low)):
-            raise ValueError(
-                f"A score range needs high > low; got low={self.low}, high={self.high} (zero or "
-                "negative width). Give the true range of the scores."
-            )
-
-    def to_internal(self, s):
-        """Map scores in these units to the internal 0-100 scale (higher is better)."""
-        u = (s - self.low) / (self.high - self.low)
-        if not self.higher_is_better:
-            u = 1.0 - u
-        return u * INTERNAL_MAX
-
-    def from_internal(self, s):
-        """Map internal 0-100 scores back to these units."""
-        u = s / INTERNAL_MAX
-        if not self.higher_is_better:
-            u = 1.0 - u
-        return self.low + u * (self.high - self.low)
-
-    def to_dict(self) -> dict:
-        return {
-            "low": float(self.low),
-            "high": float(self.high),
-            "higher_is_better": bool(self.higher_is_better),
-            "name": self.name,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ScoreScale:
-        return cls(
-            float(d["low"]),
-            float(d["high"]),
-            bool(d.get("higher_is_better", True)),
-            str(d.get("name", "")),
-        )
+from ..score_scale import INTERNAL_MAX, ScoreScale  # noqa: F401  (ScoreScale: re-exported)
 
 
 def class_edges(num_classes: int = 10) -> list[float]:

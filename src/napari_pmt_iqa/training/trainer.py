@@ -212,7 +212,7 @@ def _describe_data(data) -> Any:
 
 
 def _to_scale(value):
-    from ..model.losses import ScoreScale
+    from ..score_scale import ScoreScale
 
     if value is None or isinstance(value, ScoreScale):
         return value
@@ -692,7 +692,7 @@ class _Run:
     def _init_scale(self):
         if self.cfg.init is None:
             return None
-        from ..model.losses import ScoreScale
+        from ..score_scale import ScoreScale
         from ..weights import read_metadata, resolve_weights
 
         meta = read_metadata(resolve_weights(self.cfg.init))
