@@ -38,8 +38,8 @@ def test_overlays_match_crop_grid(tiny_model, rgb_image):
     keys = [s.key for s in specs]
     assert keys == ["quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"]
     q = specs[0]
-    assert q.data.shape == res.crop_scores.shape
-    np.testing.assert_allclose(q.data, res.crop_scores, rtol=1e-5)
+    assert q.data.shape == res.maps.quality.shape  # the crop grid, extended to the borders
+    np.testing.assert_allclose(res.maps.crop_grid(q.data), res.crop_scores, rtol=1e-5)
     assert q.kwargs["contrast_limits"] == tuple(float(v) for v in res.score_range)
     assert "quality map" in q.name and res.units in q.name
     assert q.kwargs["visible"] and not specs[1].kwargs["visible"]
@@ -47,8 +47,9 @@ def test_overlays_match_crop_grid(tiny_model, rgb_image):
     cy, cx = res.crop_positions[1, 2] + res.crop_size / 2 - 0.5
     sy, sx = q.kwargs["scale"]
     ty, tx = q.kwargs["translate"]
-    assert ty + 1 * sy == pytest.approx(5.0 + 2.0 * cy)
-    assert tx + 2 * sx == pytest.approx(-3.0 + 2.0 * cx)
+    top, _, left, _ = res.maps.padding
+    assert ty + (top + 1) * sy == pytest.approx(5.0 + 2.0 * cy)
+    assert tx + (left + 2) * sx == pytest.approx(-3.0 + 2.0 * cx)
     assert sy == pytest.approx(2.0 * LATTICE)
     # the class map is a labels layer, label = class + 1
     c = specs[1]
@@ -66,8 +67,8 @@ def test_stack_overlays_and_metadata(tiny_model, rgb_image):
     stack = np.stack([rgb_image, rgb_image[::-1]])
     res = score(stack, tiny_model, device="cpu")
     specs = overlay_specs(res, "stack", (4.0, 1.0, 1.0), (2.0, 0.0, 0.0))
-    assert specs[0].data.shape == (2,) + res.planes[0].crop_scores.shape
-    assert specs[3].data.shape == (2,) + res.planes[0].crop_scores.shape
+    assert specs[0].data.shape == (2,) + res.planes[0].maps.quality.shape
+    assert specs[3].data.shape == (2,) + res.planes[0].maps.quality.shape
     assert specs[0].kwargs["scale"][0] == 4.0 and specs[0].kwargs["translate"][0] == 2.0
     meta = result_metadata(res, "m")
     assert len(meta["scores"]) == 2 and len(meta["planes"]) == 2

@@ -49,10 +49,13 @@ def test_result_of_a_photo(tiny):
     np.testing.assert_array_equal(r.crop_positions[1, 2], [32, 64])
     assert r.crop_size == 224 and r.units and r.score_range == (0.0, 100.0)
     m = r.maps
-    assert m.quality.shape == m.class_map.shape == m.confidence.shape == (3, 5)
-    assert m.scale_maps.shape == (4, 3, 5)
+    # the 3 x 5 crop grid, its edge cells repeated 3 times outwards to reach the image borders
+    assert m.padding == (3, 3, 3, 3)
+    assert m.quality.shape == m.class_map.shape == m.confidence.shape == (9, 11)
+    assert m.scale_maps.shape == (4, 9, 11)
+    np.testing.assert_array_equal(m.crop_grid(m.quality), r.crop_scores.astype(np.float32))
     assert m.geometry.scale == (32.0, 32.0)
-    assert m.geometry.translate == (224 / 2 - 16, 224 / 2 - 16)
+    assert m.geometry.translate == (224 / 2 - 16 - 3 * 32, 224 / 2 - 16 - 3 * 32)
     assert ((m.confidence > 0) & (m.confidence <= 1)).all()
     d = r.to_dict()
     json.dumps(d)

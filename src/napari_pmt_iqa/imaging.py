@@ -195,3 +195,33 @@ def to_rgb01(plane: np.ndarray, intensity_range: tuple[float, float] | None = No
             return np.full(f.shape, 0.5, np.float32)
         out = (f - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def enlarge_to(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a small ``(H, W, C)`` image up to ``size = (H', W')``: the one enlargement rule.
+
+    Scoring (planes smaller than one crop) and training (images smaller than one crop) both use
+    it, so an image scores the same whichever path enlarged it: bicubic interpolation (pixel
+    centres aligned, no antialiasing), clipped to the value range (0-255 for ``uint8``, which
+    comes back as ``uint8``, rounded; 0-1 for anything else, RGB in [0, 1], which comes back as
+    ``float32``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    a = np.ascontiguousarray(rgb)
+    is_u8 = a.dtype == np.uint8
+    t = torch.from_numpy(a.astype(np.float32, copy=False)).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=tuple(int(v) for v in size), mode="bicubic", align_corners=False)
+    lo, hi = (0.0, 255.0) if is_u8 else (0.0, 1.0)
+    out = t[0].permute(1, 2, 0).clamp_(lo, hi).numpy()
+    return (out + 0.5).astype(np.uint8) if is_u8 else np.ascontiguousarray(out)
+
+
+def enlarged_size(h: int, w: int, min_side: int) -> tuple[int, int]:
+    """The size that brings the short side of an ``h`` x ``w`` image to exactly ``min_side``."""
+    if min(h, w) >= min_side:
+        return h, w
+    if h <= w:
+        return min_side, max(min_side, round(w * min_side / h))
+    return max(min_side, round(h * min_side / w)), min_side

@@ -3,7 +3,8 @@
 How an image is scored
 ----------------------
 1. The array is brought to RGB in [0, 1] (see :mod:`napari_pmt_iqa.imaging` for the intensity
-   rules). A plane smaller than one crop (224 px) is enlarged to it (bilinear).
+   rules). A plane smaller than one crop (224 px) is enlarged to it (bicubic,
+   :func:`napari_pmt_iqa.imaging.enlarge_to`, the rule training uses too).
 2. The plane is cut centrally to a multiple of 32 pixels per side (at most 31 pixels are dropped).
 3. **Crop grid**: every 224 x 224 window whose corner lies on a 32-pixel lattice is a crop (a
    500 x 500 photo has 9 x 9 = 81 of them). The grid is fixed, so the same image always gives the
@@ -28,7 +29,12 @@ Maps (``maps=True``) come from the same pass at almost no cost:
   the image average; negative: this scale pulls the score down here.
 
 A map cell covers the 32 x 32 pixels around its crop's centre; ``MapGeometry`` says where (cell
-size and the top-left corner of cell (0, 0) in original pixels, pixel-corner convention).
+size and the top-left corner of cell (0, 0) in original pixels, pixel-corner convention). The
+crop centres leave a border of about 112 pixels (half a crop) without a cell of their own: the maps
+cover it with the nearest crop's cell repeated outwards (edge cells extended to the image borders,
+``QualityMaps.padding`` says by how many cells on each side), so that every pixel of the image lies
+under a cell. The crop-grid part of a map is ``map[top : top + ny, left : left + nx]``; the image
+score is the mean of the crop scores, not of the extended map.
 ``napari_pmt_iqa._widgets.overlays.map_transform`` turns it into napari's ``scale``/``translate``
 (napari puts pixel centres on whole numbers, hence half a cell minus half a pixel more).
 """
@@ -82,7 +88,9 @@ class MapGeometry:
 class QualityMaps:
     """Per-task and per-scale maps of one plane (see the module docstring).
 
-    All arrays are ``(ny, nx)`` over the crop grid; ``scale_maps`` is ``(4, ny, nx)``.
+    All arrays are ``(my, mx)`` cells, ``scale_maps`` is ``(4, my, mx)``: the ``(ny, nx)`` crop
+    grid extended by ``padding = (top, bottom, left, right)`` cells (copies of the edge cells) so
+    that the cells cover the whole image.
     """
 
     quality: np.ndarray
@@ -91,6 +99,13 @@ class QualityMaps:
     scale_maps: np.ndarray
     geometry: MapGeometry
     tap_names: tuple[str, ...] = TAP_NAMES
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def crop_grid(self, arr: np.ndarray) -> np.ndarray:
+        """The part of a map (or of a stack of maps) that lies on the crop grid, ``(..., ny, nx)``."""
+        t, b, left, r = self.padding
+        h, w = arr.shape[-2:]
+        return arr[..., t : h - b, left : w - r]
 
 
 @dataclass
@@ -201,6 +216,7 @@ def get_model(model=None, device: str = "auto"):
             _MODEL_CACHE.move_to_end(key)
             return _MODEL_CACHE[key]
     m = load_checkpoint(path).to(dev)
+    m._pmt_loaded = True  # ours: may be stored channels-last (see _use_channels_last)
     with _CACHE_LOCK:
         _MODEL_CACHE[key] = m
         while len(_MODEL_CACHE) > 4:
@@ -223,6 +239,7 @@ class _Prepared:
     rgb: np.ndarray
     factor: float  # original pixels per prepared pixel
     offset: tuple[int, int]  # top-left of the prepared plane in (enlarged) pixels
+    full: tuple[int, int] = (0, 0)  # (H, W) of the whole (enlarged) plane before the central cut
 
 
 def _tile_to_float(a: np.ndarray) -> np.ndarray:
@@ -238,7 +255,7 @@ def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
     if plane.dtype == np.uint8 and intensity_range is None and min(h, w) >= crop:
         hh, ww = (h // LATTICE) * LATTICE, (w // LATTICE) * LATTICE
         oy, ox = (h - hh) // 2, (w - ww) // 2
-        return _Prepared(plane[oy : oy + hh, ox : ox + ww], 1.0, (oy, ox))
+        return _Prepared(plane[oy : oy + hh, ox : ox + ww], 1.0, (oy, ox), (h, w))
     rgb = to_rgb01(plane, intensity_range)
     h, w = rgb.shape[:2]
     factor = 1.0
@@ -250,30 +267,32 @@ def _prepare(plane: np.ndarray, crop: int, intensity_range=None) -> _Prepared:
             "say nothing about them (is an axis of the array misread? see rgb= and channel_axis=)."
         )
     if min(h, w) < crop:
-        import torch
-        import torch.nn.functional as F
+        from .imaging import enlarge_to, enlarged_size
 
-        # the short side becomes exactly one crop (math.ceil(h * f) could give crop + 1)
-        nh = crop if h <= w else max(crop, round(h * crop / w))
-        nw = crop if w <= h else max(crop, round(w * crop / h))
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)
-        rgb = t[0].permute(1, 2, 0).numpy()
+        # the short side becomes exactly one crop, by the rule training uses too
+        nh, nw = enlarged_size(h, w, crop)
+        rgb = enlarge_to(rgb, (nh, nw))
         factor = h / nh
         h, w = nh, nw
     hh, ww = (h // LATTICE) * LATTICE, (w // LATTICE) * LATTICE
     oy, ox = (h - hh) // 2, (w - ww) // 2
-    return _Prepared(np.ascontiguousarray(rgb[oy : oy + hh, ox : ox + ww]), factor, (oy, ox))
+    return _Prepared(
+        np.ascontiguousarray(rgb[oy : oy + hh, ox : ox + ww]), factor, (oy, ox), (h, w)
+    )
 
 
 def _use_channels_last(model) -> None:
-    """Store the model's 4D weights channels-last (once): convolutions over whole images run
-    faster in that layout (oneDNN on CPUs, cuDNN on GPUs); results are unchanged up to float
-    rounding. Modules in training keep working, in either layout.
+    """Store the weights of a model this module loaded channels-last (once): convolutions over
+    whole images run faster in that layout (oneDNN on CPUs, cuDNN on GPUs); results are unchanged
+    up to float rounding.
+
+    Only models that :func:`get_model` loaded from a checkpoint are converted: a model passed in by
+    the caller (one being trained, say) keeps its memory format, so that scoring it in the middle of
+    training changes nothing about the training (exact resume, no DDP gradient-stride warnings).
     """
     import torch
 
-    if getattr(model, "_pmt_channels_last", False):
+    if getattr(model, "_pmt_channels_last", False) or not getattr(model, "_pmt_loaded", False):
         return
     model.to(memory_format=torch.channels_last)
     model._pmt_channels_last = True
@@ -464,16 +483,32 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
                 s_alt, _ = model.heads(alt)
                 contrib.append(((s - s_alt.float().cpu()).numpy() * sign).reshape(ny, nx))
         conf, cls = probs.max(dim=1)
+        # the cells of the crop grid start half a crop (less half a cell) inside the prepared
+        # plane; edge cells are repeated outwards until they reach the image borders
+        y0, x0 = oy + crop / 2 - LATTICE / 2, ox + crop / 2 - LATTICE / 2
+        full_h, full_w = prep.full if prep.full != (0, 0) else prep.rgb.shape[:2]
+        pad = (
+            math.ceil(y0 / LATTICE),
+            math.ceil(max(0.0, full_h - (y0 + LATTICE * ny)) / LATTICE),
+            math.ceil(x0 / LATTICE),
+            math.ceil(max(0.0, full_w - (x0 + LATTICE * nx)) / LATTICE),
+        )
         geom = MapGeometry(
             scale=(LATTICE * f, LATTICE * f),
-            translate=((oy + crop / 2 - LATTICE / 2) * f, (ox + crop / 2 - LATTICE / 2) * f),
+            translate=((y0 - LATTICE * pad[0]) * f, (x0 - LATTICE * pad[2]) * f),
         )
+
+        def extend(a: np.ndarray) -> np.ndarray:
+            widths = [(0, 0)] * (a.ndim - 2) + [(pad[0], pad[1]), (pad[2], pad[3])]
+            return np.pad(a, widths, mode="edge")
+
         qmaps = QualityMaps(
-            quality=units.astype(np.float32),
-            class_map=cls.numpy().reshape(ny, nx).astype(np.int32),
-            confidence=conf.numpy().reshape(ny, nx).astype(np.float32),
-            scale_maps=np.stack(contrib).astype(np.float32),
+            quality=extend(units.astype(np.float32)),
+            class_map=extend(cls.numpy().reshape(ny, nx).astype(np.int32)),
+            confidence=extend(conf.numpy().reshape(ny, nx).astype(np.float32)),
+            scale_maps=extend(np.stack(contrib).astype(np.float32)),
             geometry=geom,
+            padding=pad,
         )
     return ScoreResult(
         score=float(scale.from_internal(float(s.mean()))),

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imaging import ImageError, read_image, standardize_layout, to_rgb01
+from ..imaging import (
+    ImageError,
+    enlarge_to,
+    enlarged_size,
+    read_image,
+    standardize_layout,
+    to_rgb01,
+)
 from .datasets import Sample
 
 
@@ -45,23 +52,23 @@ def array_to_rgb8(image, min_side: int = 224, name: str = "image") -> np.ndarray
         raise ImageError(
             f"{name}: a single 2D image is needed for training; got shape {arr.shape}."
         )
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageError(
+            f"{name}: {arr.shape[0]} x {arr.shape[1]} pixels is too small to train on."
+        )
+    h, w = arr.shape[:2]
+    small = min(h, w) < min_side
     if arr.dtype == np.uint8 and arr.shape[-1] in (3, 4):
         rgb = np.ascontiguousarray(arr[..., :3])
     elif arr.dtype == np.uint8 and arr.shape[-1] == 1:
         rgb = np.repeat(arr, 3, axis=-1)
+    elif small:  # enlarged in [0, 1] floats first, as scoring does, then quantised once
+        rgb01 = enlarge_to(to_rgb01(arr), enlarged_size(h, w, min_side))
+        return (np.clip(rgb01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
         rgb = (to_rgb01(arr) * 255.0 + 0.5).astype(np.uint8)
-    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        raise ImageError(
-            f"{name}: {rgb.shape[0]} x {rgb.shape[1]} pixels is too small to train on."
-        )
-    h, w = rgb.shape[:2]
-    if min(h, w) < min_side:
-        from PIL import Image
-
-        f = min_side / min(h, w)
-        size = (max(min_side, round(w * f)), max(min_side, round(h * f)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+    if small:  # the enlargement rule of scoring (imaging.enlarge_to)
+        rgb = enlarge_to(rgb, enlarged_size(h, w, min_side))
     return rgb
 
 
