@@ -122,14 +122,14 @@ class PMTIQA(nn.Module):
         t1, t2, t3 = config.tap_channels
         d = config.tap_dim
         g1, g2, g3, _ = TAP_GRIDS
-        self.reduce = nn.ModuleList(
-            [
-                nn.Conv2d(c1, t1, 1, bias=False),
-                nn.Conv2d(c2, t2, 1, bias=False),
-                nn.Conv2d(c3, t3, 1, bias=False),
-            ]
-        )
         if config.multiscale:
+            self.reduce = nn.ModuleList(
+                [
+                    nn.Conv2d(c1, t1, 1, bias=False),
+                    nn.Conv2d(c2, t2, 1, bias=False),
+                    nn.Conv2d(c3, t3, 1, bias=False),
+                ]
+            )
             self.tap_fc = nn.ModuleList(
                 [
                     nn.Linear(t1 * g1 * g1, d),
@@ -138,7 +138,9 @@ class PMTIQA(nn.Module):
                     nn.Linear(c4, d),
                 ]
             )
-        else:  # ablation: only the last stage, projected to the same width
+        else:  # ablation: only the last stage, projected to the same width (no tap layers at
+            # all, so that every parameter takes part in the loss: DDP needs that)
+            self.reduce = nn.ModuleList()
             self.tap_fc = nn.ModuleList([nn.Linear(c4, 4 * d)])
         ms = 4 * d
         self.trunk = nn.Sequential(
@@ -174,9 +176,12 @@ class PMTIQA(nn.Module):
     def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone stage maps, the first three already reduced by their 1x1 convolutions.
 
-        ``x`` is normalised input (see :meth:`normalize`) of any size.
+        ``x`` is normalised input (see :meth:`normalize`) of any size. Without the multi-scale
+        taps (the ablation) only the last map is used: the first three are returned as they are.
         """
         f1, f2, f3, f4 = self.backbone(x)
+        if not self.config.multiscale:
+            return [f1, f2, f3, f4]
         return [self.reduce[0](f1), self.reduce[1](f2), self.reduce[2](f3), f4]
 
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
