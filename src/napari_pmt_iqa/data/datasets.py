@@ -8,7 +8,10 @@ Layouts
 -------
 generic (``"csv"``)
     A folder with images and a CSV with the columns ``image,mos`` and optionally ``split``
-    (``train``/``test``/``val``). ``image`` is a path relative to the folder (or to the CSV).
+    (``train``/``test``/``val``) and ``ref`` (also ``content`` or ``reference``: which photo an
+    image is a version of; every version of one photo stays in one part of a split). ``image`` is a
+    path relative to the folder (or to the CSV). A score column named ``dmos`` (differential MOS)
+    is read as lower-is-better.
 LIVE-C (``"livec"``)
     The official ``ChallengeDB_release`` folder: ``Data/AllImages_release.mat``,
     ``Data/AllMOS_release.mat`` and ``Images/``. The seven training images ``t1``-``t7`` are
@@ -174,6 +177,10 @@ def load_csv_dataset(
             f"{path} must have the columns 'image' and 'mos' (found: {', '.join(cols) or 'none'})."
         )
     split_col = cols.get("split")
+    ref_col = next(
+        (cols[c] for c in ("ref", "reference", "content", "ref_image") if c in cols), None
+    )
+    dmos = scol.strip().lower() == "dmos"
     index = _case_insensitive_index(root) if root.is_dir() else None
     samples: list[Sample] = []
     bad_scores: list[str] = []
@@ -195,7 +202,8 @@ def load_csv_dataset(
             missing.append(rel)
             continue
         split = (row.get(split_col) or "").strip().lower() or None if split_col else None
-        samples.append(Sample(p, mos, split))
+        content = (row.get(ref_col) or "").strip() or None if ref_col else None
+        samples.append(Sample(p, mos, split, content))
     if bad_scores:
         raise DatasetError(
             f"{path}: {len(bad_scores)} rows have a missing or non-numeric score, e.g. "
@@ -209,6 +217,8 @@ def load_csv_dataset(
     _check_scores(str(path), samples)
     if scale is None:
         scale = infer_scale([s.mos for s in samples])
+        if dmos:  # a differential score: 0 is a perfect image
+            scale = ScoreScale(scale.low, scale.high, False, scale.name.replace("score", "DMOS", 1))
     ds = IQADataset(name or path.stem, samples, scale, root)
     ds.skipped = [f"{m}: file not found" for m in missing]
     return ds
