@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"crop score  |fast - crops|: mean {cd.mean():.4f}, max {cd.max():.4f}")
     print(f"SRCC between the two methods: {iqa_metrics(fast, crops)['srcc']:.4f}")
     if args.csv:
-        from napari_pmt_iqa.weights import atomic_write_text
+        from napari_pmt_iqa.atomic import atomic_write_text
 
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["path", "mos", "fast", "crops"], lineterminator="\n")

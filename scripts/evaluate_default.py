@@ -39,13 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_pmt_iqa.atomic import atomic_write_text
 from napari_pmt_iqa.data.crops import DecodeCache, load_rgb
 from napari_pmt_iqa.data.datasets import load_biq2021
 from napari_pmt_iqa.data.distortions import DISTORTIONS, distort
 from napari_pmt_iqa.metrics import iqa_metrics
 from napari_pmt_iqa.model import PMTIQA
 from napari_pmt_iqa.scoring import score
-from napari_pmt_iqa.weights import atomic_write_text, load_checkpoint
+from napari_pmt_iqa.weights import load_checkpoint
 
 
 def splits(livec_root, biq_root, split_seed=0):

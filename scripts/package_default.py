@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_pmt_iqa.atomic import atomic_write_text
 from napari_pmt_iqa.weights import (
     DEFAULT_MODEL,
     PACKAGE_WEIGHTS,
-    atomic_write_text,
     load_checkpoint,
     save_checkpoint,
     sha256_of,

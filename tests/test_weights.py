@@ -358,30 +358,6 @@ def test_list_models_includes_user_models(ckpt, tmp_path):
     assert str(udir / "junk.safetensors") not in listed
 
 
-def test_atomic_write_leaves_no_temporary_files(tmp_path):
-    target = tmp_path / "sub" / "out.txt"
-    W.atomic_write_text(target, "one")
-    W.atomic_write_text(target, "two")
-    assert target.read_text() == "two"
-    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    import os
-
-    target = tmp_path / "out.bin"
-    W.atomic_write_bytes(target, b"old")
-
-    def boom(*a):
-        raise OSError("disk full (test)")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
-        W.atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
-
-
 def test_a_cached_file_changed_after_verification_is_refused(ckpt):
     sha = W.sha256_of(ckpt)
     W.register(W.WeightsEntry("cached-model", sha, url="http://127.0.0.1:9/never-fetched"))

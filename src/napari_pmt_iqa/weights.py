@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import _suppress, atomic_write_bytes
+
 META_KEY = "napari_pmt_iqa"
 FORMAT_VERSION = 1
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -35,44 +37,6 @@ DEFAULT_MODEL = "pmt-lite0-livec-biq"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with a message that says why."""
-
-
-# --------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -227,7 +227,7 @@ def _file_stem(name: str) -> str:
 
 def _write_plane(path_no_suffix: Path, plane: np.ndarray) -> Path:
     """PNG for 8-bit grey/RGB(A) planes, TIFF (dtype kept) for everything else."""
-    from ..weights import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     if plane.dtype == np.uint8 and (plane.ndim == 2 or plane.shape[-1] in (3, 4)):
         import io
@@ -265,7 +265,7 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
     ValueError
         No rated image among ``layers``.
     """
-    from ..weights import atomic_write_text
+    from ..atomic import atomic_write_text
 
     csv_path = Path(csv_path)
     if csv_path.is_dir():

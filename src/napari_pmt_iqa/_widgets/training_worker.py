@@ -335,7 +335,8 @@ def publish_model(
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from ..weights import META_KEY, atomic_write_bytes, read_metadata, user_models_dir
+    from ..atomic import atomic_write_bytes
+    from ..weights import META_KEY, read_metadata, user_models_dir
 
     src = Path(checkpoint)
     meta = read_metadata(src)

@@ -180,8 +180,8 @@ def _save_maps(maps_dir: Path, path: Path, result, used: set[str]) -> None:
     """
     import numpy as np
 
+    from ..atomic import atomic_write_bytes
     from ..scoring import StackResult
-    from ..weights import atomic_write_bytes
 
     planes = result.planes if isinstance(result, StackResult) else [result]
     if any(r.maps is None for r in planes):
@@ -216,7 +216,7 @@ def write_csv(rows: list[dict], out: Path | None) -> None:
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        from ..weights import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(out, buf.getvalue())
 

@@ -71,7 +71,7 @@ def write_rows_csv(
     path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS
 ) -> Path:
     """Write rows to a CSV file atomically."""
-    from ..weights import atomic_write_text
+    from ..atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")

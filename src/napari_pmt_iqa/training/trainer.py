@@ -858,7 +858,7 @@ class _Run:
     ) -> None:
         import torch
 
-        from ..weights import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         st = {
             "format": STATE_FORMAT,
