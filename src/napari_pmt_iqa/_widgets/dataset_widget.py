@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
 
 from .._torch_guard import guard_triton
 from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from .charts import ScatterPlot
 from .overlays import METADATA_KEY
-from .plot import ScatterPlot
 
 DATASET_KEY = "pmt_iqa_dataset"
 

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from .._torch_guard import guard_triton
 from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from .charts import BarPlot, LinePlot
 from .overlays import (
     METADATA_KEY,
     OVERLAY_KEY,
@@ -39,7 +40,6 @@ from .overlays import (
     result_metadata,
     score_meaning,
 )
-from .plot import BarPlot, LinePlot
 
 
 def _layer_placement(layer) -> tuple:

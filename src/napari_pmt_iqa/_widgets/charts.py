@@ -1,7 +1,8 @@
-"""Small QPainter plots (no matplotlib): a line plot with a cursor, a scatter plot, a bar chart.
+"""Small QPainter charts (no matplotlib): a line plot with a cursor, a scatter plot, a bar chart and
+the fine-tune widget's training curves.
 
-Each plot draws whatever values it holds and emits ``clicked(int)`` with the index of the sample
-nearest to a mouse click.
+Each chart draws whatever values it holds; the line and scatter plots emit ``clicked(int)`` with
+the index of the sample nearest to a mouse click.
 """
 
 from __future__ import annotations
@@ -258,3 +259,101 @@ class BarPlot(_PlotBase):
             bottom = self._to_px(i + 0.9, 0.0)
             p.drawRect(QRectF(top, bottom))
         p.end()
+
+
+# --------------------------------------------------------------------------- training curves
+_CURVE_COLORS = {
+    "batch loss": QColor(120, 120, 140),
+    "train loss": QColor(80, 170, 255),
+    "val SRCC": QColor(255, 190, 60),
+    "val PLCC": QColor(120, 220, 120),
+}
+
+
+class CurvesPlot(_PlotBase):
+    """Training curves: losses (left axis, auto range) and validation SRCC/PLCC (right axis, -1-1).
+
+    The x axis is in epochs (batch losses sit at fractional epochs).
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, height=170)
+        self.x_label = "epoch"
+        self.title = "loss (left)  ·  val SRCC / PLCC (right, -1 to 1)"
+        self.series: dict[str, tuple[list[float], list[float]]] = {
+            k: ([], []) for k in _CURVE_COLORS
+        }
+        self.epochs = 1
+
+    def clear(self, epochs: int = 1) -> None:
+        self.series = {k: ([], []) for k in _CURVE_COLORS}
+        self.epochs = max(1, int(epochs))
+        self.update()
+
+    def add(self, name: str, x: float, y: float) -> None:
+        xs, ys = self.series[name]
+        xs.append(float(x))
+        ys.append(float(y))
+
+    def points(self, name: str) -> int:
+        return len(self.series[name][0])
+
+    def _px(self, x: float, y: float, yr: tuple[float, float]) -> QPointF:
+        a = self._area()
+        fx = (x - self._xr[0]) / (self._xr[1] - self._xr[0])
+        fy = (y - yr[0]) / (yr[1] - yr[0])
+        return QPointF(a.left() + fx * a.width(), a.bottom() - fy * a.height())
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        losses = np.array(self.series["batch loss"][1] + self.series["train loss"][1], float)
+        losses = losses[np.isfinite(losses)]
+        lo = 0.0
+        hi = float(np.percentile(losses, 98)) * 1.1 if losses.size else 1.0
+        self._yr = (lo, hi if hi > lo else 1.0)
+        self._xr = (0.0, float(self.epochs))
+        self._draw_axes(p)
+        a = self._area()
+        p.setPen(QPen(QColor(170, 170, 170), 1))
+        p.drawText(QRectF(a.right() + 2, a.top() - 6, 40, 14), Qt.AlignmentFlag.AlignLeft, "1")
+        p.drawText(
+            QRectF(a.right() + 2, a.center().y() - 7, 40, 14), Qt.AlignmentFlag.AlignLeft, "0"
+        )
+        p.drawText(QRectF(a.right() + 2, a.bottom() - 8, 40, 14), Qt.AlignmentFlag.AlignLeft, "-1")
+        p.setPen(QPen(QColor(110, 110, 110), 1, Qt.PenStyle.DashLine))
+        p.drawLine(QPointF(a.left(), a.center().y()), QPointF(a.right(), a.center().y()))
+        for name, color in _CURVE_COLORS.items():
+            xs, ys = self.series[name]
+            right = name.startswith("val")
+            yr = (-1.0, 1.0) if right else self._yr
+            pen = QPen(color, 1.0 if name == "batch loss" else 2.0)
+            p.setPen(pen)
+            prev = None
+            for x, y in zip(xs, ys):
+                if not np.isfinite(y):
+                    prev = None
+                    continue
+                pt = self._px(x, float(np.clip(y, yr[0], yr[1])), yr)
+                if prev is not None:
+                    p.drawLine(prev, pt)
+                if name != "batch loss":
+                    p.setBrush(color)
+                    p.drawEllipse(pt, 2.5, 2.5)
+                prev = pt
+        # legend
+        f = p.font()
+        x0 = a.left() + 4
+        for name, color in _CURVE_COLORS.items():
+            p.setPen(QPen(color, 2))
+            p.drawLine(QPointF(x0, a.top() + 8), QPointF(x0 + 12, a.top() + 8))
+            p.setPen(QPen(QColor(200, 200, 200), 1))
+            w = p.fontMetrics().horizontalAdvance(name)
+            p.drawText(QPointF(x0 + 15, a.top() + 12), name)
+            x0 += w + 26
+        p.setFont(f)
+        p.end()
+
+    def _area(self) -> QRectF:
+        r = super()._area()
+        return QRectF(r.left(), r.top(), max(10, r.width() - 14), r.height())
