@@ -125,7 +125,7 @@ def test_distributed_scoring_merges_in_input_order(tmp_path, tiny_checkpoint):
 
 
 def test_sync_batchnorm_only_for_multi_gpu_runs_with_a_trainable_backbone():
-    from napari_pmt_iqa.training.trainer import use_sync_batchnorm
+    from napari_pmt_iqa.training.distributed import use_sync_batchnorm
 
     cfg = TrainConfig()
     assert use_sync_batchnorm(cfg, 2, "cuda")

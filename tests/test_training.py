@@ -18,7 +18,7 @@ import torch
 from _iqa_data import make_dataset, make_pairs
 from napari_pmt_iqa.training import TrainConfig, TrainingError, train
 from napari_pmt_iqa.training import events as E
-from napari_pmt_iqa.training.trainer import evaluate
+from napari_pmt_iqa.training.evaluation import evaluate
 from napari_pmt_iqa.weights import load_checkpoint, read_metadata
 
 TESTS = Path(__file__).parent

@@ -196,7 +196,7 @@ def _scale(args):
 
 def config_from_args(args):
     """A :class:`TrainConfig` from parsed ``train``/``protocol`` arguments."""
-    from ..training.trainer import TrainConfig
+    from ..training.config import TrainConfig
 
     cw = args.constant_weights
     if cw is not None and len(cw) not in (0, 2):

@@ -33,7 +33,10 @@ def add_subcommands(sub) -> None:
 def cmd_eval(args) -> int:
     from ..data.datasets import DatasetError, load_biq2021, load_dataset
     from ..imaging import ImageError
-    from ..training.trainer import TrainConfig, TrainingError, evaluate, resolve_dataset
+    from ..training.config import TrainConfig
+    from ..training.errors import TrainingError
+    from ..training.evaluation import evaluate
+    from ..training.prepare import resolve_dataset
     from ..weights import CheckpointError
 
     _setup(args)

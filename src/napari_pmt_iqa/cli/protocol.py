@@ -34,9 +34,9 @@ def add_subcommands(sub) -> None:
 
 def cmd_protocol(args) -> int:
     from ..data.datasets import DatasetError
+    from ..training.errors import TrainingError
     from ..training.events import Control
     from ..training.protocol import run_protocol
-    from ..training.trainer import TrainingError
 
     _setup(args)
     control = Control()

@@ -36,8 +36,9 @@ def add_subcommands(sub) -> None:
 
 def cmd_train(args) -> int:
     from ..data.datasets import DatasetError
+    from ..training.errors import TrainingError
     from ..training.events import Control
-    from ..training.trainer import TrainingError, train
+    from ..training.trainer import train
 
     _setup(args)
     control = Control()

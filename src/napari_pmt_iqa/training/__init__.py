@@ -10,11 +10,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 _LAZY = {
-    "TrainConfig": "trainer",
-    "TrainResult": "trainer",
-    "TrainingError": "trainer",
+    "TrainConfig": "config",
+    "TrainResult": "config",
+    "TrainingError": "errors",
     "train": "trainer",
-    "evaluate": "trainer",
+    "evaluate": "evaluation",
     "run_protocol": "protocol",
     "ProtocolResult": "protocol",
     "distributed_score_files": "distributed",
@@ -32,9 +32,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig, TrainResult
     from .distributed import distributed_score_files
+    from .errors import TrainingError
+    from .evaluation import evaluate
     from .protocol import ProtocolResult, run_protocol
-    from .trainer import TrainConfig, TrainingError, TrainResult, evaluate, train
+    from .trainer import train
 
 
 def __getattr__(name: str):

@@ -1,8 +1,9 @@
 """Multi-process helpers (torchrun / PyTorch distributed) shared by training and scoring.
 
-Training needs nothing from here: :func:`napari_pmt_iqa.training.train` detects ``WORLD_SIZE > 1``
-itself. :func:`distributed_score_files` scores many files with every process taking its share;
-rank 0 gathers the rows and writes one CSV::
+:func:`napari_pmt_iqa.training.train` detects ``WORLD_SIZE > 1`` itself and sets up its process
+group with :func:`_setup_distributed` (and :func:`use_sync_batchnorm`) from here.
+:func:`distributed_score_files` scores many files with every process taking its share; rank 0
+gathers the rows and writes one CSV::
 
     torchrun --nproc-per-node 4 -m napari_pmt_iqa score ...   # calls distributed_score_files
 """
@@ -13,7 +14,12 @@ import csv
 import io
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig
 
 #: Columns of the rows of :func:`distributed_score_files` (the ``pmt-iqa score`` CSV), in order.
 SCORE_COLUMNS = ("path", "plane", "score", "units", "predicted_class", "n_crops", "error")
@@ -29,6 +35,59 @@ def world() -> tuple[int, int]:
     except ImportError:  # pragma: no cover
         pass
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# --------------------------------------------------------------------------- training context
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_req: str):
+    """Return (_Dist, torch.device); initialise the process group when torchrun asks for one."""
+    import torch
+    import torch.distributed as dist
+
+    from ..devices import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return _Dist(), resolve_device(device_req)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    req = (device_req or "auto").lower()
+    use_cuda = torch.cuda.is_available() and req in ("auto", "cuda") or req.startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owns = True
+    d = _Dist(dist.get_rank(), dist.get_world_size(), local, owns)
+    return d, device
+
+
+def use_sync_batchnorm(config: TrainConfig, world_size: int, device_type: str) -> bool:
+    """Whether a run's batch-norm layers become ``SyncBatchNorm`` (see ``TrainConfig.sync_batchnorm``)."""
+    return (
+        config.sync_batchnorm
+        and world_size > 1
+        and not config.freeze_backbone
+        and device_type in ("cuda", "xpu")
+    )
 
 
 def is_distributed() -> bool:
@@ -123,7 +182,6 @@ def distributed_score_files(
     """
     from ..imaging import ImageError, read_image
     from ..scoring import get_model, score
-    from .trainer import _setup_distributed
 
     d, dev = _setup_distributed(device)
     try:

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
+from .errors import TrainingError
+from .evaluation import evaluate
 from .events import Control, Event
-from .trainer import TrainConfig, TrainingError, evaluate, resolve_dataset, train
+from .prepare import resolve_dataset
+from .trainer import train
 
 COLUMNS = (
     "split",
@@ -100,8 +104,7 @@ def run_protocol(
     """
     from ..data.datasets import random_split
     from ..weights import load_checkpoint
-    from .distributed import world
-    from .trainer import _setup_distributed
+    from .distributed import _setup_distributed, world
 
     if splits < 1:
         raise TrainingError(f"splits must be at least 1; got {splits}.")

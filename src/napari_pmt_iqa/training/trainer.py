@@ -29,20 +29,20 @@ part of every global batch and scores its share of the validation images; metric
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .config import TrainConfig, TrainResult
+from .distributed import _Dist, _setup_distributed, use_sync_batchnorm
+from .errors import TrainingError, explain, is_oom
+from .evaluation import predict_images
 from .events import (
     BatchEnd,
     CheckpointSaved,
@@ -58,218 +58,8 @@ from .events import (
     Started,
     Stopped,
 )
-
-STATE_FORMAT = 1
-#: Images with more pixels than this are scored one by one (tiled), not batched, in evaluation.
-BATCH_EVAL_MAX_PIXELS = 1024 * 1024
-
-
-class TrainingError(RuntimeError):
-    """Training could not start or go on; ``str(exc)`` says why, ``exc.hint`` what to do."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message if not hint else f"{message} {hint}")
-        self.message = message
-        self.hint = hint
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; the defaults are the paper's recipe.
-
-    Parameters
-    ----------
-    data
-        A data set folder or CSV (see :func:`~napari_pmt_iqa.data.datasets.load_dataset`), an
-        :class:`~napari_pmt_iqa.data.datasets.IQADataset`, or a list of ``(array_or_path, mos)``
-        pairs (images rated in napari). Samples whose ``split`` is ``"test"`` are never used;
-        ``"val"`` samples, when present, are the validation part.
-    layout
-        ``"auto"``, ``"csv"``, ``"livec"`` or ``"biq2021"`` (for a path).
-    score_scale
-        The units of the scores: a ``ScoreScale``, a dict, or ``(low, high[, higher_is_better])``.
-        ``None``: the data set's own (LIVE-C 0-100, BIQ2021 0-1) or inferred; for in-memory pairs
-        fine-tuning a checkpoint, the checkpoint's when all scores fall in it.
-    out_dir
-        Where checkpoints go (created). ``None``: a new folder under the cache folder.
-    init
-        ``None``: an ImageNet backbone (``backbone``, ``pretrained``); otherwise a registered model
-        name or a checkpoint path to fine-tune.
-    multiscale
-        False for the ablation without the multi-scale taps (only the last stage reaches the heads).
-    epochs, batch_size, crops_per_image
-        Epochs; images per optimiser step (over all processes); random crops per image.
-    lr, head_lr, weight_decay, lr_step
-        Adam learning rates of the backbone and of the heads (``None``: ``10 * lr``); decay; both
-        rates are divided by 10 every ``lr_step`` epochs (0: never).
-    freeze_backbone
-        Train the heads only (backbone fixed, its batch-norm statistics too).
-    sync_batchnorm
-        With several GPU processes (torchrun) and a trainable backbone, compute the batch-norm
-        statistics over the whole global batch (``SyncBatchNorm``), so that the run trains like one
-        process with the same batch. PyTorch's SyncBatchNorm needs a GPU: CPU (gloo) runs keep
-        per-process statistics whatever this says.
-    progressive, loss_weights
-        The PMT schedule, or constant ``(w_reg, w_cls)`` weights when ``progressive`` is False.
-    precision
-        ``"fp32"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU, with gradient scaling).
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (under torchrun: the local GPU).
-    val_fraction, seed
-        Share of the training data kept for validation; seed of the split, crops, order and init.
-    num_workers
-        DataLoader worker processes (0: decode in the main process; images that fit in
-        ``cache_mb`` are decoded only once anyway).
-    resume
-        A ``state.pt`` (or the folder holding it) to continue from.
-    max_batches
-        At most this many batches per epoch (quick runs, tests).
-    limit
-        Use a seeded random subset of this many images of the data (quick runs).
-    """
-
-    data: Any = None
-    layout: str = "auto"
-    score_scale: Any = None
-    out_dir: str | os.PathLike | None = None
-    init: str | os.PathLike | None = None
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    multiscale: bool = True
-    epochs: int = 10
-    batch_size: int = 8
-    crops_per_image: int = 1
-    lr: float = 1e-4
-    head_lr: float | None = None
-    weight_decay: float = 5e-4
-    freeze_backbone: bool = False
-    sync_batchnorm: bool = True
-    progressive: bool = True
-    loss_weights: tuple[float, float] = (1.0, 1.0)
-    lr_step: int = 6
-    precision: str = "fp32"
-    device: str = "auto"
-    val_fraction: float = 0.2
-    seed: int = 0
-    num_workers: int = 0
-    resume: str | os.PathLike | None = None
-    max_batches: int | None = None
-    limit: int | None = None
-    flip: bool = True
-    cache_mb: float = 2048
-    max_bad_fraction: float = 0.1
-    eval_batch_size: int = 8
-    description: str = ""
-
-    def recipe(self) -> dict:
-        """The settings as plain JSON data (for checkpoint metadata)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "data":
-                v = _describe_data(v)
-            elif f.name == "score_scale" and v is not None and hasattr(v, "to_dict"):
-                v = v.to_dict()
-            elif isinstance(v, os.PathLike):
-                v = str(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        out["head_lr"] = self.head_lr if self.head_lr is not None else 10 * self.lr
-        return out
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns."""
-
-    best_path: str | None
-    last_path: str | None
-    state_path: str | None
-    best_val: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    stopped: bool = False
-    epochs_done: int = 0
-    best_epoch: int | None = None
-    out_dir: str | None = None
-    n_train: int = 0
-    n_val: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- helpers
-def _describe_data(data) -> Any:
-    if data is None:
-        return None
-    if isinstance(data, (str, os.PathLike)):
-        return str(data)
-    if hasattr(data, "samples") and hasattr(data, "name"):
-        return {"dataset": data.name, "root": str(data.root) if data.root else None, "n": len(data)}
-    try:
-        return {"in_memory_pairs": len(data)}
-    except TypeError:
-        return repr(data)[:80]
-
-
-def _to_scale(value):
-    from ..score_scale import ScoreScale
-
-    if value is None or isinstance(value, ScoreScale):
-        return value
-    try:
-        if isinstance(value, dict):
-            return ScoreScale.from_dict(value)
-        vals = list(value)
-        low, high = float(vals[0]), float(vals[1])
-        hib = bool(vals[2]) if len(vals) > 2 else True
-        name = str(vals[3]) if len(vals) > 3 else f"score ({low:g}-{high:g})"
-        return ScoreScale(low, high, hib, name)
-    except ValueError as exc:
-        raise TrainingError(f"Invalid score range: {exc}") from exc
-    except (TypeError, KeyError, IndexError) as exc:
-        raise TrainingError(
-            f"score_scale must be a ScoreScale, a dict or (low, high[, higher_is_better]); got {value!r}."
-        ) from exc
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for a (GPU) out-of-memory error."""
-    import torch
-
-    if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def explain(exc: BaseException, config: TrainConfig | None = None) -> tuple[str, str]:
-    """A ``(message, hint)`` pair for an exception raised during training."""
-    from ..data.datasets import DatasetError
-    from ..imaging import ImageError
-
-    if isinstance(exc, TrainingError):
-        return exc.message, exc.hint
-    if is_oom(exc):
-        b = config.batch_size if config else "?"
-        k = config.crops_per_image if config else "?"
-        return (
-            f"The device ran out of memory ({b} images x {k} crops per step).",
-            "Lower --batch-size (batch_size) first, then --crops-per-image; or use --precision "
-            "bf16/fp16, --freeze-backbone, --eval-batch-size, or a lighter --backbone.",
-        )
-    if isinstance(exc, (DatasetError, ImageError)):
-        return str(exc), "Fix the data (see the message) and start again."
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return f"{type(exc).__name__}: {exc}", "Check the paths and their permissions."
-    try:
-        from ..weights import CheckpointError
-
-        if isinstance(exc, CheckpointError):
-            return str(exc), "Give a valid checkpoint or registered model name to init."
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(exc, ValueError):
-        return str(exc), "Check the training settings."
-    return f"Training failed: {type(exc).__name__}: {exc}", ""
+from .prepare import resolve_dataset, split_train_val
+from .state import _set_rng_state, load_state, save_state
 
 
 class _Emitter:
@@ -290,297 +80,6 @@ class _Emitter:
                     warnings.warn(
                         f"A training listener failed: {exc!r}", RuntimeWarning, stacklevel=2
                     )
-
-
-# --------------------------------------------------------------------------- distributed context
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_req: str):
-    """Return (_Dist, torch.device); initialise the process group when torchrun asks for one."""
-    import torch
-    import torch.distributed as dist
-
-    from ..devices import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return _Dist(), resolve_device(device_req)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    owns = False
-    req = (device_req or "auto").lower()
-    use_cuda = torch.cuda.is_available() and req in ("auto", "cuda") or req.startswith("cuda")
-    if use_cuda:
-        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owns = True
-    d = _Dist(dist.get_rank(), dist.get_world_size(), local, owns)
-    return d, device
-
-
-def use_sync_batchnorm(config: TrainConfig, world_size: int, device_type: str) -> bool:
-    """Whether a run's batch-norm layers become ``SyncBatchNorm`` (see ``TrainConfig.sync_batchnorm``)."""
-    return (
-        config.sync_batchnorm
-        and world_size > 1
-        and not config.freeze_backbone
-        and device_type in ("cuda", "xpu")
-    )
-
-
-def _rng_state() -> dict:
-    import torch
-
-    np_state = np.random.get_state()  # noqa: NPY002 (saved so that user code using it resumes too)
-    st = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-        "python": json.dumps(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    import torch
-
-    torch.set_rng_state(st["torch"])
-    keys = st["numpy_keys"].numpy().astype(np.uint32)
-    g = st["numpy_gauss"]
-    np_state = ("MT19937", keys, int(st["numpy_pos"]), int(g[0]), float(g[1]))
-    np.random.set_state(np_state)  # noqa: NPY002
-    py = json.loads(st["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in st and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(st["cuda"])
-        except (RuntimeError, IndexError):  # a different number of GPUs
-            pass
-
-
-# --------------------------------------------------------------------------- data
-def resolve_dataset(config: TrainConfig, init_scale=None):
-    """Load ``config.data`` into an :class:`IQADataset` with the right score scale."""
-    from ..data.datasets import IQADataset, dataset_from_pairs, load_dataset
-
-    data = config.data
-    scale = _to_scale(config.score_scale)
-    if data is None:
-        raise TrainingError("No training data was given (TrainConfig.data is None).")
-    if isinstance(data, IQADataset):
-        ds = data
-    elif isinstance(data, (str, os.PathLike)):
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise TrainingError(
-                f"The data set {path} does not exist.",
-                "Check the data path (--data, or the data set field of the fine-tune widget).",
-            )
-        ds = load_dataset(path, config.layout)
-    else:
-        try:
-            pairs = list(data)
-        except TypeError:
-            raise TrainingError(
-                f"TrainConfig.data must be a path, an IQADataset or a list of (image, mos) pairs; "
-                f"got {type(data).__name__}."
-            ) from None
-        if not pairs:
-            raise TrainingError("The list of rated images is empty.")
-        use = scale
-        if use is None and init_scale is not None:
-            mos = []
-            for p in pairs:
-                try:
-                    mos.append(float(p[1]))
-                except (TypeError, ValueError, IndexError):
-                    mos = []
-                    break
-            if mos and all(init_scale.low <= m <= init_scale.high for m in mos):
-                use = init_scale
-        ds = dataset_from_pairs(pairs, scale=use)
-    if scale is not None:
-        ds = replace(ds, scale=scale)
-    if config.limit is not None:
-        if config.limit < 1:
-            raise TrainingError(f"limit must be at least 1; got {config.limit}.")
-        if config.limit < len(ds):
-            rng = random.Random(config.seed + 4242)
-            keep = sorted(rng.sample(range(len(ds)), config.limit))
-            ds = replace(
-                ds, samples=[ds.samples[i] for i in keep], name=f"{ds.name}[limit {config.limit}]"
-            )
-    return ds
-
-
-def split_train_val(ds, val_fraction: float, seed: int):
-    """The training pool (split column train/None), and the validation part (``val`` column or carved)."""
-    from ..data.datasets import random_split
-
-    has_split = any(s.split for s in ds.samples)
-    if has_split:
-        pool = ds.subset([s for s in ds.samples if s.split in (None, "", "train")], "[train]")
-        val = ds.subset(
-            [s for s in ds.samples if s.split in ("val", "valid", "validation")], "[val]"
-        )
-        if len(val) > 0:
-            return pool, val
-    else:
-        pool = ds
-    if val_fraction <= 0 or len(pool) < 4:
-        return pool, ds.subset([], "[val]")
-    train, val = random_split(pool, val_fraction, seed=seed + 1000)
-    return train, val
-
-
-# --------------------------------------------------------------------------- evaluation
-def predict_images(
-    model,
-    get_image: Callable[[int], np.ndarray],
-    indices: Sequence[int],
-    device=None,
-    precision: str = "fp32",
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Scores (in the model's units) of images ``get_image(i)`` for ``i`` in ``indices``.
-
-    Uses the deterministic crop grid of :func:`~napari_pmt_iqa.scoring.score` (maps off); images
-    of equal shape are batched through :func:`~napari_pmt_iqa.scoring.score_batch`. Where
-    ``get_image`` returns ``None`` (an image that cannot be read) the score is NaN.
-    """
-    from ..scoring import score, score_batch
-
-    dev = str(device or next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    out = np.empty(len(indices), dtype=np.float64)
-    chunk = max(1, batch_size) * 4
-    try:
-        for k in range(0, len(indices), chunk):
-            idx = list(range(k, min(k + chunk, len(indices))))
-            imgs = [get_image(indices[j]) for j in idx]
-            for j, im in zip(idx, imgs):
-                if im is None:
-                    out[j] = np.nan
-            ok = [(j, im) for j, im in zip(idx, imgs) if im is not None]
-            small = [j for j, im in ok if im.shape[0] * im.shape[1] <= BATCH_EVAL_MAX_PIXELS]
-            big = [j for j, im in ok if im.shape[0] * im.shape[1] > BATCH_EVAL_MAX_PIXELS]
-            if small:
-                res = score_batch(
-                    [imgs[j - k] for j in small],
-                    model=model,
-                    device=dev,
-                    precision=precision,
-                    batch_size=batch_size,
-                    maps=False,
-                )
-                for j, r in zip(small, res):
-                    out[j] = r.score
-            for j in big:
-                out[j] = score(
-                    imgs[j - k], model=model, device=dev, maps=False, precision=precision
-                ).score
-            if progress:
-                progress(min(k + chunk, len(indices)), len(indices))
-    finally:
-        model.train(was_training)
-    return out
-
-
-def evaluate(
-    model,
-    data,
-    device: str = "auto",
-    precision: str = "fp32",
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-    return_predictions: bool = False,
-):
-    """SRCC, PLCC and KRCC of ``model`` on a data set (deterministic crop grid).
-
-    Parameters
-    ----------
-    model
-        A :class:`~napari_pmt_iqa.model.PMTIQA`, a checkpoint path or a registered name.
-    data
-        An :class:`IQADataset`, a path (any layout) or ``(image, mos)`` pairs. Scores are compared
-        in the data set's own units (the metrics do not depend on a linear rescaling).
-
-    Returns
-    -------
-    dict
-        ``srcc``, ``plcc``, ``krcc``, ``n`` (images measured), ``mae_internal`` and ``unreadable``
-        (``(path, reason)`` of images that could not be read: left out, like missing files);
-        with ``return_predictions`` also the per-sample scores (NaN where unreadable).
-    """
-    from ..data.crops import load_sample_rgb
-    from ..imaging import ImageError
-    from ..metrics import iqa_metrics
-    from ..scoring import get_model
-
-    net = get_model(model, device)
-    if not hasattr(data, "samples"):
-        data = resolve_dataset(TrainConfig(data=data))
-    samples = data.samples
-    if not samples:
-        raise TrainingError("The evaluation data set is empty.")
-    unreadable: list[tuple[str, str]] = []
-
-    def get_image(i):
-        try:
-            return load_sample_rgb(samples[i], net.config.crop_size)
-        except (ImageError, OSError) as exc:
-            unreadable.append((str(samples[i].path), str(exc)))
-            return None
-
-    preds = predict_images(
-        net,
-        get_image,
-        range(len(samples)),
-        device=None,
-        precision=precision,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    ok = np.isfinite(preds)
-    if not ok.any():
-        first = unreadable[0][1] if unreadable else "the model gave no finite score"
-        raise TrainingError(
-            f"None of the {len(samples)} evaluation images could be scored ({first})."
-        )
-    # compare on the internal scale of the model vs the data set's scale mapped there too
-    mscale = getattr(net, "score_scale", None)
-    p_int = np.asarray(mscale.to_internal(preds)) if mscale is not None else preds
-    m_int = np.asarray(
-        data.scale.to_internal(np.asarray([s.mos for s in samples], dtype=np.float64))
-    )
-    m = iqa_metrics(p_int[ok], m_int[ok])
-    m["mae_internal"] = float(np.mean(np.abs(p_int[ok] - m_int[ok])))
-    m["unreadable"] = unreadable
-    if return_predictions:
-        return m, preds
-    return m
 
 
 # --------------------------------------------------------------------------- the loop
@@ -856,28 +355,18 @@ class _Run:
     def _save_state(
         self, model, opt, scaler, epoch: int, batch: int, sums: list[float], best
     ) -> None:
-        import torch
-
-        from ..atomic import atomic_write_bytes
-
-        st = {
-            "format": STATE_FORMAT,
-            "model": model.state_dict(),
-            "optim": opt.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
-            "epoch": int(epoch),
-            "batch": int(batch),
-            "sums": [float(v) for v in sums],
-            "best_key": float(best[0]) if best[0] is not None else None,
-            "best_epoch": best[1],
-            "best_val": json.dumps(best[2]),
-            "history": json.dumps(self.history),
-            "rng": _rng_state(),
-            "check": json.dumps(self._fingerprint()),
-        }
-        buf = io.BytesIO()
-        torch.save(st, buf)
-        atomic_write_bytes(self.state_path, buf.getvalue())
+        save_state(
+            self.state_path,
+            model,
+            opt,
+            scaler,
+            epoch,
+            batch,
+            sums,
+            best,
+            self.history,
+            self._fingerprint(),
+        )
         self.emit(CheckpointSaved(str(self.state_path), epoch, "state"))
 
     def _fingerprint(self) -> dict:
@@ -893,31 +382,7 @@ class _Run:
         }
 
     def _load_state(self, path: Path) -> dict:
-        import torch
-
-        if path.is_dir():
-            path = path / "state.pt"
-        if not path.exists():
-            raise TrainingError(
-                f"Cannot resume: {path} does not exist.", "Give the state.pt of an earlier run."
-            )
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TrainingError(
-                f"Cannot resume: {path} is not a readable training state ({type(exc).__name__}: {exc}).",
-                "Start a new run or use best.safetensors as init.",
-            ) from exc
-        if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
-            raise TrainingError(f"Cannot resume: {path} is not a napari-pmt-iqa training state.")
-        saved = json.loads(st["check"])
-        now = self._fingerprint()
-        diff = [f"{k}: {saved.get(k)} then, {now[k]} now" for k in now if saved.get(k) != now[k]]
-        if diff:
-            raise TrainingError(
-                f"Cannot resume from {path}: the run had other settings or data ({'; '.join(diff)}).",
-                "Resume with the same data, seed, epochs, batch size and backbone.",
-            )
+        st, path = load_state(path, self._fingerprint())
         self.resumed_from = str(path)
         return st
 
@@ -1258,24 +723,4 @@ class _Run:
         )
 
 
-def config_from_dict(d: dict) -> TrainConfig:
-    """A :class:`TrainConfig` from a plain dict (unknown keys are an error)."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise TrainingError(f"Unknown training settings: {', '.join(unknown)}.")
-    return TrainConfig(**d)
-
-
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "TrainingError",
-    "config_from_dict",
-    "evaluate",
-    "explain",
-    "predict_images",
-    "resolve_dataset",
-    "split_train_val",
-    "train",
-]
+__all__ = ["train"]
