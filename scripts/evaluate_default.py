@@ -42,7 +42,8 @@ import torch
 from napari_pmt_iqa.atomic import atomic_write_text
 from napari_pmt_iqa.data.crops import DecodeCache, load_rgb
 from napari_pmt_iqa.data.datasets import load_biq2021
-from napari_pmt_iqa.data.distortions import DISTORTIONS, distort
+from napari_pmt_iqa.data.degradations import SANITY_KINDS as DISTORTIONS
+from napari_pmt_iqa.data.degradations import distort
 from napari_pmt_iqa.metrics import iqa_metrics
 from napari_pmt_iqa.model import PMTIQA
 from napari_pmt_iqa.scoring import score

@@ -46,7 +46,7 @@ def main(argv=None):
 
     from skimage import data
 
-    from napari_pmt_iqa.data.distortions import distort
+    from napari_pmt_iqa.data.degradations import distort
     from napari_pmt_iqa.scoring import score
 
     model = load_checkpoint(args.checkpoint)

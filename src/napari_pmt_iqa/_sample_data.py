@@ -50,7 +50,7 @@ def distort(img: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarr
     numpy.ndarray
         ``(H, W, 3)`` uint8.
     """
-    from .data import distortions
+    from .data import degradations as distortions
 
     if kind == "blur":
         return img.copy() if level <= 0 else distortions.gaussian_blur(img, float(level))

@@ -177,9 +177,10 @@ def test_maps_dir_and_stacks(ckpt, tmp_path):
     assert [r["plane"] for r in stack_rows] == ["0", "1", "2", "3", "4"]
     assert [r["plane"] for r in rows if r["path"].endswith("one.png")] == [""]
     z = np.load(maps / "stack.npz")
-    assert z["quality"].shape == (5, 1, 1) and z["scale_maps"].shape == (5, 4, 1, 1)
+    # one crop per 224 x 224 plane, its cell repeated 4 times outwards to cover the plane
+    assert z["quality"].shape == (5, 9, 9) and z["scale_maps"].shape == (5, 4, 9, 9)
     assert z["score"] == pytest.approx([float(r["score"]) for r in stack_rows], abs=1e-3)
-    assert np.load(maps / "one.npz")["quality"].shape == (1, 1, 1)
+    assert np.load(maps / "one.npz")["quality"].shape == (1, 9, 9)
 
 
 def test_torchrun_uses_the_distributed_helper(ckpt, images, tmp_path, monkeypatch):

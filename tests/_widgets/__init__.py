@@ -1,0 +1,1 @@
+"""Tests of the napari widgets (napari_pmt_iqa._widgets), one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of napari_pmt_iqa.data (data sets, crops, degradations)."""

@@ -1,0 +1,1 @@
+"""Tests of napari_pmt_iqa.model."""
