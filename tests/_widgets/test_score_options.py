@@ -141,6 +141,7 @@ def test_export_scores_and_class_features(qtbot, viewer_widget, tiny_checkpoint,
     feats = cls.features
     assert list(feats["index"]) == list(range(1, 11))
     np.testing.assert_allclose(feats["image probability"], ref.class_probs, rtol=1e-5)
+    cls.visible = True  # napari gives values (and features) of shown layers only
     label = int(cls.data[0, 0])
     status = cls.get_status(cls.data_to_world((0, 0)), world=True)
     text = status["coordinates"] if isinstance(status, dict) else str(status)
