@@ -118,6 +118,7 @@ def triage_job(
                     res = score(
                         image,
                         net,
+                        device,
                         maps=False,
                         memory_mb=memory_mb,
                         precision=precision,
@@ -136,14 +137,20 @@ def triage_job(
         return ("error", error_text(exc))
 
 
-def open_job(path: str, model, device: str, memory_mb: float):
-    """Worker of a click: ``("ok", path, image, result)`` (scored with maps) or ``("error", msg)``."""
+def open_job(path: str, model, device: str, memory_mb: float, precision: str = "auto"):
+    """Worker of a click: ``("ok", path, image, result)`` (scored with maps, in the precision of
+    the table so that the opened image shows the table's score) or ``("error", msg)``."""
     try:
+        from ..batch import auto_precision
         from ..imaging import read_image
-        from ..scoring import score
+        from ..scoring import get_model, score
 
         image = read_image(path)
-        return ("ok", path, image, score(image, model, device, maps=True, memory_mb=memory_mb))
+        net = get_model(model, device)
+        if precision == "auto":
+            precision = auto_precision(next(net.parameters()).device.type)
+        res = score(image, net, device, maps=True, memory_mb=memory_mb, precision=precision)
+        return ("ok", path, image, res)
     except Exception as exc:
         return ("error", f"Could not open {Path(path).name}: {error_text(exc)}")
 
