@@ -99,11 +99,3 @@ def test_cancel_scoring_and_bad_folder(qtbot, viewer_widget, tmp_path):
     wait(qtbot, widget)
     assert "cancelled" in widget.last_error.lower()
     assert np.isnan(widget.pred).any()
-
-
-def test_reader_opens_dataset_in_viewer(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    root = make_dataset(tmp_path, n=3, shape=(64, 80))
-    layers = viewer.open(str(root), plugin="napari-pmt-iqa")
-    assert len(layers) == 3
-    assert [lay.metadata[DATASET_KEY]["mos"] for lay in layers] == [90, 78, 66]
