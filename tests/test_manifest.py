@@ -70,3 +70,28 @@ def test_startup_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_menus_put_the_widgets_under_layers_measure_and_annotate(make_napari_viewer):
+    """The manifest's ``menus`` reach napari's Layers menu (napari registers them with the plugin)."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+
+    def commands(menu_id):
+        return {
+            getattr(item, "command", None) and item.command.id
+            for item in app.menus.get_menu(menu_id)
+        }
+
+    measure = commands("napari/layers/measure")
+    assert {
+        "napari-pmt-iqa.score_widget",
+        "napari-pmt-iqa.dataset_widget",
+        "napari-pmt-iqa.finetune_widget",
+    } <= measure
+    assert "napari-pmt-iqa.rating_widget" in commands("napari/layers/annotate")
+    # choosing the menu entry docks the widget
+    app.commands.execute_command("napari-pmt-iqa.rating_widget").result()
+    assert any("Rate image quality" in name for name in viewer.window.dock_widgets)

@@ -32,8 +32,11 @@ def viewer_widget(make_napari_viewer, tiny_checkpoint):
 def run(qtbot, widget, layer=None, timeout=30000):
     widget.score(layer)
     assert widget.worker is not None, widget.last_error
-    # the widget's own `finished` slot (connected before the start) clears widget.worker
-    qtbot.waitUntil(lambda: not widget.is_running(), timeout=timeout)
+    # the widget's own `finished` slot (connected before the start) clears widget.worker; the map
+    # layers are put in place one per turn of the event loop after that
+    qtbot.waitUntil(
+        lambda: not widget.is_running() and not widget.overlays_pending(), timeout=timeout
+    )
 
 
 def overlays(viewer, name):
@@ -235,7 +238,8 @@ def test_broken_checkpoint_and_missing_model(qtbot, viewer_widget, tmp_path, tin
     broken.write_bytes(data[: len(data) // 2])
     widget.chooser.add_model(broken)
     run(qtbot, widget, layer)
-    assert "Scoring failed" in widget.last_error and METADATA_KEY not in layer.metadata
+    assert "Scoring 'img' failed" in widget.last_error and METADATA_KEY not in layer.metadata
+    assert "Choose another model" in widget.last_error
     # nothing chosen (the default model is not shipped yet): a clear message, no worker
     widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.count() - 1)
     widget.score(layer)
