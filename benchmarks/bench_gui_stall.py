@@ -97,7 +97,7 @@ def main(argv=None) -> None:
             ticks: list[float] = []
             timer = QTimer()
             timer.setInterval(5)
-            timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+            timer.timeout.connect(lambda ticks=ticks: ticks.append(time.perf_counter()))
             timer.start()
             first, w1 = _action(app, widget, ticks)
             again, w2 = _action(app, widget, ticks)

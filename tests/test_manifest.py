@@ -42,17 +42,6 @@ def test_contributions_resolve():
     assert {"device", "cache_dir", "memory_mb"} <= set(props)
 
 
-def test_plugin_settings_and_fallback(monkeypatch):
-    from napari_pmt_iqa import _settings
-
-    s = _settings.get_settings()
-    assert s.device and s.memory_mb >= 16
-    monkeypatch.setenv("PMT_IQA_MEMORY_MB", "333")
-    monkeypatch.setenv("PMT_IQA_DEVICE", "cpu")
-    fb = _settings._from_env()
-    assert fb.memory_mb == 333 and fb.device == "cpu"
-
-
 def test_torch_guard_does_not_import_torch():
     code = (
         "import sys; from napari_pmt_iqa._torch_guard import guard_triton, has_nvidia_gpu;"
@@ -64,7 +53,13 @@ def test_torch_guard_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    "module", ["napari_pmt_iqa._widgets", "napari_pmt_iqa._sample_data", "napari_pmt_iqa._reader"]
+    "module",
+    [
+        "napari_pmt_iqa._widgets",
+        "napari_pmt_iqa._widgets.docks",
+        "napari_pmt_iqa._sample_data",
+        "napari_pmt_iqa._reader",
+    ],
 )
 def test_startup_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"

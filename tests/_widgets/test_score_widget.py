@@ -244,3 +244,58 @@ def test_broken_checkpoint_and_missing_model(qtbot, viewer_widget, tmp_path, tin
     widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.count() - 1)
     widget.score(layer)
     assert widget.worker is None and "Choose file" in widget.last_error
+
+
+def _start_slow_score(qtbot, viewer, widget, name="big"):
+    img = np.random.default_rng(7).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name=name)
+    widget.chooser.memory_spin.setValue(16)  # 1 crop per tile: many tiles, slow enough to cancel
+    widget.score(layer)
+    qtbot.waitUntil(lambda: widget.state.done > 2, timeout=20000)
+    return layer
+
+
+def test_napari_activity_dock_cancels_a_2d_score(qtbot, viewer_widget):
+    """The job shows in napari's activity dock; its Cancel stops a 2D score between tiles."""
+    from napari.utils import progress
+
+    viewer, widget = viewer_widget
+    layer = _start_slow_score(qtbot, viewer, widget)
+    bar = widget.activity
+    assert bar in progress._all_instances and "PMT-IQA: Scoring 'big'" in bar.desc
+    qtbot.waitUntil(lambda: bar.n > 0, timeout=10000)  # the dock's bar follows the tiles
+    bar.cancel()  # what the activity dock's Cancel button calls
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert "activity dock" in widget.last_error
+    assert METADATA_KEY not in layer.metadata and not overlays(viewer, "big")
+    assert bar not in progress._all_instances and widget.score_button.isEnabled()
+
+
+def test_napari_task_cancel_stops_a_2d_score(qtbot, viewer_widget):
+    """napari cancels the tasks it knows (``worker.quit()``) when its window closes while busy: a 2D
+    score stops at its next tile, although the worker yields only once before it."""
+    viewer, widget = viewer_widget
+    layer = _start_slow_score(qtbot, viewer, widget)
+    done = widget.state.done
+    viewer.window._task_status_manager.cancel_all()
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert widget.state.done < widget.state.total and widget.state.done >= done
+    assert "Cancelled in napari" in widget.last_error
+    assert "cancelled" in widget.score_label.text() and METADATA_KEY not in layer.metadata
+    assert widget.score_button.isEnabled()
+
+
+def test_closing_the_viewer_mid_score_leaves_no_thread(make_napari_viewer, qtbot, tiny_checkpoint):
+    from qtpy.QtCore import QThreadPool
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
+    widget.chooser.add_model(tiny_checkpoint)
+    widget.chooser.device_combo.setCurrentText("cpu")
+    _start_slow_score(qtbot, viewer, widget)
+    state = widget.state
+    viewer.close()
+    # no thread left running; pytest-qt fails the test on an exception in any Qt slot
+    assert QThreadPool.globalInstance().waitForDone(20000)
+    qtbot.wait(200)  # the worker's last signals reach their (gone) receivers
+    assert state.cancelled() and state.done < state.total

@@ -8,7 +8,7 @@ import re
 import threading
 from pathlib import Path
 
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -456,6 +456,19 @@ DOCK_MIN_HEIGHT = 160
 SCROLL_AREA_NAME = "pmt_iqa_scroll_area"
 
 
+class _ScrollContents(QWidget):
+    """The inner widget of a dock's scroll area: never laid out below its preferred height.
+
+    A scroll area shrinks its widget down to the widget's minimum size; the layout then squashes
+    every control down to its minimum (combo boxes, spin boxes and buttons a few pixels lower than
+    they want). Reporting the preferred height as the minimum makes the area scroll instead.
+    """
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        low = super().minimumSizeHint()
+        return QSize(low.width(), max(low.height(), self.sizeHint().height()))
+
+
 def make_scrollable(widget: QWidget, min_height: int = DOCK_MIN_HEIGHT) -> QScrollArea:
     """Move ``widget``'s contents into a vertical scroll area inside ``widget`` itself.
 
@@ -488,7 +501,7 @@ def make_scrollable(widget: QWidget, min_height: int = DOCK_MIN_HEIGHT) -> QScro
         if found is not None:
             return found
         raise ValueError("make_scrollable needs a widget with a layout.")
-    inner = QWidget()
+    inner = _ScrollContents()
     inner.setObjectName("pmt_iqa_scroll_contents")
     inner.setLayout(layout)  # Qt moves the layout and its widgets from ``widget`` to ``inner``
     area = QScrollArea(widget)
