@@ -175,6 +175,58 @@ def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
     assert worker_s <= 1.5 * main_s + 0.05
 
 
+def test_no_stall_from_click_to_maps_in_place(qtbot, viewer_widget):
+    """The whole user action, Score pressed until the seven map layers are in place, keeps the
+    event loop free: for the first score (layers added) and for scoring again (updated in place).
+
+    benchmarks/bench_gui_stall.py measures the same with the default model (target 100 ms there);
+    the bound here is looser so that CI does not flake. Two measures: the wall-clock gap between
+    ticks of a 10 ms timer, and the GUI thread's own CPU time in a gap (``time.thread_time``). On a
+    machine whose load is above its core count the wall clock measures the scheduler more than this
+    code, so there only the CPU bound is asserted (and the wall-clock value printed).
+    """
+    import os
+
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_widget
+    img = np.random.default_rng(8).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name="photo512")
+    widget.maps_check.setChecked(True)
+    net = get_model(widget.chooser.current_model(), "cpu")
+    score(img[:256, :256], net, device="cpu")  # warm-up (first model load and first inference)
+    qtbot.wait(300)
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    wall, cpu = [], []
+    for _ in range(2):
+        ticks.clear()
+        timer.start()
+        ticks.append((time.perf_counter(), time.thread_time()))
+        widget.score_button.click()
+        qtbot.waitUntil(
+            lambda: not widget.is_running() and not widget.overlays_pending(), timeout=30000
+        )
+        qtbot.wait(300)  # the last repaints
+        timer.stop()
+        t = np.asarray(ticks)
+        wall.append(float(np.max(np.diff(t[:, 0]))))
+        cpu.append(float(np.max(np.diff(t[:, 1]))))
+    assert len(overlays(viewer, "photo512")) == 7 and METADATA_KEY in layer.metadata
+    load = os.getloadavg()[0]
+    print(
+        f"longest stall: first score {wall[0] * 1000:.0f} ms (GUI-thread CPU {cpu[0] * 1000:.0f}"
+        f" ms), re-score {wall[1] * 1000:.0f} ms (CPU {cpu[1] * 1000:.0f} ms); load {load:.1f}"
+    )
+    for what, c, w in (("first score", cpu[0], wall[0]), ("re-score", cpu[1], wall[1])):
+        assert c <= 0.250, f"{what}: the GUI thread worked {c * 1000:.0f} ms without a break"
+        if load <= (os.cpu_count() or 1):
+            assert w <= 0.250, f"{what} stalled the viewer {w * 1000:.0f} ms"
+
+
 def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
     from napari_pmt_iqa._widgets import _common
 

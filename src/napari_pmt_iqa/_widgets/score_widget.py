@@ -416,19 +416,27 @@ class ScoreWidget(BackgroundJobs, QWidget):
         if target is not None and target in self.viewer.layers:
             spec.update(target)
         else:
-            selection = self.viewer.layers.selection
-            before, active = list(selection), selection.active
-            spec.add_to(self.viewer)  # napari selects the new layer: give the selection back
-            before = [lay for lay in before if lay in self.viewer.layers]
-            if len(before) == 1:
-                selection.active = before[0]  # one change instead of clear + add
-            else:
-                selection.clear()
-                selection.update(before)
-                if active is not None and active in self.viewer.layers:
-                    selection.active = active
+            self._add_keeping_selection(spec)
         if self._pending_overlays:
             self._overlay_timer.start()
+
+    def _add_keeping_selection(self, spec) -> None:
+        """Add an overlay layer without touching the layer selection.
+
+        napari makes a new layer the only selected one; putting the user's selection back after
+        that would switch napari's layer controls twice and redraw the layer list for every map.
+        The selection's events are held while the layer goes in and the selection is restored, so
+        nobody hears of a change that is undone at once.
+        """
+        selection = self.viewer.layers.selection
+        before, active = list(selection), selection.active
+        with selection.events.blocker_all():
+            spec.add_to(self.viewer)
+            before = [lay for lay in before if lay in self.viewer.layers]
+            selection.clear()
+            if active is not None and active in self.viewer.layers:
+                selection.active = active
+            selection.update(before)
 
     # ------------------------------------------------------------------ stack plot
     def _show_stack_plot(self, scores: np.ndarray, score_range, units: str) -> None:
