@@ -351,3 +351,27 @@ def test_closing_the_viewer_mid_score_leaves_no_thread(make_napari_viewer, qtbot
     assert QThreadPool.globalInstance().waitForDone(20000)
     qtbot.wait(200)  # the worker's last signals reach their (gone) receivers
     assert state.cancelled() and state.done < state.total
+
+
+@pytest.mark.parametrize("case", ["nan", "thin planes", "too many axes"])
+def test_score_errors_say_what_to_do_in_the_viewer(qtbot, viewer_widget, case):
+    """The scoring core's messages name Python arguments (rgb=, channel_axis=, np.nan_to_num);
+    the widget says what to do in the viewer instead, and names the layer."""
+    viewer, widget = viewer_widget
+    data = {
+        "nan": np.where(np.eye(64, dtype=bool), np.nan, 0.5).astype(np.float32),
+        "thin planes": np.zeros((64, 3, 300), np.uint8),
+        "too many axes": np.zeros((2, 2, 2, 2, 64, 64), np.uint8),
+    }[case]
+    layer = viewer.add_image(data, name=case)
+    run(qtbot, widget, layer)
+    msg = widget.last_error
+    assert msg.startswith(f"Scoring '{case}' failed: "), msg
+    for python in ("rgb=", "channel_axis=", "np.", "sub-array", "pass ["):
+        assert python not in msg, msg
+    expect = {
+        "nan": "replace them before opening the image",
+        "thin planes": "open the file again with File > Open",
+        "too many axes": "Split Stack",
+    }[case]
+    assert expect in msg and METADATA_KEY not in layer.metadata

@@ -254,7 +254,7 @@ def error_text(exc: BaseException) -> str:
         return text
     if isinstance(exc, MemoryError):
         return (
-            "Out of memory: lower the widget's Memory budget (or Preferences > PMT-IQA scoring) or "
+            "Out of memory: lower the widget's Memory budget (or Preferences > napari-pmt-iqa) or "
             "crop the image."
         )
     if isinstance(exc, OSError) and (exc.filename or exc.strerror):
@@ -299,7 +299,7 @@ class ModelChooser(QWidget):
             idx = self.device_combo.count() - 1
         self.device_combo.setCurrentIndex(max(0, idx))
         self.device_combo.setToolTip(
-            "Where the model runs; the default comes from Preferences > PMT-IQA scoring"
+            "Where the model runs; the default comes from Preferences > napari-pmt-iqa"
         )
         self.memory_spin = QSpinBox()
         self.memory_spin.setRange(16, 1_000_000)
