@@ -375,3 +375,13 @@ def test_score_errors_say_what_to_do_in_the_viewer(qtbot, viewer_widget, case):
         "too many axes": "Split Stack",
     }[case]
     assert expect in msg and METADATA_KEY not in layer.metadata
+
+
+def test_deleting_the_scored_layer_clears_its_score(qtbot, viewer_widget, rgb_image):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(rgb_image, name="gone soon")
+    run(qtbot, widget, layer)
+    assert "'gone soon'" in widget.score_label.text() and widget.class_plot.isVisibleTo(widget)
+    viewer.layers.remove(layer)
+    assert "was deleted" in widget.score_label.text() and widget.result is None
+    assert not widget.class_plot.isVisibleTo(widget) and widget.class_label.text() == ""
