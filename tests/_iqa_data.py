@@ -58,3 +58,43 @@ def make_pairs(n: int = 12, size: int = 80, seed: int = 0, scale: float = 5.0):
     """In-memory ``(array, mos)`` pairs."""
     rng = np.random.default_rng(seed)
     return [(make_image(rng, size, (i + 0.5) / n), (i + 0.5) / n * scale) for i in range(n)]
+
+
+def fake_livec(root: Path, n: int = 12) -> tuple[list[str], np.ndarray]:
+    """A LIVE-C folder in its official layout (``Data/*.mat``, ``Images/``) with ``n`` BMPs named
+    ``100.bmp``... plus the seven training images ``t1``-``t7``; returns the names and the MOS."""
+    from PIL import Image
+    from scipy.io import savemat
+
+    (root / "Data").mkdir(parents=True)
+    (root / "Images" / "trainingImages").mkdir(parents=True)
+    names = [f"t{i}.bmp" for i in range(1, 8)] + [f"{100 + i}.bmp" for i in range(n)]
+    for k, n_ in enumerate(names):
+        folder = root / "Images" / ("trainingImages" if n_.startswith("t") else "")
+        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
+            folder / n_, format="BMP"
+        )
+    mos = np.linspace(10, 90, len(names))[None, :]
+    arr = np.empty((len(names), 1), dtype=object)
+    for k, n_ in enumerate(names):
+        arr[k, 0] = np.array([n_])
+    savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": arr})
+    savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": mos})
+    return names, mos.ravel()
+
+
+def fake_biq(root: Path, bad_score: bool = False) -> None:
+    """A BIQ2021 folder in its official layout: ``Images/`` and the Train/Test CSVs (3 + 1 images)."""
+    from PIL import Image
+
+    (root / "Images").mkdir(parents=True)
+    for k, name in enumerate(["ss01 (1).jpg", "ss02 (1014).JPG", "ss03 (5).jpg", "ss03 (6).jpg"]):
+        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
+            root / "Images" / name, format="JPEG"
+        )
+    (root / "Train (Images and MOS).csv").write_text(
+        "Image Name,MOS,,\nss01 (1).jpg,0.25,,\nss02 (1014).jpg,0.75,,\nss03 (5).jpg,"
+        + ("n/a" if bad_score else "0.5")
+        + ",,\n"
+    )
+    (root / "Test (Images and MOS).csv").write_text("Image Name,MOS\nss03 (6).jpg,0.4\n")

@@ -42,17 +42,6 @@ def test_contributions_resolve():
     assert {"device", "cache_dir", "memory_mb"} <= set(props)
 
 
-def test_plugin_settings_and_fallback(monkeypatch):
-    from napari_pmt_iqa import _settings
-
-    s = _settings.get_settings()
-    assert s.device and s.memory_mb >= 16
-    monkeypatch.setenv("PMT_IQA_MEMORY_MB", "333")
-    monkeypatch.setenv("PMT_IQA_DEVICE", "cpu")
-    fb = _settings._from_env()
-    assert fb.memory_mb == 333 and fb.device == "cpu"
-
-
 def test_torch_guard_does_not_import_torch():
     code = (
         "import sys; from napari_pmt_iqa._torch_guard import guard_triton, has_nvidia_gpu;"
@@ -67,6 +56,7 @@ def test_torch_guard_does_not_import_torch():
     "module",
     [
         "napari_pmt_iqa._widgets",
+        "napari_pmt_iqa._widgets.docks",
         "napari_pmt_iqa._sample_data",
         "napari_pmt_iqa._reader",
         "napari_pmt_iqa._writer",
@@ -94,3 +84,28 @@ def test_map_writers_are_in_the_manifest():
     exts = {e for w in mf.contributions.writers for e in w.filename_extensions}
     assert ".tif" not in exts and {".csv", ".map.tif"} <= exts
     assert "napari-pmt-iqa.triage_widget" in {w.command for w in mf.contributions.widgets}
+
+
+def test_menus_put_the_widgets_under_layers_measure_and_annotate(make_napari_viewer):
+    """The manifest's ``menus`` reach napari's Layers menu (napari registers them with the plugin)."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    app = get_app_model()
+
+    def commands(menu_id):
+        return {
+            getattr(item, "command", None) and item.command.id
+            for item in app.menus.get_menu(menu_id)
+        }
+
+    measure = commands("napari/layers/measure")
+    assert {
+        "napari-pmt-iqa.score_widget",
+        "napari-pmt-iqa.dataset_widget",
+        "napari-pmt-iqa.finetune_widget",
+    } <= measure
+    assert "napari-pmt-iqa.rating_widget" in commands("napari/layers/annotate")
+    # choosing the menu entry docks the widget
+    app.commands.execute_command("napari-pmt-iqa.rating_widget").result()
+    assert any("Rate image quality" in name for name in viewer.window.dock_widgets)

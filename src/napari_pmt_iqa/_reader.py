@@ -1,14 +1,29 @@
-"""napari reader for IQA data sets: a LIVE-C or BIQ2021 folder, or a CSV of ``image,mos``.
+"""napari reader for IQA data sets, recognised by their annotation files.
 
-:func:`get_reader` decides from file names and a CSV header only (no torch, cheap), and declines
-anything that is not a data set, so other readers get plain folders and CSV files. The reader opens at
-most ``reader_max_images`` images (plugin setting, default 24), one Image layer each, with the MOS,
-path and data set name in the layer's metadata.
+napari picks readers by file name alone (``fnmatch`` against the manifest's ``filename_patterns``,
+and every reader that accepts folders for every folder), so a reader that claimed ``*`` or folders
+would be offered beside napari's own for every image, folder and CSV, and napari would ask which one
+to use each time. The manifest therefore claims only names that are a data set's annotation file:
+
+* LIVE-C's ``Data/AllMOS_release.mat`` (and its other ``*_release.mat`` files): this plugin is
+  the only reader for them, so opening one opens the data set at once;
+* BIQ2021's ``Train (Images and MOS).csv`` and ``Test (Images and MOS).csv`` (the pattern
+  ``*(?mages and ???).csv`` matches them whatever the case of the name): napari's own reader claims
+  every ``*.csv`` too, so napari asks which reader to use for these two files.
+
+Ordinary images, folders and other CSV files go to napari's own reader without a question. Data-set
+folders and generic ``image,mos`` CSVs open in the data-set widget ("Score an IQA data set").
+
+:func:`get_reader` decides from file names and a CSV header only (no torch, cheap) and declines
+anything that is not a data set. The reader opens at most ``reader_max_images`` images (plugin
+setting, default 24), one Image layer each, with the MOS, path and data set name in the layer's
+metadata.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +32,8 @@ from ._settings import get_settings
 DATASET_KEY = "pmt_iqa_dataset"
 _IMAGE_COLS = {"image", "image name", "file", "filename", "path"}
 _SCORE_COLS = {"mos", "score", "dmos", "rating"}
+_BIQ_CSV = re.compile(r"(train|test) \(images and mos\)\.csv", re.IGNORECASE)
+_LIVEC_MATS = ("AllMOS_release.mat", "AllImages_release.mat")
 
 
 def _is_iqa_csv(path: Path) -> bool:
@@ -29,23 +46,54 @@ def _is_iqa_csv(path: Path) -> bool:
     return bool(cols & _IMAGE_COLS) and bool(cols & _SCORE_COLS)
 
 
-def detect(path: str | Path) -> str | None:
-    """``"livec"``, ``"biq2021"``, ``"csv"`` or None (not a data set), from names and headers only."""
+def dataset_target(path: str | Path) -> tuple[Path, str, str | None] | None:
+    """``(root, layout, part)`` of the data set ``path`` names, or None when it names none.
+
+    Parameters
+    ----------
+    path
+        A LIVE-C annotation file (``.../Data/AllMOS_release.mat``), a BIQ2021 CSV
+        (``Train (Images and MOS).csv``), a CSV of ``image,mos``, or a data-set folder.
+
+    Returns
+    -------
+    tuple or None
+        The folder (or CSV) to load, the layout (``"livec"``, ``"biq2021"``, ``"csv"``) and the part
+        to load (``"train"``, ``"test"``, ``"all"``; None for the generic layout).
+    """
     p = Path(path)
     if p.is_file():
-        return "csv" if p.suffix.lower() == ".csv" and _is_iqa_csv(p) else None
+        suffix = p.suffix.lower()
+        if suffix == ".mat":
+            data = p.parent
+            ok = data.name == "Data" and all((data / m).is_file() for m in _LIVEC_MATS)
+            return (
+                (data.parent, "livec", "all") if ok and (data.parent / "Images").is_dir() else None
+            )
+        if suffix != ".csv":
+            return None
+        m = _BIQ_CSV.fullmatch(p.name)
+        if m and (p.parent / "Images").is_dir():
+            return p.parent, "biq2021", m.group(1).lower()
+        return (p, "csv", None) if _is_iqa_csv(p) else None
     if not p.is_dir():
         return None
     if (p / "Data" / "AllMOS_release.mat").exists() or (
         p / "ChallengeDB_release" / "Data"
     ).is_dir():
-        return "livec"
+        return p, "livec", "all"
     if (p / "Train (Images and MOS).csv").exists():
-        return "biq2021"
+        return p, "biq2021", "all"
     csvs = list(p.glob("*.csv"))
     if len(csvs) == 1 and _is_iqa_csv(csvs[0]):
-        return "csv"
+        return p, "csv", None
     return None
+
+
+def detect(path: str | Path) -> str | None:
+    """``"livec"``, ``"biq2021"``, ``"csv"`` or None (not a data set), from names and headers only."""
+    target = dataset_target(path)
+    return None if target is None else target[1]
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
@@ -54,20 +102,24 @@ def get_reader(path: str | list[str]) -> Callable | None:
         if len(path) != 1:
             return None
         path = path[0]
-    layout = detect(path)
-    if layout is None:
+    target = dataset_target(path)
+    if target is None:
         return None
+    root, layout, part = target
 
     def reader(p) -> list[tuple]:
-        return read_dataset(p[0] if isinstance(p, list) else p, layout)
+        return read_dataset(root, layout, part=part)
 
     return reader
 
 
-def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = None) -> list[tuple]:
+def read_dataset(
+    path: str | Path, layout: str = "auto", limit: int | None = None, part: str | None = None
+) -> list[tuple]:
     """Layer data of the first ``limit`` images of a data set (default: the plugin setting).
 
-    Images that cannot be read are skipped with a warning.
+    ``part`` selects BIQ2021's ``"train"``/``"test"`` part (default: all of it). Images that cannot
+    be read are skipped with a warning.
     """
     from ._torch_guard import guard_triton
 
@@ -77,7 +129,7 @@ def read_dataset(path: str | Path, layout: str = "auto", limit: int | None = Non
     from .score_scale import ScoreScale
 
     limit = get_settings().reader_max_images if limit is None else limit
-    kwargs = {"part": "all"} if layout == "biq2021" else {}
+    kwargs = {"part": part or "all"} if layout == "biq2021" else {}
     try:
         ds = load_dataset(path, layout=layout, **kwargs)
     except DatasetError as exc:

@@ -6,12 +6,16 @@ edited in napari's Preferences; :func:`get_settings` reads them through
 come from environment variables (``PMT_IQA_DEVICE``, ``PMT_IQA_CACHE``, ``PMT_IQA_MEMORY_MB``,
 ``PMT_IQA_READER_MAX_IMAGES``) or the defaults below.
 
+Changes made in Preferences while widgets are open reach them at once: :func:`watch_settings`
+subscribes to the events napari emits for plugin settings.
+
 This module imports neither torch nor Qt.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PLUGIN_NAME = "napari-pmt-iqa"
@@ -86,8 +90,63 @@ def get_settings() -> Settings:
     return s
 
 
+#: The ``$PMT_IQA_CACHE`` value :func:`apply_cache_dir` set (and the one it replaced).
+_CACHE_ENV: dict[str, str | None] = {}
+
+
 def apply_cache_dir(settings: Settings | None = None) -> None:
-    """Point :func:`napari_pmt_iqa.weights.cache_dir` at the configured folder (if one is set)."""
+    """Point :func:`napari_pmt_iqa.weights.cache_dir` at the configured folder.
+
+    An empty setting gives back whatever ``$PMT_IQA_CACHE`` was before this function set it.
+    """
     settings = settings or get_settings()
     if settings.cache_dir:
-        os.environ["PMT_IQA_CACHE"] = os.path.expanduser(settings.cache_dir)
+        if "set" not in _CACHE_ENV:
+            _CACHE_ENV["before"] = os.environ.get("PMT_IQA_CACHE")
+        _CACHE_ENV["set"] = os.path.expanduser(settings.cache_dir)
+        os.environ["PMT_IQA_CACHE"] = _CACHE_ENV["set"]
+    elif "set" in _CACHE_ENV:
+        if os.environ.get("PMT_IQA_CACHE") == _CACHE_ENV.pop("set"):
+            before = _CACHE_ENV.pop("before", None)
+            if before is None:
+                os.environ.pop("PMT_IQA_CACHE", None)
+            else:
+                os.environ["PMT_IQA_CACHE"] = before
+
+
+def watch_settings(callback: Callable[[Settings], None]) -> Callable[[], None]:
+    """Call ``callback(settings)`` whenever the plugin's settings change in napari's Preferences.
+
+    Parameters
+    ----------
+    callback
+        Gets the new :class:`Settings`. If it raises ``RuntimeError`` (its Qt widget is gone) it is
+        disconnected.
+
+    Returns
+    -------
+    Callable
+        Call it to stop watching. With a napari without plugin settings (< 0.9), or when the plugin
+        is not registered with napari, nothing is watched and it does nothing.
+    """
+    try:
+        from napari.settings import get_plugin_settings
+
+        events = getattr(get_plugin_settings(PLUGIN_NAME), CONFIG_KEY).events
+    except Exception:  # no plugin settings in this napari, or the plugin is not registered
+        return lambda *_: None
+
+    def on_change(event=None) -> None:
+        try:
+            callback(get_settings())
+        except RuntimeError:  # the widget's Qt side was deleted
+            stop()
+
+    def stop(*_: object) -> None:
+        try:
+            events.disconnect(on_change)
+        except Exception:  # already disconnected
+            pass
+
+    events.connect(on_change)
+    return stop

@@ -101,14 +101,6 @@ def test_cancel_scoring_and_bad_folder(qtbot, viewer_widget, tmp_path):
     assert np.isnan(widget.pred).any()
 
 
-def test_reader_opens_dataset_in_viewer(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    root = make_dataset(tmp_path, n=3, shape=(64, 80))
-    layers = viewer.open(str(root), plugin="napari-pmt-iqa")
-    assert len(layers) == 3
-    assert [lay.metadata[DATASET_KEY]["mos"] for lay in layers] == [90, 78, 66]
-
-
 def test_export_predictions_and_mos(qtbot, viewer_widget, tmp_path):
     import csv
 
@@ -126,3 +118,86 @@ def test_export_predictions_and_mos(qtbot, viewer_widget, tmp_path):
     assert [float(r["mos"]) for r in rows] == [90, 78, 66, 54]
     np.testing.assert_array_equal([float(r["predicted"]) for r in rows], widget.pred)
     assert rows[0]["path"].endswith("img0.png") and rows[0]["units"] and not rows[0]["error"]
+
+
+def test_livec_test_part_and_the_training_data_note(
+    qtbot, viewer_widget, tmp_path, tiny_checkpoint
+):
+    """LIVE-C's parts are the recipe's seeded split; images the chosen model was trained on are
+    named beside the SRCC (the shipped model's metadata says: LIVE-C train part, seed 0)."""
+    from _iqa_data import fake_livec
+    from napari_pmt_iqa.data.datasets import livec_recipe_parts, load_livec
+    from napari_pmt_iqa.weights import DEFAULT_MODEL
+
+    viewer, widget = viewer_widget
+    root = tmp_path / "ChallengeDB_release"
+    fake_livec(root, n=40)  # 100.bmp-139.bmp; 100-106 are left out of the recipe's split
+    parts = livec_recipe_parts(load_livec(root), seed=0)
+    widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.findData(DEFAULT_MODEL))
+    widget.part_combo.setCurrentText("all")
+    widget.load(str(root))
+    wait(qtbot, widget)
+    n_train = len(parts["train"])
+    assert len(widget.samples) == 40 and widget.overlap["n_in"] == n_train
+    note = widget.training_label.text()
+    assert f"{n_train} of these 40 loaded images" in note and "not a test figure" in note
+    assert "LIVE-C train part" in note and widget.training_label.isVisibleTo(widget)
+
+    widget.part_combo.setCurrentText("test")
+    widget.load(str(root))
+    wait(qtbot, widget)
+    assert [s.path for s in widget.samples] == [s.path for s in parts["test"].samples]
+    assert widget.overlap == {"known": True, "n_in": 0, "desc": "LIVE-C train part"}
+    assert widget.training_label.text().startswith("None of these")
+    # a model whose metadata says nothing about its training data: "unknown", not "none"
+    widget.chooser.add_model(tiny_checkpoint)
+    assert widget.training_label.text().startswith("Unknown whether this model was trained")
+
+
+def test_trained_parts_reads_both_metadata_descriptions():
+    from napari_pmt_iqa._widgets.dataset_widget import trained_parts, training_overlap
+
+    old = {"livec_train": 832, "livec_val": 92, "livec_split_seed": 0, "biq2021_train": 9500}
+    new = {
+        "recipe": "...",
+        "data": [
+            {"name": "livec", "part": "train", "split_seed": 0},
+            {"name": "biq2021", "part": "train"},
+        ],
+    }
+    expected = [
+        {"name": "livec", "part": "train", "split_seed": 0},
+        {"name": "biq2021", "part": "train", "split_seed": None},
+    ]
+    assert trained_parts(old) == expected and trained_parts({"data": old}) == expected
+    assert trained_parts(new) == expected
+    assert trained_parts(None) is None and trained_parts({"epochs": 3}) is None
+    assert training_overlap("biq2021", ["train", "test", "test"], expected)["n_in"] == 1
+    other_seed = [{"name": "livec", "part": "train", "split_seed": 3}]
+    assert training_overlap("livec", ["train"], other_seed)["known"] is False
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["livec layout on a CSV", "missing path", "csv layout on a folder without CSV"],
+)
+def test_layout_and_path_mismatches_say_what_to_change(qtbot, viewer_widget, tmp_path, case):
+    viewer, widget = viewer_widget
+    csv_path = tmp_path / "livec_mos.csv"
+    csv_path.write_text("image,mos\na.png,50\n")
+    path, layout, expect = {
+        "livec layout on a CSV": (
+            csv_path,
+            "livec",
+            "'Layout' is livec, but livec_mos.csv is a file",
+        ),
+        "missing path": (tmp_path / "nowhere", "auto", "does not exist: choose the data set"),
+        "csv layout on a folder without CSV": (tmp_path / "imgs", "csv", "holds no CSV file"),
+    }[case]
+    (tmp_path / "imgs").mkdir()
+    widget.layout_combo.setCurrentText(layout)
+    widget.load(str(path))
+    wait(qtbot, widget)
+    assert expect in widget.last_error
+    assert "Error" not in widget.last_error.replace("DatasetError", "")  # no raw exception name
+    assert "/Data/AllImages_release.mat" not in widget.last_error

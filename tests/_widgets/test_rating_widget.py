@@ -101,7 +101,7 @@ def test_planes_of_a_stack_are_rated_separately(make_napari_viewer, qtbot, stack
     viewer.dims.set_current_step(0, 4)
     w.rate(12.0)
     assert layer.metadata[RATINGS_KEY] == {(2,): 90.0, (4,): 12.0}
-    assert "plane (4,)" in w.target_label.text()
+    assert w.target_label.text() == "'zstack', plane 4"
     np.testing.assert_array_equal(get_plane(layer, (2,)), stack[2])
     pairs = rated_pairs(viewer.layers)
     assert [s for _, s in pairs] == [90.0, 12.0]
@@ -199,3 +199,77 @@ def test_save_without_ratings_and_bad_csv_give_clear_errors(make_napari_viewer, 
         bad.write_text(f"image,mos,layer,plane\na.png,50,x,{plane}\n")
         with pytest.raises(ValueError, match=r"line 2: the plane .* is not plane indices"):
             load_ratings_csv(bad, viewer)
+
+
+def test_rates_the_selected_layer_never_an_overlay(make_napari_viewer, qtbot, rgb, tiny_checkpoint):
+    """Docked from the manifest (napari hands the widget a ``PublicOnlyProxy`` of the viewer), with
+    three images and the maps of one open: the rating lands on the layer selected in the layer list,
+    never on a map, and the buttons are off (with the reason) where no rating can be given."""
+    from napari_pmt_iqa._widgets.overlays import OVERLAY_KEY
+    from napari_pmt_iqa._widgets.rating_widget import rated_layers
+
+    viewer = make_napari_viewer()
+    astronaut = viewer.add_image(rgb, name="astronaut")
+    chelsea = viewer.add_image(rgb[::-1].copy(), name="chelsea")
+    coffee = viewer.add_image(rgb[:, ::-1].copy(), name="coffee")
+    _, scorer = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", "Score image quality")
+    scorer.chooser.add_model(tiny_checkpoint)
+    scorer.chooser.device_combo.setCurrentText("cpu")
+    scorer.score(chelsea)
+    qtbot.waitUntil(
+        lambda: not scorer.is_running() and not scorer.overlays_pending(), timeout=30000
+    )
+    maps = [lay for lay in viewer.layers if OVERLAY_KEY in lay.metadata]
+    assert len(maps) == 7
+    _, w = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", "Rate image quality")
+
+    viewer.layers.selection.active = chelsea  # not the top layer: that is coffee, then the maps
+    _press(viewer, "5")
+    assert chelsea.metadata[RATINGS_KEY] == {(): STARS[5]}
+    assert RATINGS_KEY not in astronaut.metadata and RATINGS_KEY not in coffee.metadata
+    assert w.target_label.text() == "'chelsea'" and w.star_buttons[0].isEnabled()
+    viewer.layers.selection.active = astronaut
+    w.star_buttons[1].click()
+    assert astronaut.metadata[RATINGS_KEY] == {(): STARS[2]}
+
+    # a map selected: nothing to rate, the widget says which image the map belongs to
+    quality = next(m for m in maps if m.metadata[OVERLAY_KEY]["key"] == "quality")
+    viewer.layers.selection.active = quality
+    assert not any(b.isEnabled() for b in (*w.star_buttons, w.set_button, w.clear_button))
+    assert "quality map made by PMT-IQA" in w.target_label.text()
+    assert "'chelsea'" in w.target_label.text()
+    _press(viewer, "3")
+    assert all(RATINGS_KEY not in m.metadata for m in maps)
+    with pytest.raises(ValueError, match="quality map made by PMT-IQA"):
+        set_rating(quality, (), 50.0)
+    # maps never count as rated images, even with a rating forced into a map's metadata
+    quality.metadata[RATINGS_KEY] = {(): 50.0}
+    assert {ly.name for ly in rated_layers(viewer.layers)} == {"astronaut", "chelsea"}
+    assert len(rated_pairs(viewer.layers)) == 2
+
+    # another layer type, several images and nothing selected, the 3D view: no rating either
+    pts = viewer.add_points(np.zeros((2, 2)), name="pts")
+    viewer.layers.selection.active = pts
+    assert not w.star_buttons[0].isEnabled() and "Points layer" in w.target_label.text()
+    viewer.layers.selection.clear()
+    assert not w.star_buttons[0].isEnabled() and "Select the image" in w.target_label.text()
+    viewer.layers.selection.active = coffee
+    assert w.star_buttons[0].isEnabled()
+    # a stack in the 3D view shows no single plane (a 2D image can still be rated there)
+    zstack = viewer.add_image(np.zeros((3, 40, 50), np.uint8), name="zstack")
+    viewer.layers.selection.active = zstack
+    assert w.star_buttons[0].isEnabled()
+    viewer.dims.ndisplay = 3
+    assert not w.star_buttons[0].isEnabled() and "2D view" in w.target_label.text()
+    viewer.dims.ndisplay = 2
+    assert w.star_buttons[0].isEnabled()
+
+
+def test_plane_text():
+    from napari_pmt_iqa._widgets.rating_widget import plane_text
+
+    assert (
+        plane_text(()) == ""
+        and plane_text((2,)) == "plane 2"
+        and plane_text((1, 3)) == "plane 1, 3"
+    )

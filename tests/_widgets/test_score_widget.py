@@ -32,8 +32,11 @@ def viewer_widget(make_napari_viewer, tiny_checkpoint):
 def run(qtbot, widget, layer=None, timeout=30000):
     widget.score(layer)
     assert widget.worker is not None, widget.last_error
-    # the widget's own `finished` slot (connected before the start) clears widget.worker
-    qtbot.waitUntil(lambda: not widget.is_running(), timeout=timeout)
+    # the widget's own `finished` slot (connected before the start) clears widget.worker; the map
+    # layers are put in place one per turn of the event loop after that
+    qtbot.waitUntil(
+        lambda: not widget.is_running() and not widget.overlays_pending(), timeout=timeout
+    )
 
 
 def overlays(viewer, name):
@@ -172,6 +175,58 @@ def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
     assert worker_s <= 1.5 * main_s + 0.05
 
 
+def test_no_stall_from_click_to_maps_in_place(qtbot, viewer_widget):
+    """The whole user action, Score pressed until the seven map layers are in place, keeps the
+    event loop free: for the first score (layers added) and for scoring again (updated in place).
+
+    benchmarks/bench_gui_stall.py measures the same with the default model (target 100 ms there);
+    the bound here is looser so that CI does not flake. Two measures: the wall-clock gap between
+    ticks of a 10 ms timer, and the GUI thread's own CPU time in a gap (``time.thread_time``). On a
+    machine whose load is above its core count the wall clock measures the scheduler more than this
+    code, so there only the CPU bound is asserted (and the wall-clock value printed).
+    """
+    import os
+
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_widget
+    img = np.random.default_rng(8).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name="photo512")
+    widget.maps_check.setChecked(True)
+    net = get_model(widget.chooser.current_model(), "cpu")
+    score(img[:256, :256], net, device="cpu")  # warm-up (first model load and first inference)
+    qtbot.wait(300)
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    wall, cpu = [], []
+    for _ in range(2):
+        ticks.clear()
+        timer.start()
+        ticks.append((time.perf_counter(), time.thread_time()))
+        widget.score_button.click()
+        qtbot.waitUntil(
+            lambda: not widget.is_running() and not widget.overlays_pending(), timeout=30000
+        )
+        qtbot.wait(300)  # the last repaints
+        timer.stop()
+        t = np.asarray(ticks)
+        wall.append(float(np.max(np.diff(t[:, 0]))))
+        cpu.append(float(np.max(np.diff(t[:, 1]))))
+    assert len(overlays(viewer, "photo512")) == 7 and METADATA_KEY in layer.metadata
+    load = os.getloadavg()[0]
+    print(
+        f"longest stall: first score {wall[0] * 1000:.0f} ms (GUI-thread CPU {cpu[0] * 1000:.0f}"
+        f" ms), re-score {wall[1] * 1000:.0f} ms (CPU {cpu[1] * 1000:.0f} ms); load {load:.1f}"
+    )
+    for what, c, w in (("first score", cpu[0], wall[0]), ("re-score", cpu[1], wall[1])):
+        assert c <= 0.250, f"{what}: the GUI thread worked {c * 1000:.0f} ms without a break"
+        if load <= (os.cpu_count() or 1):
+            assert w <= 0.250, f"{what} stalled the viewer {w * 1000:.0f} ms"
+
+
 def test_bad_layers_give_messages(qtbot, viewer_widget, monkeypatch):
     from napari_pmt_iqa._widgets import _common
 
@@ -235,8 +290,98 @@ def test_broken_checkpoint_and_missing_model(qtbot, viewer_widget, tmp_path, tin
     broken.write_bytes(data[: len(data) // 2])
     widget.chooser.add_model(broken)
     run(qtbot, widget, layer)
-    assert "Scoring failed" in widget.last_error and METADATA_KEY not in layer.metadata
+    assert "Scoring 'img' failed" in widget.last_error and METADATA_KEY not in layer.metadata
+    assert "Choose another model" in widget.last_error
     # nothing chosen (the default model is not shipped yet): a clear message, no worker
     widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.count() - 1)
     widget.score(layer)
     assert widget.worker is None and "Choose file" in widget.last_error
+
+
+def _start_slow_score(qtbot, viewer, widget, name="big"):
+    img = np.random.default_rng(7).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    layer = viewer.add_image(img, name=name)
+    widget.chooser.memory_spin.setValue(16)  # 1 crop per tile: many tiles, slow enough to cancel
+    widget.score(layer)
+    qtbot.waitUntil(lambda: widget.state.done > 2, timeout=20000)
+    return layer
+
+
+def test_napari_activity_dock_cancels_a_2d_score(qtbot, viewer_widget):
+    """The job shows in napari's activity dock; its Cancel stops a 2D score between tiles."""
+    from napari.utils import progress
+
+    viewer, widget = viewer_widget
+    layer = _start_slow_score(qtbot, viewer, widget)
+    bar = widget.activity
+    assert bar in progress._all_instances and "PMT-IQA: Scoring 'big'" in bar.desc
+    qtbot.waitUntil(lambda: bar.n > 0, timeout=10000)  # the dock's bar follows the tiles
+    bar.cancel()  # what the activity dock's Cancel button calls
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert "activity dock" in widget.last_error
+    assert METADATA_KEY not in layer.metadata and not overlays(viewer, "big")
+    assert bar not in progress._all_instances and widget.score_button.isEnabled()
+
+
+def test_napari_task_cancel_stops_a_2d_score(qtbot, viewer_widget):
+    """napari cancels the tasks it knows (``worker.quit()``) when its window closes while busy: a 2D
+    score stops at its next tile, although the worker yields only once before it."""
+    viewer, widget = viewer_widget
+    layer = _start_slow_score(qtbot, viewer, widget)
+    done = widget.state.done
+    viewer.window._task_status_manager.cancel_all()
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=20000)
+    assert widget.state.done < widget.state.total and widget.state.done >= done
+    assert "Cancelled in napari" in widget.last_error
+    assert "cancelled" in widget.score_label.text() and METADATA_KEY not in layer.metadata
+    assert widget.score_button.isEnabled()
+
+
+def test_closing_the_viewer_mid_score_leaves_no_thread(make_napari_viewer, qtbot, tiny_checkpoint):
+    from qtpy.QtCore import QThreadPool
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
+    widget.chooser.add_model(tiny_checkpoint)
+    widget.chooser.device_combo.setCurrentText("cpu")
+    _start_slow_score(qtbot, viewer, widget)
+    state = widget.state
+    viewer.close()
+    # no thread left running; pytest-qt fails the test on an exception in any Qt slot
+    assert QThreadPool.globalInstance().waitForDone(20000)
+    qtbot.wait(200)  # the worker's last signals reach their (gone) receivers
+    assert state.cancelled() and state.done < state.total
+
+
+@pytest.mark.parametrize("case", ["nan", "thin planes", "too many axes"])
+def test_score_errors_say_what_to_do_in_the_viewer(qtbot, viewer_widget, case):
+    """The scoring core's messages name Python arguments (rgb=, channel_axis=, np.nan_to_num);
+    the widget says what to do in the viewer instead, and names the layer."""
+    viewer, widget = viewer_widget
+    data = {
+        "nan": np.where(np.eye(64, dtype=bool), np.nan, 0.5).astype(np.float32),
+        "thin planes": np.zeros((64, 3, 300), np.uint8),
+        "too many axes": np.zeros((2, 2, 2, 2, 64, 64), np.uint8),
+    }[case]
+    layer = viewer.add_image(data, name=case)
+    run(qtbot, widget, layer)
+    msg = widget.last_error
+    assert msg.startswith(f"Scoring '{case}' failed: "), msg
+    for python in ("rgb=", "channel_axis=", "np.", "sub-array", "pass ["):
+        assert python not in msg, msg
+    expect = {
+        "nan": "replace them before opening the image",
+        "thin planes": "open the file again with File > Open",
+        "too many axes": "Split Stack",
+    }[case]
+    assert expect in msg and METADATA_KEY not in layer.metadata
+
+
+def test_deleting_the_scored_layer_clears_its_score(qtbot, viewer_widget, rgb_image):
+    viewer, widget = viewer_widget
+    layer = viewer.add_image(rgb_image, name="gone soon")
+    run(qtbot, widget, layer)
+    assert "'gone soon'" in widget.score_label.text() and widget.class_plot.isVisibleTo(widget)
+    viewer.layers.remove(layer)
+    assert "was deleted" in widget.score_label.text() and widget.result is None
+    assert not widget.class_plot.isVisibleTo(widget) and widget.class_label.text() == ""

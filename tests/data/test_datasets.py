@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _iqa_data import make_dataset, make_image, make_pairs
+from _iqa_data import fake_biq, fake_livec, make_dataset, make_image, make_pairs
 from napari_pmt_iqa.data.crops import array_to_rgb8, load_sample_rgb
 from napari_pmt_iqa.data.datasets import (
     BIQ2021_SCALE,
@@ -77,29 +77,9 @@ def test_zero_width_score_range_is_refused():
 
 
 # --------------------------------------------------------------------------- official layouts
-def _fake_livec(root, n=12):
-    from scipy.io import savemat
-
-    (root / "Data").mkdir(parents=True)
-    (root / "Images" / "trainingImages").mkdir(parents=True)
-    names = [f"t{i}.bmp" for i in range(1, 8)] + [f"{100 + i}.bmp" for i in range(n)]
-    for k, n_ in enumerate(names):
-        folder = root / "Images" / ("trainingImages" if n_.startswith("t") else "")
-        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
-            folder / n_, format="BMP"
-        )
-    mos = np.linspace(10, 90, len(names))[None, :]
-    arr = np.empty((len(names), 1), dtype=object)
-    for k, n_ in enumerate(names):
-        arr[k, 0] = np.array([n_])
-    savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": arr})
-    savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": mos})
-    return names, mos.ravel()
-
-
 def test_livec_layout_excludes_training_images_and_keeps_all_others(tmp_path):
     root = tmp_path / "ChallengeDB_release"
-    names, mos = _fake_livec(root)
+    names, mos = fake_livec(root)
     assert detect_layout(tmp_path) == "livec" and detect_layout(root) == "livec"
     ds = load_livec(tmp_path)
     assert len(ds) == 12  # all 12 test-protocol images; t1..t7 excluded, none dropped
@@ -114,22 +94,8 @@ def test_livec_not_a_livec_folder(tmp_path):
         load_livec(tmp_path)
 
 
-def _fake_biq(root, bad_score=False):
-    (root / "Images").mkdir(parents=True)
-    for k, name in enumerate(["ss01 (1).jpg", "ss02 (1014).JPG", "ss03 (5).jpg", "ss03 (6).jpg"]):
-        Image.fromarray(make_image(np.random.default_rng(k), 32, 0.5)).save(
-            root / "Images" / name, format="JPEG"
-        )
-    (root / "Train (Images and MOS).csv").write_text(
-        "Image Name,MOS,,\nss01 (1).jpg,0.25,,\nss02 (1014).jpg,0.75,,\nss03 (5).jpg,"
-        + ("n/a" if bad_score else "0.5")
-        + ",,\n"
-    )
-    (root / "Test (Images and MOS).csv").write_text("Image Name,MOS\nss03 (6).jpg,0.4\n")
-
-
 def test_biq2021_layout_parts_and_case_insensitive_names(tmp_path):
-    _fake_biq(tmp_path)
+    fake_biq(tmp_path)
     assert detect_layout(tmp_path) == "biq2021"
     tr = load_biq2021(tmp_path)
     assert len(tr) == 3 and tr.scale == BIQ2021_SCALE
@@ -141,7 +107,7 @@ def test_biq2021_layout_parts_and_case_insensitive_names(tmp_path):
 
 
 def test_biq2021_bad_score(tmp_path):
-    _fake_biq(tmp_path, bad_score=True)
+    fake_biq(tmp_path, bad_score=True)
     with pytest.raises(DatasetError, match="non-numeric MOS"):
         load_biq2021(tmp_path)
 

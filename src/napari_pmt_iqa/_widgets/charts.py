@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 _AXIS = QColor(170, 170, 170)
@@ -54,8 +54,57 @@ class _PlotBase(QWidget):
         self._xr = (0.0, 1.0)
         self._yr = (0.0, 1.0)
 
+    #: Pixels above the plot area (the title row, and half a row for the top y tick label) and
+    #: below it (one row of tick labels, one row for the x-axis label).
+    TOP, BOTTOM = 22, 32
+
     def _area(self) -> QRectF:
-        return QRectF(58, 18, max(10, self.width() - 68), max(10, self.height() - 40))
+        h = max(10, self.height() - self.TOP - self.BOTTOM)
+        return QRectF(58, self.TOP, max(10, self.width() - 68), h)
+
+    def _label_font(self) -> QFont:
+        f = QFont(self.font())
+        f.setPointSizeF(max(6.0, f.pointSizeF() * 0.8))
+        return f
+
+    def text_layout(self) -> dict[str, tuple[QRectF, int, str]]:
+        """Where each text of the axes goes: ``{name: (rect, alignment, text)}``.
+
+        The title (or the y label) spans the whole width above the plot, the tick labels sit in a
+        row under it, the x label in its own row below them; every text is elided to its rect, so
+        that none is cut at the widget's edges and none overlaps another.
+        """
+        a = self._area()
+        fm = QFontMetricsF(self._label_font())
+        ys, xs = self._yr[1] - self._yr[0], self._xr[1] - self._xr[0]
+        right, left, centre = (
+            int(Qt.AlignmentFlag.AlignRight),
+            int(Qt.AlignmentFlag.AlignLeft),
+            int(Qt.AlignmentFlag.AlignHCenter),
+        )
+        x_lo, x_hi = self._x_tick_texts(xs)
+        w_lo, w_hi = fm.horizontalAdvance(x_lo) + 2, fm.horizontalAdvance(x_hi) + 2
+        row = fm.height() + 1
+        rects = {
+            "title": (QRectF(2, 0, self.width() - 4, row), centre, self.title or self.y_label),
+            "y_max": (QRectF(0, a.top() - row / 2, 54, row), right, self._fmt(self._yr[1], ys)),
+            "y_min": (QRectF(0, a.bottom() - row / 2, 54, row), right, self._fmt(self._yr[0], ys)),
+            "x_min": (QRectF(a.left(), a.bottom() + 2, w_lo, row), left, x_lo),
+            "x_max": (QRectF(a.right() - w_hi, a.bottom() + 2, w_hi, row), right, x_hi),
+            "x_label": (
+                QRectF(a.left(), a.bottom() + 2 + row, a.width(), row),
+                centre,
+                self.x_label,
+            ),
+        }
+        out = {}
+        for name, (rect, align, text) in rects.items():
+            elided = fm.elidedText(text, Qt.TextElideMode.ElideRight, rect.width()) if text else ""
+            out[name] = (rect, align, elided)
+        return out
+
+    def _x_tick_texts(self, span: float) -> tuple[str, str]:
+        return self._fmt(self._xr[0], span), self._fmt(self._xr[1], span)
 
     def _to_px(self, x: float, y: float) -> QPointF:
         a = self._area()
@@ -69,41 +118,12 @@ class _PlotBase(QWidget):
         return f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"
 
     def _draw_axes(self, p: QPainter) -> None:
-        a = self._area()
-        ys, xs = self._yr[1] - self._yr[0], self._xr[1] - self._xr[0]
         p.setPen(QPen(_AXIS, 1))
-        p.drawRect(a)
-        f = p.font()
-        f.setPointSizeF(max(6.0, f.pointSizeF() * 0.8))
-        p.setFont(f)
-        p.drawText(
-            QRectF(0, a.top() - 6, 54, 14), Qt.AlignmentFlag.AlignRight, self._fmt(self._yr[1], ys)
-        )
-        p.drawText(
-            QRectF(0, a.bottom() - 8, 54, 14),
-            Qt.AlignmentFlag.AlignRight,
-            self._fmt(self._yr[0], ys),
-        )
-        p.drawText(
-            QRectF(a.left(), a.bottom() + 2, 60, 14),
-            Qt.AlignmentFlag.AlignLeft,
-            self._fmt(self._xr[0], xs),
-        )
-        p.drawText(
-            QRectF(a.right() - 60, a.bottom() + 2, 60, 14),
-            Qt.AlignmentFlag.AlignRight,
-            self._fmt(self._xr[1], xs),
-        )
-        p.drawText(
-            QRectF(a.left() + 60, a.bottom() + 2, a.width() - 120, 14),
-            Qt.AlignmentFlag.AlignHCenter,
-            self.x_label,
-        )
-        p.drawText(
-            QRectF(a.left(), 0, a.width(), 16),
-            Qt.AlignmentFlag.AlignHCenter,
-            self.title or self.y_label,
-        )
+        p.drawRect(self._area())
+        p.setFont(self._label_font())
+        for rect, align, text in self.text_layout().values():
+            if text:
+                p.drawText(rect, align, text)
 
 
 class LinePlot(_PlotBase):
@@ -235,9 +255,13 @@ class BarPlot(_PlotBase):
     """Class probabilities as bars (worst class left)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, height=110)
+        super().__init__(parent, height=120)
         self.values = np.zeros(0)
         self.colors: list[QColor] = []
+
+    def _x_tick_texts(self, span: float) -> tuple[str, str]:
+        n = self.values.size
+        return ("class 1", f"class {n}") if n else ("", "")
 
     def set_values(
         self, values: Sequence[float], colors: Sequence[Sequence[float]] | None = None

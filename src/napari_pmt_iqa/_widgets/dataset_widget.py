@@ -6,10 +6,17 @@ limit, as one layer per image or as one stack. Scoring runs :func:`napari_pmt_iq
 every image in a worker; the scatter plot (predicted score against MOS) and SRCC/PLCC
 (:func:`napari_pmt_iqa.metrics.iqa_metrics`) update as the scores arrive. Clicking a point shows
 that image.
+
+Parts: LIVE-C's are the default recipe's seeded 80/20 split
+(:func:`~napari_pmt_iqa.data.datasets.livec_recipe_parts`, seed 0), BIQ2021's its official Train and
+Test CSVs. When loaded images are in the chosen model's training data (its checkpoint metadata,
+``training``, says which parts it was trained and selected on) the widget says so beside the SRCC:
+such a figure is not a test result.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +42,177 @@ from .charts import ScatterPlot
 from .overlays import METADATA_KEY
 
 DATASET_KEY = "pmt_iqa_dataset"
+PARTS = ["test", "train", "all"]
+#: The seed of the default recipe's LIVE-C split (the shipped models' training part).
+LIVEC_SPLIT_SEED = 0
+_FAMILY_NAMES = {"livec": "LIVE-C", "biq2021": "BIQ2021"}
+
+
+# --------------------------------------------------------------------------- Qt-free helpers
+def check_path_and_layout(path: str, layout: str) -> None:
+    """Raise a :class:`~napari_pmt_iqa.data.datasets.DatasetError` that says what to change in the
+    widget when the path and the layout cannot go together (before anything is read)."""
+    from ..data.datasets import DatasetError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(
+            f"{p} does not exist: choose the data set's folder (or CSV) with Browse…, or correct "
+            "the path in 'Data set'."
+        )
+    if layout in ("livec", "biq2021") and p.is_file():
+        where = (
+            "its folder (ChallengeDB_release, with Data/ and Images/ inside)"
+            if layout == "livec"
+            else "its folder (with Images/ and the Train/Test CSVs inside)"
+        )
+        raise DatasetError(
+            f"'Layout' is {layout}, but {p.name} is a file: {_FAMILY_NAMES[layout]} is opened from "
+            f"{where}. Choose that folder in 'Data set', or set 'Layout' to csv for a CSV of "
+            "image,mos."
+        )
+    if layout == "csv" and p.is_dir() and not any(p.glob("*.csv")):
+        raise DatasetError(
+            f"'Layout' is csv, but the folder {p.name} holds no CSV file: choose the CSV of "
+            "image,mos in 'Data set', or set 'Layout' to auto for a LIVE-C or BIQ2021 folder."
+        )
+
+
+def trained_parts(training: Any) -> list[dict] | None:
+    """The data a checkpoint was trained (and selected) on, from its ``training`` metadata.
+
+    Returns a list of ``{"name", "part", "split_seed"}`` (names lower-case, e.g. ``livec``,
+    ``biq2021``; ``part`` ``train``, ``test`` or ``all``), or None when the metadata does not say.
+    Two descriptions are read: a list of such entries under ``data`` (the current one), and the
+    older counts per part (``{"livec_train": 832, "livec_val": 92, "livec_split_seed": 0, ...}``,
+    under ``data`` or at the top), where the validation part was drawn from the training part.
+    """
+    if not isinstance(training, dict):
+        return None
+    data = training.get("data", training)
+    out: list[dict] = []
+    if isinstance(data, list):
+        for entry in data:
+            if isinstance(entry, dict) and entry.get("name"):
+                out.append(
+                    {
+                        "name": str(entry["name"]).lower(),
+                        "part": str(entry.get("part") or "all").lower(),
+                        "split_seed": entry.get("split_seed"),
+                    }
+                )
+    elif isinstance(data, dict):
+        for key in data:
+            m = re.fullmatch(r"([a-z0-9]+)_(train|val|test|all)", str(key).lower())
+            if not m:
+                continue
+            part = "test" if m.group(2) == "test" else "all" if m.group(2) == "all" else "train"
+            entry = {
+                "name": m.group(1),
+                "part": part,
+                "split_seed": data.get(f"{m.group(1)}_split_seed"),
+            }
+            if entry not in out:
+                out.append(entry)
+    return out or None
+
+
+def sample_parts(ds, family: str) -> dict[str, str]:
+    """The part (``train``/``test``/``left out``) of each image of a full data set, by path."""
+    from ..data.datasets import LIVEC_LEFT_OUT, livec_recipe_parts
+
+    if family == "livec":
+        parts = livec_recipe_parts(ds, seed=LIVEC_SPLIT_SEED)
+        where = {str(s.path): "left out" for s in ds.samples if s.content in LIVEC_LEFT_OUT}
+        for name, part in parts.items():
+            where.update({str(s.path): name for s in part.samples})
+        return where
+    if family == "biq2021":
+        return {str(s.path): s.split or "" for s in ds.samples}
+    return {}
+
+
+def training_overlap(family: str, parts: list[str], trained: list[dict] | None) -> dict:
+    """How many of the images (their ``parts``) the model was trained or selected on.
+
+    Returns ``{"known": bool, "n_in": int, "desc": str}``; ``known`` is False when the model's
+    metadata does not say, or describes another split of this data set.
+    """
+    if family not in _FAMILY_NAMES or not parts:
+        return {"known": False, "n_in": 0, "desc": ""}
+    if trained is None:
+        return {"known": False, "n_in": 0, "desc": ""}
+    mine = [e for e in trained if e["name"] == family]
+    if not mine:
+        return {"known": True, "n_in": 0, "desc": f"no {_FAMILY_NAMES[family]} images"}
+    used: set[str] = set()
+    for e in mine:
+        seed = e.get("split_seed")
+        if (
+            family == "livec"
+            and e["part"] != "all"
+            and seed is not None
+            and seed != LIVEC_SPLIT_SEED
+        ):
+            return {"known": False, "n_in": 0, "desc": f"another LIVE-C split (seed {seed})"}
+        used |= {"train", "test", "left out"} if e["part"] == "all" else {e["part"]}
+    n_in = sum(p in used for p in parts)
+    desc = f"{_FAMILY_NAMES[family]} " + " and ".join(sorted(used)) + " part"
+    return {"known": True, "n_in": n_in, "desc": desc}
+
+
+def model_training(model: str | None) -> Any:
+    """The ``training`` metadata of a model (registered name or checkpoint path), or None."""
+    if not model:
+        return None
+    from ..weights import REGISTRY, CheckpointError, read_metadata
+
+    try:
+        if model in REGISTRY:
+            return REGISTRY[model].meta.get("training")
+        return read_metadata(model).get("training")
+    except (CheckpointError, OSError, ValueError):
+        return None
 
 
 def load_job(path: str, layout: str, part: str, limit: int, state: JobState):
     """Worker: read the annotations, then yield ``("image", k, array, sample)`` for each image.
 
-    Returns ``("ok", dataset, n_failed)``, ``("cancelled", reason)`` or ``("error", message)``.
+    ``part`` (``train``, ``test``, ``all``) selects LIVE-C's recipe part or BIQ2021's official one;
+    a BIQ2021 CSV chosen as the path loads its own part. Yields ``("dataset", ds, n, family,
+    parts)`` first (``parts``: the part of each image that will be loaded). Returns ``("ok",
+    dataset, failed)``, ``("cancelled", reason)`` or ``("error", message)``.
     """
     try:
+        from .._reader import dataset_target
         from ..data.datasets import load_dataset
         from ..imaging import read_image
 
-        kwargs = (
-            {"part": part}
-            if (
-                layout == "biq2021"
-                or (layout == "auto" and (Path(path) / "Train (Images and MOS).csv").exists())
-            )
-            else {}
-        )
-        ds = load_dataset(path, layout=layout, **kwargs)
+        check_path_and_layout(path, layout)
+        root, own_part = path, None
+        if layout == "auto":
+            target = dataset_target(path)
+            if target is not None:
+                root, layout, own_part = str(target[0]), target[1], target[2]
+                own_part = own_part if own_part in ("train", "test") else None
+            else:
+                layout = "csv"
+        family = "livec" if layout == "livec" else "biq2021" if layout == "biq2021" else "csv"
+        part = own_part or part
+        if family == "biq2021":
+            ds = load_dataset(root, layout="biq2021", part=part)
+            where = sample_parts(ds, family)
+        else:
+            ds = load_dataset(root, layout=layout)
+            where = sample_parts(ds, family)
+            if family == "livec" and part != "all":
+                from ..data.datasets import livec_recipe_parts
+
+                ds = livec_recipe_parts(ds, seed=LIVEC_SPLIT_SEED)[part]
         samples = ds.samples[: max(1, int(limit))]
         failed = []
         state.progress(0, len(samples))
-        yield ("dataset", ds, len(samples))
+        yield ("dataset", ds, len(samples), family, [where.get(str(s.path), "") for s in samples])
         for k, s in enumerate(samples):
             if state.cancelled():
                 return ("cancelled", state.reason or "Loading was cancelled.")
@@ -133,6 +287,10 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.pred = np.zeros(0)
         self.metrics: dict = {}
         self._images: list = []
+        self.family = ""  # livec, biq2021 or csv
+        self.parts: list[str] = []  # part of each loaded image (train, test, left out)
+        self._all_parts: list[str] = []
+        self.overlap: dict = {}
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("data set folder or CSV")
@@ -143,9 +301,16 @@ class DatasetWidget(BackgroundJobs, QWidget):
         row.addWidget(browse)
         self.layout_combo = QComboBox()
         self.layout_combo.addItems(["auto", "csv", "livec", "biq2021"])
+        self.layout_combo.setToolTip(
+            "auto: recognised from the files; csv: a CSV of image,mos; livec: the "
+            "ChallengeDB_release folder; biq2021: the folder with the Train/Test CSVs"
+        )
         self.part_combo = QComboBox()
-        self.part_combo.addItems(["train", "test", "all"])
-        self.part_combo.setToolTip("BIQ2021 part")
+        self.part_combo.addItems(PARTS)
+        self.part_combo.setToolTip(
+            "LIVE-C: the default recipe's seeded 80/20 split (seed 0); BIQ2021: its official "
+            "Train/Test CSVs. 'test' holds images the shipped model was never trained on."
+        )
         self.limit_spin = QSpinBox()
         self.limit_spin.setRange(1, 1_000_000)
         self.limit_spin.setValue(50)
@@ -162,18 +327,22 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.progress.setTextVisible(False)
         self.plot = ScatterPlot()
         self.plot.x_label = "MOS"
-        self.plot.title = "predicted score vs MOS (click a point)"
+        self.plot.title = "predicted vs MOS (click a point)"
         self.metrics_label = QLabel()
         self.export_button = QPushButton("Export predictions (CSV)…")
         self.export_button.setToolTip("Save every loaded image's MOS and predicted score as CSV")
         self.export_button.setEnabled(False)
+        self.metrics_label.setWordWrap(True)
+        self.training_label = QLabel()
+        self.training_label.setWordWrap(True)
+        self.training_label.setVisible(False)
         self.status = QLabel()
         self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Data set", row)
         form.addRow("Layout", self.layout_combo)
-        form.addRow("BIQ2021 part", self.part_combo)
+        form.addRow("Part", self.part_combo)
         form.addRow("Max. images", self.limit_spin)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -188,6 +357,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         lay.addWidget(self.plot)
         lay.addWidget(self.metrics_label)
         lay.addWidget(self.export_button)
+        lay.addWidget(self.training_label)
         lay.addWidget(self.status)
         lay.addStretch(1)
 
@@ -196,6 +366,8 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.cancel_button.clicked.connect(lambda: self.cancel())
         self.plot.clicked.connect(self.show_image)
         self.export_button.clicked.connect(lambda: self.export_predictions())
+        self.chooser.changed.connect(self._update_training_note)
+        self.chooser.model_combo.currentIndexChanged.connect(self._update_training_note)
 
     # ------------------------------------------------------------------ helpers
     def _browse(self) -> None:
@@ -220,6 +392,8 @@ class DatasetWidget(BackgroundJobs, QWidget):
             return
         self.path_edit.setText(path)
         self.samples, self.layers, self.stack_layer, self._images = [], [], None, []
+        self.parts, self._all_parts, self.family = [], [], ""
+        self.training_label.setVisible(False)
         self.mos = np.zeros(0)
         self.pred = np.zeros(0)
         self.plot.set_points([], [])
@@ -238,9 +412,11 @@ class DatasetWidget(BackgroundJobs, QWidget):
     def _on_loaded_item(self, item) -> None:
         if item[0] == "dataset":
             self.dataset = item[1]
+            self.family, self._all_parts = item[3], item[4]
             return
         _, k, arr, sample = item
         self.samples.append(sample)
+        self.parts.append(self._all_parts[k] if k < len(self._all_parts) else "")
         self._images.append(arr)
         if not self.stack_check.isChecked():
             meta = {
@@ -262,6 +438,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         kind = out[0]
         if kind == "error":
             self._message(f"Could not load the data set: {out[1]}", error=True)
+            self._update_training_note()
             return
         if kind == "cancelled":
             self._message(f"{out[1]} {len(self.samples)} images were loaded.", warn=True)
@@ -302,12 +479,13 @@ class DatasetWidget(BackgroundJobs, QWidget):
                         self.viewer.add_image(arr, name=s.path.name, metadata=meta, visible=k == 0)
                     )
             self._images = []
-        self.plot.x_label = f"MOS ({self.dataset.scale.name})" if self.dataset else "MOS"
+        self.plot.x_label = self.dataset.scale.name if self.dataset else "MOS"
         if kind == "ok":
             text = f"Loaded {len(self.samples)} of {len(self.dataset)} images of '{self.dataset.name}'."
             if failed:
                 text += f" {len(failed)} could not be read (e.g. {failed[0]})."
             self._message(text, warn=bool(failed))
+        self._update_training_note()
 
     # ------------------------------------------------------------------ scoring
     def _current_images(self) -> tuple[list, list]:
@@ -394,7 +572,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         from ..metrics import iqa_metrics
 
         self.plot.set_points(self.mos, self.pred)
-        self.plot.title = f"predicted ({self._units or 'model units'}) vs MOS (click a point)"
+        self.plot.title = f"predicted ({self._units or 'model units'}) vs MOS, click a point"
         ok = np.isfinite(self.pred)
         self.metrics = iqa_metrics(self.pred[ok], self.mos[ok])
         m = self.metrics
@@ -404,6 +582,45 @@ class DatasetWidget(BackgroundJobs, QWidget):
             )
         else:
             self.metrics_label.setText(f"n = {m['n']} (SRCC/PLCC need at least 3 different scores)")
+        self._update_training_note()
+
+    def _update_training_note(self, *_: Any) -> None:
+        """Say, beside the SRCC, whether the chosen model was trained on the images shown."""
+        scored = (
+            np.isfinite(self.pred)
+            if self.pred.size == len(self.parts)
+            else np.zeros(len(self.parts), bool)
+        )
+        use = scored if scored.any() else np.ones(len(self.parts), bool)
+        parts = [p for p, u in zip(self.parts, use) if u]
+        if self.family not in ("livec", "biq2021") or not parts:
+            self.overlap = {}
+            self.training_label.setVisible(False)
+            return
+        self.overlap = training_overlap(
+            self.family, parts, trained_parts(model_training(self.chooser.current_model()))
+        )
+        n, k = len(parts), self.overlap["n_in"]
+        what = "scored images" if scored.any() else "loaded images"
+        if not self.overlap["known"]:
+            extra = f" (it describes {self.overlap['desc']})" if self.overlap["desc"] else ""
+            text = (
+                f"Unknown whether this model was trained on these {n} {what}: its metadata does "
+                f"not say{extra}. The SRCC may not be a test figure."
+            )
+        elif k:
+            text = (
+                f"\u26a0 {k} of these {n} {what} are in this model's training data "
+                f"({self.overlap['desc']}): the SRCC is not a test figure. Choose Part 'test' "
+                "and Load again to measure it on images it never saw."
+            )
+        else:
+            text = (
+                f"None of these {n} {what} is in this model's training data "
+                f"({self.overlap['desc']})."
+            )
+        self.training_label.setText(text)
+        self.training_label.setVisible(True)
 
     # ------------------------------------------------------------------ export
     def prediction_rows(self) -> list[dict]:

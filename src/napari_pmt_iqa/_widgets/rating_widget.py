@@ -11,6 +11,12 @@ image files in a folder next to it (PNG for 8-bit images, TIFF otherwise), so th
 used by ``pmt-iqa train`` and by the fine-tune widget; Load reads such a CSV back (onto the layers
 of the same name, or as new layers).
 
+What is rated: the Image layer selected in the layer list (napari's active layer), never a map
+layer made by this plugin (:func:`~napari_pmt_iqa._widgets.overlays.is_plugin_overlay`); when
+nothing is selected and only one image is open, that image. The widget says which layer and plane
+it rates, and disables its buttons (with the reason) where no rating can be given: no image
+selected, a map or another layer type selected, a 3D view or a rolled/transposed dims order.
+
 Keyboard shortcuts: napari binds 1 and 2 to the Image layer's modes; while "Keys 0-5" is checked,
 this widget binds 0-5 on the viewer and on each Image layer (with ``overwrite=True``, so that they
 win over the layer's mode keys) and restores the previous bindings when unchecked or closed.
@@ -38,6 +44,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from .overlays import is_plugin_overlay, overlay_message
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -84,7 +92,20 @@ def stars_to_score(stars: int) -> float:
 
 
 def _is_image(layer: Any) -> bool:
-    return type(layer).__name__ == "Image"
+    """An Image layer that is not one of this plugin's maps (works through napari's layer proxies)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not is_plugin_overlay(layer)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identity of two layers, seen directly or through napari's ``PublicOnlyProxy``."""
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
+def plane_text(key: Sequence[int]) -> str:
+    """``"plane 3"`` or ``"plane 1, 3"`` for a plane key; ``""`` for a 2D image."""
+    return f"plane {', '.join(str(int(k)) for k in key)}" if len(key) else ""
 
 
 def _level0(layer: Any):
@@ -157,7 +178,16 @@ def get_rating(layer: Any, key: Sequence[int]) -> float | None:
 
 
 def set_rating(layer: Any, key: Sequence[int], score: float) -> None:
-    """Store ``score`` (0-100) for the plane ``key`` of ``layer`` in its metadata."""
+    """Store ``score`` (0-100) for the plane ``key`` of ``layer`` in its metadata.
+
+    Raises
+    ------
+    ValueError
+        ``layer`` is one of this plugin's maps (maps are not images to rate), or the score is not
+        in 0-100.
+    """
+    if is_plugin_overlay(layer):
+        raise ValueError(overlay_message(layer, "rated"))
     score = float(score)
     if not (SCALE_LOW <= score <= SCALE_HIGH) or score != score:
         raise ValueError(f"A rating is between {SCALE_LOW:g} and {SCALE_HIGH:g}; got {score}.")
@@ -207,7 +237,7 @@ def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
 
 
 def rated_layers(layers: Iterable[Any]) -> list[Any]:
-    """The Image layers that carry at least one rating."""
+    """The Image layers that carry at least one rating (never this plugin's maps)."""
     return [ly for ly in layers if _is_image(ly) and get_ratings(ly)]
 
 
@@ -389,6 +419,7 @@ class RatingWidget(QWidget):
         self._bound: list[tuple[Any, str, Any]] = []  # (keymap owner, key, previous binding)
         self._closed = False
         self.problem = ""
+        self.last_rated: tuple[str, tuple[int, ...]] | None = None
 
         self.target_label = QLabel("No image layer.")
         self.target_label.setWordWrap(True)
@@ -455,6 +486,8 @@ class RatingWidget(QWidget):
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
         self.viewer.dims.events.current_step.connect(self.refresh)
+        self.viewer.dims.events.ndisplay.connect(self.refresh)
+        self.viewer.dims.events.order.connect(self.refresh)
         self.viewer.layers.selection.events.active.connect(self.refresh)
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self.refresh)
@@ -464,13 +497,33 @@ class RatingWidget(QWidget):
 
     # ------------------------------------------------------------------ target
     def target_layer(self):
-        """The layer rated now: the active layer if it is an image, else the top visible image."""
+        """The layer rated now: the Image layer selected in the layer list.
+
+        With nothing selected, the only image layer when there is exactly one. None otherwise, and
+        when the selected layer is a map of this plugin or not an image; ``self.problem`` then says
+        what to do.
+        """
         active = self.viewer.layers.selection.active
-        if active is not None and _is_image(active):
-            return active
-        for layer in reversed(list(self.viewer.layers)):
-            if _is_image(layer) and layer.visible:
-                return layer
+        if active is not None:
+            if _is_image(active):
+                return active
+            if is_plugin_overlay(active):
+                self.problem = overlay_message(active, "rated")
+            else:
+                kind = type(getattr(active, "__wrapped__", active)).__name__
+                self.problem = (
+                    f"'{active.name}' is a {kind} layer: select an Image layer in the layer list "
+                    "to rate it."
+                )
+            return None
+        images = [ly for ly in self.viewer.layers if _is_image(ly)]
+        if len(images) == 1:
+            return images[0]
+        self.problem = (
+            "Select the image to rate in the layer list."
+            if images
+            else "Open an image (File > Open, or a sample) to rate it."
+        )
         return None
 
     def current(self) -> tuple[Any, tuple[int, ...] | None]:
@@ -482,7 +535,6 @@ class RatingWidget(QWidget):
         self.problem = ""
         layer = self.target_layer()
         if layer is None:
-            self.problem = "Open or select an image layer to rate it."
             return None, None
         try:
             return layer, plane_key(layer, self.viewer)
@@ -498,6 +550,7 @@ class RatingWidget(QWidget):
             self._notify(self.problem)
             return False
         set_rating(layer, key, score)
+        self.last_rated = (layer.name, tuple(key))
         return True
 
     def rate_stars(self, stars: int) -> bool:
@@ -533,8 +586,8 @@ class RatingWidget(QWidget):
             self.target_label.setText(self.problem)
             self.rating_label.setText("-")
         else:
-            where = f" plane {key}" if key else ""
-            self.target_label.setText(f"{layer.name}{where}")
+            where = f", {plane_text(key)}" if key else ""
+            self.target_label.setText(f"'{layer.name}'{where}")
             r = get_rating(layer, key)
             if r is None:
                 self.rating_label.setText("not rated")
@@ -574,7 +627,7 @@ class RatingWidget(QWidget):
             self._bound.append((owner, k, prev))
 
     def _bind_layer(self, layer: Any) -> None:
-        if not any(o is layer for o, _, _ in self._bound):
+        if not any(_same(o, layer) for o, _, _ in self._bound):
             self._bind(layer)
 
     def bind_keys(self) -> None:
@@ -635,6 +688,8 @@ class RatingWidget(QWidget):
         self.unbind_keys()
         for emitter, cb in (
             (self.viewer.dims.events.current_step, self.refresh),
+            (self.viewer.dims.events.ndisplay, self.refresh),
+            (self.viewer.dims.events.order, self.refresh),
             (self.viewer.layers.selection.events.active, self.refresh),
             (self.viewer.layers.events.inserted, self._on_layer_inserted),
             (self.viewer.layers.events.removed, self.refresh),

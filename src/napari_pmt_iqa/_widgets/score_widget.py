@@ -8,11 +8,13 @@ timer on the GUI thread reads, and polls it for cancellation between tiles.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,6 +37,7 @@ from .overlays import (
     class_colormap,
     class_labels,
     is_overlay_of,
+    is_plugin_overlay,
     overlay_specs,
     result_metadata,
     score_meaning,
@@ -62,6 +65,22 @@ def _layer_placement(layer) -> tuple:
         scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=n
     )
     return (1.0,) * n, (0.0,) * n, affine @ own.affine_matrix
+
+
+def prewarm_imports() -> None:
+    """Import now, while the widget opens, what the first result would otherwise import.
+
+    napari's Labels layer (the class map) imports pandas for its features table the first time
+    one is made: about 0.4 s that would stall the viewer when the first maps arrive. Each Labels
+    layer also gets a vispy line visual whose dash patterns vispy computes once per process (about
+    45 ms of the first class map's 0.1-0.2 s); they are computed here, while the widget opens.
+    """
+    import importlib
+
+    with contextlib.suppress(ImportError):  # napari depends on pandas; nothing else needs it
+        importlib.import_module("pandas")
+    with contextlib.suppress(Exception):  # vispy's cache of dash patterns (a private module)
+        importlib.import_module("vispy.visuals.line.dash_atlas").DashAtlas()
 
 
 def score_job(
@@ -136,6 +155,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         guard_triton()
         super().__init__()
+        prewarm_imports()
         self.viewer = napari_viewer
         self._init_jobs()
         self.result = None
@@ -143,6 +163,11 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self._layer = None  # layer being scored
         self._scored_layer = None  # layer of self.result
         self._stack_axis: int | None = None
+        self._pending_overlays: list = []  # (OverlaySpec, image, overlay or None) to do
+        self._overlay_timer = QTimer(self)
+        self._overlay_timer.setSingleShot(True)
+        self._overlay_timer.setInterval(15)
+        self._overlay_timer.timeout.connect(self._next_overlay)
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The Image layer to score (2D grayscale/RGB or a stack)")
@@ -226,7 +251,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         return [
             lay
             for lay in self.viewer.layers
-            if isinstance(lay, Image) and OVERLAY_KEY not in lay.metadata
+            if isinstance(lay, Image) and not is_plugin_overlay(lay)
         ]
 
     def _refresh_layers(self, event=None) -> None:
@@ -261,9 +286,11 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.cancel(
                 f"The layer '{layer.name}' was removed while it was being scored; scoring stopped."
             )
-        if layer == self._scored_layer:
-            self._scored_layer = None
-            self.stack_plot.setVisible(False)
+        if self._scored_layer is not None and layer == self._scored_layer:
+            self._clear_result(
+                f"No score: the scored layer '{html.escape(layer.name)}' was deleted."
+            )
+        self._pending_overlays = [item for item in self._pending_overlays if item[1] != layer]
         self._refresh_layers()
 
     # ------------------------------------------------------------------ running
@@ -321,8 +348,13 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self._clear_result("No score: scoring was cancelled.")
             self._message(out[1], warn=True)
         else:
+            name = self._layer.name if self._layer is not None else "the image"
             self._clear_result("No score: scoring failed (see the message below).")
-            self._message(f"Scoring failed: {out[1]}", error=True)
+            self._message(f"Scoring '{name}' failed: {out[1]}", error=True)
+
+    def _on_job_aborted(self) -> None:
+        self._clear_result("No score: scoring was cancelled.")
+        super()._on_job_aborted()
 
     def _clear_result(self, text: str) -> None:
         """Forget the shown result (a new score starts, or one failed): no stale numbers stay."""
@@ -386,10 +418,16 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.add_overlays(result, layer)
         self.status.setText(f"Scored '{layer.name}' in {self.last_seconds:.2f} s.")
 
-    def add_overlays(self, result, layer) -> list:
-        """Replace this image's overlays by the maps of ``result``; returns the new layers."""
-        for old in [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]:
-            self.viewer.layers.remove(old)
+    def add_overlays(self, result, layer) -> None:
+        """Put the maps of ``result`` over ``layer``, one layer per turn of the event loop.
+
+        An overlay this image already has (it was scored before) gets the new maps in place: no
+        layer is removed or added, which keeps re-scoring free of stalls (napari runs a full
+        garbage collection for each removed layer). Missing overlays are added, the shown ones
+        first. Each layer is handled in its own turn of the event loop, so that the viewer stays
+        responsive: napari takes about 0.1 s to build one layer's visual and controls.
+        :meth:`overlays_pending` says whether some are still to come.
+        """
         scale, translate, affine = _layer_placement(layer)
         plane = getattr(self, "_result_plane", None)
         if plane is not None and not hasattr(result, "planes"):
@@ -405,13 +443,63 @@ class ScoreWidget(BackgroundJobs, QWidget):
                 result.higher_is_better,
             )
         specs = overlay_specs(result, layer.name, scale, translate, affine)
-        selection = list(self.viewer.layers.selection)
-        added = [spec.add_to(self.viewer) for spec in specs]
-        self.viewer.layers.selection.clear()
-        for lay in selection:
-            if lay in self.viewer.layers:
-                self.viewer.layers.selection.add(lay)
-        return added
+        existing = {
+            lay.metadata[OVERLAY_KEY].get("key"): lay
+            for lay in self.viewer.layers
+            if is_overlay_of(lay, layer.name)
+        }
+        queue = []
+        for spec in specs:
+            old = existing.pop(spec.key, None)
+            if old is not None and not spec.fits(old):
+                self.viewer.layers.remove(old)
+                old = None
+            queue.append((spec, layer, old))
+        for stale in existing.values():  # overlays of keys this result does not have
+            self.viewer.layers.remove(stale)
+        # shown maps first, then updates (cheap) before additions
+        queue.sort(key=lambda item: (not item[0].kwargs.get("visible", False), item[2] is None))
+        self._pending_overlays = queue + [
+            item for item in self._pending_overlays if item[1].name != layer.name
+        ]
+        self._overlay_timer.start()
+
+    def overlays_pending(self) -> bool:
+        """Whether map layers of the last result are still being added or updated."""
+        return bool(self._pending_overlays)
+
+    def _next_overlay(self) -> None:
+        """Add or update one pending overlay (keeping the layer selection as the user left it)."""
+        while self._pending_overlays:
+            spec, image, target = self._pending_overlays.pop(0)
+            if image in self.viewer.layers:
+                break
+        else:
+            return
+        if target is not None and target in self.viewer.layers:
+            spec.update(target)
+        else:
+            self._add_keeping_selection(spec)
+        if self._pending_overlays:
+            self._overlay_timer.start()
+
+    def _add_keeping_selection(self, spec) -> None:
+        """Add an overlay layer without touching the layer selection.
+
+        napari makes a new layer the only selected one; putting the user's selection back after
+        that would switch napari's layer controls twice and redraw the layer list for every map.
+        The selection's events are held while the layer goes in and the selection is restored, so
+        nobody hears of a change that is undone at once.
+        """
+        selection = self.viewer.layers.selection
+        before, active = list(selection), selection.active
+        with selection.events.blocker_all():
+            spec.add_to(self.viewer)
+            before = [lay for lay in before if lay in self.viewer.layers]
+            selection.clear()
+            if active is not None and active in self.viewer.layers:
+                selection.active = active
+            selection.update(before)
 
     # ------------------------------------------------------------------ export
     def export_scores(self, path: str | None = None) -> str | None:
@@ -493,6 +581,8 @@ class ScoreWidget(BackgroundJobs, QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.cancel("The widget was closed.")
+        self._overlay_timer.stop()
+        self._pending_overlays = []
         from .training_worker import model_trained
 
         model_trained.disconnect(self._on_model_trained, missing_ok=True)
