@@ -21,20 +21,28 @@ TOX_VERSION=4.67.15
 REPORTS=.tox/_reports
 mkdir -p "$REPORTS"
 rm -f "$REPORTS"/*.xml
-steps=() results=() seconds=()
+steps=() results=() seconds=() cpu=()
+
+cpu_now() {  # CPU_NOW = CPU seconds (user + system) of this shell's finished child processes
+  times >"$REPORTS/times.txt"  # (in this shell: a $(...) subshell has children of its own)
+  CPU_NOW=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/);
+    printf "%.0f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$REPORTS/times.txt")
+}
 
 step() {  # step NAME COMMAND...: run, time and record one step; a failure does not stop the rest
-  local name=$1 t0 rc
+  local name=$1 t0 c0 rc
   shift
   echo
   echo "==== $name: $*"
-  t0=$(date +%s)
+  cpu_now
+  t0=$(date +%s) c0=$CPU_NOW
   set +e
   "$@"
   rc=$?
   set -e
   steps+=("$name") results+=("$([ $rc = 0 ] && echo ok || echo "FAILED (exit $rc)")")
-  seconds+=("$(($(date +%s) - t0))")
+  cpu_now
+  seconds+=("$(($(date +%s) - t0))") cpu+=("$((CPU_NOW - c0))")
   return 0
 }
 
@@ -75,19 +83,26 @@ step "test pinned (.venv)" .venv/bin/python -m pytest -q -p no:cacheprovider \
 step "setup tox" tox_runner
 if PMT_IQA_PY310=$(find_python 3.10) && PMT_IQA_PY312=$(find_python 3.12); then
   export PMT_IQA_PY310 PMT_IQA_PY312
+  # tox also looks interpreters up by name (for the wheel-building envs): pyenv's shims answer
+  # "command not found" for a version that is not the global one, so put the real ones first
+  mkdir -p .tox/_pythons
+  ln -sf "$PMT_IQA_PY310" .tox/_pythons/python3.10
+  ln -sf "$PMT_IQA_PY312" .tox/_pythons/python3.12
+  export PATH="$PWD/.tox/_pythons:$PATH"
   for env in oldest newest; do
     step "setup $env" tox_env "$env" install
     step "test $env" tox_env "$env" test
   done
 else
-  steps+=("find Python 3.10 and 3.12") results+=("FAILED") seconds+=(0)
+  steps+=("find Python 3.10 and 3.12") results+=("FAILED") seconds+=(0) cpu+=(0)
 fi
 
 echo
-echo "==== summary"
+echo "==== summary (wall-clock seconds, and CPU seconds used: on a busy machine wall >> CPU / 2)"
 failed=0
+printf '%-28s %-18s %8s %8s\n' step result wall cpu
 for i in "${!steps[@]}"; do
-  printf '%-28s %-18s %6ss\n' "${steps[$i]}" "${results[$i]}" "${seconds[$i]}"
+  printf '%-28s %-18s %7ss %7ss\n' "${steps[$i]}" "${results[$i]}" "${seconds[$i]}" "${cpu[$i]}"
   [ "${results[$i]}" = ok ] || failed=1
 done
 .venv/bin/python - "$REPORTS" <<'EOF'
