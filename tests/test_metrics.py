@@ -1,32 +1,47 @@
-"""IQA correlation metrics: NaN, never an exception, for predictions that cannot be correlated."""
+"""SRCC, PLCC (raw and after the 4-parameter logistic mapping) and KRCC."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
-from napari_pmt_iqa.metrics import iqa_metrics
+from napari_pmt_iqa.metrics import iqa_metrics, logistic4, plcc_logistic
 
 KEYS = ("srcc", "plcc", "plcc_logistic", "krcc")
 
 
-def test_metrics_of_a_monotonic_prediction():
-    mos = np.array([2.5, 22.5, 52.5, 82.5, 90.0])
-    out = iqa_metrics(mos / 10.0 + 1.0, mos)
-    assert out["n"] == 5
-    for k in KEYS:
-        assert out[k] == pytest.approx(1.0, abs=1e-6), k
+def test_the_logistic_plcc_sees_through_a_monotonic_nonlinearity():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    mos = 60 * logistic4(x, 1.0, 0.0, 0.2, 0.4) + rng.normal(0, 1.0, 400)
+    m = iqa_metrics(x, mos)
+    assert m["plcc_logistic"] > m["plcc"] + 0.02  # the raw figure is hurt by the curve
+    assert m["plcc_logistic"] == pytest.approx(plcc_logistic(x, mos))
+    assert m["srcc"] > 0.9 and m["krcc"] > 0.7 and m["n"] == 400
+
+
+def test_a_model_that_runs_the_wrong_way_keeps_its_negative_sign():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    mos = 3 * x + rng.normal(0, 1, 200)
+    m = iqa_metrics(-x, mos)
+    assert m["plcc"] < -0.9 and m["plcc_logistic"] < -0.9
+
+
+def test_degenerate_inputs_give_nan():
+    m = iqa_metrics([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert all(np.isnan(m[k]) for k in KEYS)
+    with pytest.raises(ValueError):
+        iqa_metrics([1.0, 2.0], [1.0])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_predictions_give_nan_metrics(bad):
     # scipy < 1.11 raises "array must not contain infs or NaNs" in pearsonr; a diverged model's
     # validation must still score NaN
-    pred = np.array([1.0, bad, 3.0, 4.0])
-    out = iqa_metrics(pred, [2.5, 22.5, 52.5, 82.5])
-    assert out["n"] == 4
-    assert all(math.isnan(out[k]) for k in KEYS), out
-    out = iqa_metrics(np.full(4, np.nan), [2.5, 22.5, 52.5, 82.5])
-    assert all(math.isnan(out[k]) for k in KEYS), out
+    pred = np.array([1.0, bad, 3.0, 4.0, 5.0])
+    out = iqa_metrics(pred, [2.5, 22.5, 52.5, 82.5, 90.0])
+    assert out["n"] == 5
+    assert all(np.isnan(out[k]) for k in KEYS), out
+    out = iqa_metrics(np.full(5, np.nan), [2.5, 22.5, 52.5, 82.5, 90.0])
+    assert all(np.isnan(out[k]) for k in KEYS), out
