@@ -1,7 +1,7 @@
 """What pyproject.toml claims is what CI tests (tox.ini, .ci/oldest-constraints.txt).
 
-* every lower bound (``>=``) of a dependency or of the testing/baselines/napari extras is pinned,
-  at exactly that version, in the constraints file of the ``oldest`` environment;
+* every lower bound (``>=``) of a dependency or of the testing/baselines/backbones/napari extras is
+  pinned, at exactly that version, in the constraints file of the ``oldest`` environment;
 * the Python classifiers list exactly the Pythons of the tox environments, and ``requires-python``
   starts at the lowest of them;
 * in the ``oldest`` environment (``PMT_IQA_EXPECT_FLOORS`` set by tox.ini), every pinned package is
@@ -29,9 +29,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / ".ci" / "oldest-constraints.txt"
-#: extras whose lower bounds the oldest environment installs (tox.ini installs testing and
-#: baselines; napari's bound is the same as in testing)
-TESTED_EXTRAS = ("testing", "baselines", "napari")
+#: extras whose lower bounds the oldest environment installs (tox.ini installs testing, baselines
+#: and backbones; napari's bound is the same as in testing)
+TESTED_EXTRAS = ("testing", "baselines", "backbones", "napari")
 
 
 def _project() -> dict:
