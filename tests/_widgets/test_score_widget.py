@@ -240,3 +240,18 @@ def test_broken_checkpoint_and_missing_model(qtbot, viewer_widget, tmp_path, tin
     widget.chooser.model_combo.setCurrentIndex(widget.chooser.model_combo.count() - 1)
     widget.score(layer)
     assert widget.worker is None and "Choose file" in widget.last_error
+
+
+def test_a_model_trained_after_the_widget_was_deleted_raises_nothing(
+    viewer_widget, tiny_checkpoint
+):
+    # a score widget whose Qt side is gone (viewer closed) but whose Python wrapper lives on must
+    # ignore model_trained; with psygnal 0.9 its disconnect raised inside the emit loop
+    from qtpy import sip
+
+    from napari_pmt_iqa._widgets.training_worker import model_trained
+
+    _, widget = viewer_widget
+    detached = type(widget)(widget.viewer)
+    sip.delete(detached)
+    model_trained.emit(str(tiny_checkpoint), {})

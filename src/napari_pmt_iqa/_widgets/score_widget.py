@@ -8,6 +8,7 @@ timer on the GUI thread reads, and polls it for cancellation between tiles.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from typing import Any
@@ -184,7 +185,10 @@ class ScoreWidget(BackgroundJobs, QWidget):
         try:
             self.chooser.add_model(path)
         except RuntimeError:  # this widget's Qt side is gone (its viewer was closed)
-            model_trained.disconnect(self._on_model_trained, missing_ok=True)
+            # psygnal < 0.10 cannot disconnect a method of a deleted Qt object (it raises the same
+            # RuntimeError); its weak reference drops the slot once the wrapper is collected
+            with contextlib.suppress(RuntimeError):
+                model_trained.disconnect(self._on_model_trained, missing_ok=True)
         except Exception as exc:
             self._message(f"Could not offer the trained model {path}: {error_text(exc)}", warn=True)
 
