@@ -38,6 +38,12 @@ def test_contributions_resolve():
             assert hasattr(sys.modules[mod], attr), cmd.python_name
     keys = {w.command for w in mf.contributions.widgets}
     assert {"napari-pmt-iqa.score_widget", "napari-pmt-iqa.dataset_widget"} <= keys
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("npe2")) < Version("0.9"):
+        return  # npe2 < 0.9 knows no plugin settings (`configurations`); _settings falls back
     props = mf.contributions.configurations["scoring"].properties
     assert {"device", "cache_dir", "memory_mb"} <= set(props)
 

@@ -7,6 +7,8 @@ import pytest
 
 from napari_pmt_iqa.metrics import iqa_metrics, logistic4, plcc_logistic
 
+KEYS = ("srcc", "plcc", "plcc_logistic", "krcc")
+
 
 def test_the_logistic_plcc_sees_through_a_monotonic_nonlinearity():
     rng = np.random.default_rng(0)
@@ -28,6 +30,18 @@ def test_a_model_that_runs_the_wrong_way_keeps_its_negative_sign():
 
 def test_degenerate_inputs_give_nan():
     m = iqa_metrics([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
-    assert all(np.isnan(m[k]) for k in ("srcc", "plcc", "plcc_logistic", "krcc"))
+    assert all(np.isnan(m[k]) for k in KEYS)
     with pytest.raises(ValueError):
         iqa_metrics([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_predictions_give_nan_metrics(bad):
+    # scipy < 1.11 raises "array must not contain infs or NaNs" in pearsonr; a diverged model's
+    # validation must still score NaN
+    pred = np.array([1.0, bad, 3.0, 4.0, 5.0])
+    out = iqa_metrics(pred, [2.5, 22.5, 52.5, 82.5, 90.0])
+    assert out["n"] == 5
+    assert all(np.isnan(out[k]) for k in KEYS), out
+    out = iqa_metrics(np.full(5, np.nan), [2.5, 22.5, 52.5, 82.5, 90.0])
+    assert all(np.isnan(out[k]) for k in KEYS), out

@@ -61,7 +61,8 @@ def iqa_metrics(pred: Sequence[float], mos: Sequence[float]) -> dict[str, float]
     -------
     dict
         ``srcc``, ``plcc`` (raw Pearson), ``plcc_logistic`` (see the module docstring), ``krcc``
-        and ``n``. Each metric is NaN when fewer than 3 pairs exist or either side is constant.
+        and ``n``. Each metric is NaN when fewer than 3 pairs exist, either side is constant or
+        holds a NaN or an infinity.
     """
     from scipy import stats
 
@@ -71,7 +72,9 @@ def iqa_metrics(pred: Sequence[float], mos: Sequence[float]) -> dict[str, float]
         raise ValueError(f"{p.shape[0]} predictions but {m.shape[0]} scores")
     nan = float("nan")
     out = {"srcc": nan, "plcc": nan, "plcc_logistic": nan, "krcc": nan, "n": int(p.size)}
-    if p.size < 3 or np.ptp(p) == 0 or np.ptp(m) == 0:
+    if p.size < 3 or not (np.isfinite(p).all() and np.isfinite(m).all()):
+        return out  # (scipy < 1.11 raises on NaN where later releases return NaN)
+    if np.ptp(p) == 0 or np.ptp(m) == 0:
         return out
     out["srcc"] = float(stats.spearmanr(p, m)[0])
     out["plcc"] = float(stats.pearsonr(p, m)[0])

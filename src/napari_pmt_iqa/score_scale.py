@@ -55,6 +55,7 @@ class ScoreScale:
         return self.low + u * (self.high - self.low)
 
     def to_dict(self) -> dict:
+        """A JSON-serialisable dict (the inverse of :meth:`from_dict`)."""
         return {
             "low": float(self.low),
             "high": float(self.high),
@@ -64,6 +65,7 @@ class ScoreScale:
 
     @classmethod
     def from_dict(cls, d: dict) -> ScoreScale:
+        """The scale a :meth:`to_dict` dict describes (``higher_is_better`` and ``name`` optional)."""
         return cls(
             float(d["low"]),
             float(d["high"]),

@@ -417,3 +417,20 @@ def test_closing_the_viewer_during_training_stops_the_worker(
     assert w.control.stop_requested
     # the last good checkpoint stays on disk
     assert (tmp_path / "run" / "best.safetensors").exists() or not _kinds(w, "EpochEnd")
+
+
+def test_a_window_closed_by_the_user_stops_training_once_it_is_hidden(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    # napari < 0.6 neither quits the plugin's worker nor closes its dock widget when the window
+    # closes; after a close the user confirmed, Qt hides the window: that hide stops training.
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    w = _widget(viewer, qtbot, tmp_path, train_fn=FakeTrain(tiny_checkpoint, epochs=500))
+    window = viewer.window._qt_window
+    window.show()
+    w.start()
+    qtbot.waitUntil(lambda: len(_kinds(w, "BatchEnd")) >= 2, timeout=TIMEOUT)
+    assert w.state == State.TRAINING and not w.control.stop_requested
+    window.hide()
+    assert w.control.stop_requested
+    qtbot.waitUntil(lambda: w.worker is None and not w.state.busy, timeout=TIMEOUT)

@@ -385,3 +385,18 @@ def test_deleting_the_scored_layer_clears_its_score(qtbot, viewer_widget, rgb_im
     viewer.layers.remove(layer)
     assert "was deleted" in widget.score_label.text() and widget.result is None
     assert not widget.class_plot.isVisibleTo(widget) and widget.class_label.text() == ""
+
+
+def test_a_model_trained_after_the_widget_was_deleted_raises_nothing(
+    viewer_widget, tiny_checkpoint
+):
+    # a score widget whose Qt side is gone (viewer closed) but whose Python wrapper lives on must
+    # ignore model_trained; with psygnal 0.9 its disconnect raised inside the emit loop
+    from qtpy import sip
+
+    from napari_pmt_iqa._widgets.training_worker import model_trained
+
+    _, widget = viewer_widget
+    detached = type(widget)(widget.viewer)
+    sip.delete(detached)
+    model_trained.emit(str(tiny_checkpoint), {})

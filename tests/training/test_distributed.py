@@ -28,8 +28,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 #: Tolerance of the 2-process vs 1-process comparison (frozen backbone; only the reduction
-#: order of the gradient all-reduce differs).
-ATOL = 1e-5
+#: order of the gradient all-reduce and of the CPU kernels differs). Adam turns a rounding
+#: difference in a near-zero gradient into up to a few 1e-5 of weight: largest difference measured
+#: 6.6e-6 with torch 2.14.1, 2.1e-5 with torch 2.2.0, while one step at lr 1e-3 moves weights ~1e-3.
+ATOL = 5e-5
 
 
 def _env():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -308,6 +308,21 @@ class FinetuneWidget(QWidget):
         ratings_changed.connect(self.refresh_rating_count)
         self.viewer.layers.events.inserted.connect(self.refresh_rating_count)
         self.viewer.layers.events.removed.connect(self.refresh_rating_count)
+        # napari < 0.6 neither quits a plugin's workers nor closes its dock widgets when its window
+        # closes: watch the window itself (see eventFilter)
+        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        if window is not None:
+            window.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        """Shut down when the viewer's window closes: at once on ``viewer.close()``, and after a
+        close by the user only once the window is hidden (napari may ask first; a cancel goes on)."""
+        kind = event.type()
+        if not event.spontaneous() and (
+            kind == QEvent.Type.Close or (kind == QEvent.Type.Hide and not obj.isVisible())
+        ):
+            self.shutdown()
+        return False
 
     def _disconnect(self) -> None:
         ratings_changed.disconnect(self.refresh_rating_count)

@@ -240,7 +240,10 @@ class ScoreWidget(BackgroundJobs, QWidget):
         try:
             self.chooser.add_model(path)
         except RuntimeError:  # this widget's Qt side is gone (its viewer was closed)
-            model_trained.disconnect(self._on_model_trained, missing_ok=True)
+            # psygnal 0.9 (the floor) cannot disconnect a method of a deleted Qt object (it raises the
+            # same RuntimeError); its weak reference drops the slot once the wrapper is collected
+            with contextlib.suppress(RuntimeError):
+                model_trained.disconnect(self._on_model_trained, missing_ok=True)
         except Exception as exc:
             self._message(f"Could not offer the trained model {path}: {error_text(exc)}", warn=True)
 
