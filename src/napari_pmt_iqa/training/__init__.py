@@ -2,6 +2,11 @@
 
 >>> from napari_pmt_iqa.training import TrainConfig, train
 >>> result = train(TrainConfig(data="~/iqa-data/ChallengeDB_release", out_dir="runs/x"))  # doctest: +SKIP
+
+Fine-tuning on a few hundred ratings (the fine-tune widget's recipe):
+
+>>> from napari_pmt_iqa.training import FinetuneConfig, finetune
+>>> result = finetune(FinetuneConfig(data="ratings.csv", out_dir="runs/mine"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 _LAZY = {
+    "FinetuneConfig": "finetune",
+    "FinetuneResult": "finetune",
+    "finetune": "finetune",
     "TrainConfig": "config",
     "TrainResult": "config",
     "TrainingError": "errors",
@@ -21,12 +29,15 @@ _LAZY = {
 }
 
 __all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
     "ProtocolResult",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "distributed_score_files",
     "evaluate",
+    "finetune",
     "run_protocol",
     "train",
 ]
@@ -36,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .distributed import distributed_score_files
     from .errors import TrainingError
     from .evaluation import evaluate
+    from .finetune import FinetuneConfig, FinetuneResult, finetune
     from .protocol import ProtocolResult, run_protocol
     from .trainer import train
 
