@@ -55,8 +55,8 @@ def prewarm_imports() -> None:
     guard_triton()
     import safetensors.torch  # noqa: F401
     import scipy.optimize  # noqa: F401
-    import torch._dynamo  # noqa: F401  (the first optimiser imports it: about 2 s of GIL)
     import scipy.stats  # noqa: F401
+    import torch._dynamo  # noqa: F401  (the first optimiser imports it: about 2 s of GIL)
 
     from ..training import data as _data  # noqa: F401
     from ..training import finetune as _finetune  # noqa: F401

@@ -132,7 +132,7 @@ class FinetunePrinter:
 
     def __call__(self, ev) -> None:
         from ..training import events as E
-        from ..training import finetune as F
+        from ..training.finetune import Baseline, Refitting
 
         if isinstance(ev, E.Preparing):
             if self.bars:
@@ -142,7 +142,7 @@ class FinetunePrinter:
                 bar.refresh()
         elif isinstance(ev, E.DataIssue):
             self._write(f"warning: {ev.message}")
-        elif isinstance(ev, F.Baseline):
+        elif isinstance(ev, Baseline):
             self._close()
             self._write(
                 f"held-out part: {ev.n_holdout} ratings; starting model SRCC "
@@ -165,7 +165,7 @@ class FinetunePrinter:
                 self.bar.set_postfix(
                     val_srcc=_fmt(float((ev.val or {}).get("srcc", math.nan))), refresh=True
                 )
-        elif isinstance(ev, F.Refitting):
+        elif isinstance(ev, Refitting):
             if self.bars:
                 bar = self._bar(f"refit on all {ev.n_images} ratings", ev.total, "step")
                 bar.n = ev.done

@@ -15,9 +15,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 _LAZY = {
-    "FinetuneConfig": "finetune",
-    "FinetuneResult": "finetune",
-    "finetune": "finetune",
     "TrainConfig": "config",
     "TrainResult": "config",
     "TrainingError": "errors",
@@ -42,12 +39,16 @@ __all__ = [
     "train",
 ]
 
+# Imported at once (no torch): the function ``finetune`` shares its name with its module, and a lazy
+# name would lose to the submodule once that is imported (``training.finetune`` is the function;
+# the module's other names: ``from napari_pmt_iqa.training.finetune import ...``).
+from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig, TrainResult
     from .distributed import distributed_score_files
     from .errors import TrainingError
     from .evaluation import evaluate
-    from .finetune import FinetuneConfig, FinetuneResult, finetune
     from .protocol import ProtocolResult, run_protocol
     from .trainer import train
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass
 class FeatureLayout:
     """How the four pooled stage maps of a window are laid out in one feature row.

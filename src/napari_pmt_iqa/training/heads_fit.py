@@ -171,27 +171,38 @@ def batch_loss(
     return loss, parts
 
 
-def calibrate_regression(model, scores: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+def calibrate_regression(
+    model, scores: np.ndarray, targets: np.ndarray, max_gain: float = 10.0
+) -> tuple[float, float]:
     """Fold the least-squares map ``a * score + b`` of ``scores`` onto ``targets`` into the model.
 
     The regression head is linear, so the map is exact: the calibrated model scores
-    ``a * s + b`` where the model scored ``s``. Nothing changes (``(1, 0)`` is returned) when the
-    scores do not vary or do not increase with the targets.
+    ``a * s + b`` where the model scored ``s``. Where the fit is no use (scores that do not
+    vary, or fall as the targets rise) or would amplify the model's float rounding (a gain
+    beyond ``max_gain``: scores that barely vary, e.g. new random heads), only the mean is
+    moved (``a = 1``).
+
+    Returns
+    -------
+    (float, float)
+        ``(a, b)``.
     """
     import torch
 
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
-    if s.size < 2 or np.ptp(s) == 0:
+    if s.size == 0:
         return 1.0, 0.0
-    a, b = np.polyfit(s, t, 1)
-    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
-        return 1.0, 0.0
+    a, b = 1.0, float(np.mean(t - s))
+    if s.size >= 2 and np.ptp(s) > 0:
+        fa, fb = np.polyfit(s, t, 1)
+        if np.isfinite(fa) and np.isfinite(fb) and 0 < fa <= max_gain:
+            a, b = float(fa), float(fb)
     head = model.reg_head
     with torch.no_grad():
-        head.weight.mul_(float(a))
-        head.bias.mul_(float(a)).add_(float(b))
-    return float(a), float(b)
+        head.weight.mul_(a)
+        head.bias.mul_(a).add_(b)
+    return a, b
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, phase: int = 0) -> list:
