@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, default=500)
     p.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+        help="light backbones timed next to ResNet-50 and the shipped default model",
+    )
+    p.add_argument(
         "--pyiqa-python",
         default=os.environ.get("PYIQA_PYTHON"),
         help="Python of a separate venv with pyiqa: adds its HyperIQA and TOPIQ-NR "
@@ -173,11 +179,15 @@ def main(argv: list[str] | None = None) -> None:
             print("pyiqa timing failed:", proc.stderr[-2000:])
 
     # ---------------------------------------------------------------- fast path
-    goals = {"resnet50": 0.30, "efficientnet_lite0": 0.10}
-    models = {
-        "resnet50": pmt50,
-        "efficientnet_lite0": PMTIQA(backbone="efficientnet_lite0", pretrained=True).eval(),
-    }
+    from napari_pmt_iqa.scoring import get_model
+
+    goals = {"resnet50": 0.30}
+    models = {"resnet50": pmt50}
+    for b in args.backbones:
+        models[b] = PMTIQA(backbone=b, pretrained=False).eval()
+        goals[b] = 0.10
+    models["default model (shipped)"] = get_model(None, "cpu")
+    goals["default model (shipped)"] = 0.10
     for name, model in models.items():
         precs = ("fp32", "bf16")
         res = {}

@@ -11,7 +11,15 @@ Parts (``--parts``, comma-separated; default all):
                (global average of the last stage over the whole image), fitted on the same training
                data (LIVE-C train part + BIQ2021 Train), ridge strength chosen on the validation parts.
 ``sanity``     graded synthetic distortions (blur, noise, JPEG at 5 levels) of Kodak24 photos that
-               no model saw: the share of correctly ordered pairs (less distortion -> higher score).
+               no model saw: the share of correctly ordered pairs (less distortion -> higher score);
+               also every other kind of the degradation bank, the held-out kinds (never trained
+               on) reported apart.
+``local``      localisation: photos no model saw in training or selection (the 24 full-size Kodak
+               photos, 768 x 512, and the 49 Wikipedia photos of Zelex/images, about 1300 x 860),
+               one quarter of each degraded by one kind (blur, noise or JPEG at level 3: sigma
+               2.5 px, std 22, quality 20; every photo once per kind, the quarter rotating): the
+               share of images whose lowest-scoring quarter of the quality map is the degraded one,
+               and the share of image pixels under a map cell (coverage).
 ``fastcrops``  method="fast" versus method="crops" on the LIVE-C test part: mean/max absolute
                difference and SRCC of both.
 ``speed``      seconds per 500x500 image, this model next to the ResNet-50 paper model (random
@@ -42,8 +50,7 @@ import torch
 from napari_pmt_iqa.atomic import atomic_write_text
 from napari_pmt_iqa.data.crops import DecodeCache, load_rgb
 from napari_pmt_iqa.data.datasets import load_biq2021
-from napari_pmt_iqa.data.degradations import SANITY_KINDS as DISTORTIONS
-from napari_pmt_iqa.data.degradations import distort
+from napari_pmt_iqa.data.degradations import HELD_OUT_KINDS, KINDS, SANITY_KINDS, distort
 from napari_pmt_iqa.metrics import iqa_metrics
 from napari_pmt_iqa.model import PMTIQA
 from napari_pmt_iqa.scoring import score
@@ -162,6 +169,72 @@ def write_predictions(path, tests, preds):
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def graded_order(model, photos, kind):
+    """Share of the 10 level pairs (levels 1-5) of every photo ordered right for one kind."""
+    good = total = 0
+    for p in photos:
+        img = load_rgb(p)
+        s = [
+            score(
+                distort(img, kind, lv, seed=1),
+                model=model,
+                device="cpu",
+                maps=False,
+                precision="bf16",
+            ).score
+            for lv in range(1, 6)
+        ]
+        for i in range(5):
+            for j in range(i + 1, 5):
+                total += 1
+                good += s[i] > s[j]
+    return good, total
+
+
+def quadrant_means(res, shape):
+    """Mean of the quality map over each quarter of the image (TL, TR, BL, BR) and the share of
+    image pixels under some map cell."""
+    g = res.maps.geometry
+    q = res.maps.quality
+    h, w = shape
+    ys = np.floor((np.arange(h) + 0.5 - g.translate[0]) / g.scale[0]).astype(int)
+    xs = np.floor((np.arange(w) + 0.5 - g.translate[1]) / g.scale[1]).astype(int)
+    inside_y = (ys >= 0) & (ys < q.shape[0])
+    inside_x = (xs >= 0) & (xs < q.shape[1])
+    coverage = float(inside_y.mean() * inside_x.mean())
+    full = q[np.clip(ys, 0, q.shape[0] - 1)][:, np.clip(xs, 0, q.shape[1] - 1)]
+    hh, ww = h // 2, w // 2
+    quads = [full[:hh, :ww], full[:hh, ww:], full[hh:, :ww], full[hh:, ww:]]
+    return [float(a.mean()) for a in quads], coverage
+
+
+def localisation(model, photos, level=3):
+    """One quarter of each photo degraded (one kind per image): is it the map's worst quarter?"""
+    out = {}
+    coverage = []
+    for kind in SANITY_KINDS:
+        hits = []
+        for i, p in enumerate(photos):
+            img = load_rgb(p)
+            h, w = img.shape[:2]
+            quad = (i + SANITY_KINDS.index(kind)) % 4
+            y0, x0 = (quad // 2) * (h // 2), (quad % 2) * (w // 2)
+            y1, x1 = (y0 + h // 2) if quad < 2 else h, (x0 + w // 2) if quad % 2 == 0 else w
+            bad = img.copy()
+            bad[y0:y1, x0:x1] = distort(
+                np.ascontiguousarray(img[y0:y1, x0:x1]), kind, level, seed=i
+            )
+            r = score(bad, model=model, device="cpu", maps=True, precision="bf16")
+            means, cov = quadrant_means(r, (h, w))
+            coverage.append(cov)
+            hits.append(int(np.argmin(means)) == quad)
+        out[kind] = {"hit_rate": float(np.mean(hits)), "images": len(hits)}
+    out["coverage_min"] = float(np.min(coverage))
+    out["photos"] = len(photos)
+    out["level"] = level
+    return out
+
+
 def fmt(m):
     return f"{m['srcc']:.3f} / {m['plcc']:.3f}"
 
@@ -175,8 +248,14 @@ def main(argv=None):
     )
     ap.add_argument("--livec", required=True)
     ap.add_argument("--biq", required=True)
-    ap.add_argument("--kodak", default=None)
-    ap.add_argument("--parts", default="livec,biq,brisque,probe,sanity,fastcrops,speed")
+    ap.add_argument("--kodak", default=None, help="Kodak24 folder (sanity)")
+    ap.add_argument(
+        "--local-photos",
+        nargs="+",
+        default=None,
+        help="folders of the localisation photos (Zelex/images kodak/ and wikipedia-photos/)",
+    )
+    ap.add_argument("--parts", default="livec,biq,brisque,probe,sanity,local,fastcrops,speed")
     ap.add_argument("--out", default=None)
     ap.add_argument("--predictions", default=None, help="CSV of every per-image score of this run")
     ap.add_argument("--threads", type=int, default=2)
@@ -253,36 +332,34 @@ def main(argv=None):
             )
     if "sanity" in parts and args.kodak:
         photos = sorted(Path(args.kodak).glob("*.png"))[:lim]
-        good = total = 0
-        per = {}
-        for kind in DISTORTIONS:
-            g = t = 0
-            for p in photos:
-                img = load_rgb(p)
-                s = [
-                    score(
-                        distort(img, kind, lv, seed=1),
-                        model=model,
-                        device="cpu",
-                        maps=False,
-                        precision="bf16",
-                    ).score
-                    for lv in range(1, 6)
-                ]
-                for i in range(5):
-                    for j in range(i + 1, 5):
-                        t += 1
-                        g += s[i] > s[j]
-            per[kind] = g / t
-            good += g
-            total += t
+        per, counts = {}, {}
+        for kind in KINDS:
+            g, t = graded_order(model, photos, kind)
+            per[kind], counts[kind] = g / t, (g, t)
+            print(f"sanity {kind}: {g}/{t} = {g / t:.3f}", flush=True)
+
+        def share(kinds):
+            g = sum(counts[k][0] for k in kinds)
+            return g / sum(counts[k][1] for k in kinds)
+
+        trained = [k for k in KINDS if k not in HELD_OUT_KINDS]
         res["sanity"] = {
-            "ordered_pairs": good / total,
-            "per_kind": per,
+            "ordered_pairs": share(SANITY_KINDS),
+            "per_kind": {k: per[k] for k in SANITY_KINDS},
             "photos": len(photos),
-            "pairs": total,
+            "pairs": sum(counts[k][1] for k in SANITY_KINDS),
+            "training_bank": share(trained),
+            "training_bank_per_kind": {k: per[k] for k in trained},
+            "held_out": share(HELD_OUT_KINDS),
+            "held_out_per_kind": {k: per[k] for k in HELD_OUT_KINDS},
         }
-        print(f"sanity: {good}/{total} pairs ordered = {good / total:.3f} {per}", flush=True)
+        print("sanity:", json.dumps(res["sanity"]), flush=True)
+    if "local" in parts and args.local_photos:
+        photos = sorted(
+            p for d in args.local_photos for p in Path(d).glob("*") if p.suffix == ".png"
+        )[:lim]
+        res["localisation"] = localisation(model, photos)
+        print("localisation:", json.dumps(res["localisation"]), flush=True)
     if "fastcrops" in parts:
         samples = lc_test.samples[:lim]
         f = np.array(model_scores(model, samples, cache, "fast", "fp32"))

@@ -38,6 +38,12 @@ def main(argv=None):
     ap.add_argument("--eval", default=None, help="JSON written by scripts/evaluate_default.py")
     ap.add_argument("--name", default=DEFAULT_MODEL)
     ap.add_argument(
+        "--replace",
+        default=None,
+        help="registry name of the model this one replaces: its entry and file leave the package",
+    )
+    ap.add_argument("--version", type=int, default=None, help="model version in the metadata")
+    ap.add_argument(
         "--stage1",
         default=None,
         help="the stage-1 checkpoint a stage-2 run started from (its recipe goes into the metadata)",
@@ -62,6 +68,7 @@ def main(argv=None):
                     "brisque",
                     "probe",
                     "sanity",
+                    "localisation",
                     "fast_vs_crops",
                     "ours_minus_probe",
                     "ours_minus_brisque",
@@ -81,6 +88,8 @@ def main(argv=None):
             "stage1_val": first.get("metrics", {}),
         }
     meta["name"] = args.name
+    if args.version is not None:
+        meta["version"] = args.version
     out = PACKAGE_WEIGHTS / f"{args.name}.safetensors"
     save_checkpoint(out, model, meta, half=True)
 
@@ -98,7 +107,11 @@ def main(argv=None):
     assert max(diffs) < HALF_TOLERANCE
 
     reg_path = PACKAGE_WEIGHTS / "registry.json"
-    reg = [e for e in json.loads(reg_path.read_text()) if e["name"] != args.name]
+    drop = {args.name, args.replace}
+    old = [e for e in json.loads(reg_path.read_text()) if e["name"] in drop - {args.name}]
+    reg = [e for e in json.loads(reg_path.read_text()) if e["name"] not in drop]
+    for e in old:  # the replaced model leaves the package (it stays in the git history)
+        (PACKAGE_WEIGHTS / e["file"]).unlink(missing_ok=True)
     m = meta.get("metrics", {})
     reg.insert(
         0,
@@ -111,6 +124,12 @@ def main(argv=None):
                 "backbone": meta["config"]["backbone"],
                 "score_scale": meta["score_scale"],
                 "training": meta.get("training", {}).get("data", {}),
+                **(
+                    {"synthetic": meta["training"]["synthetic"]}
+                    if "synthetic" in meta.get("training", {})
+                    else {}
+                ),
+                **({"version": meta["version"]} if "version" in meta else {}),
                 "metrics": {k: v for k, v in m.items() if k != "test"},
                 "test": {k: v for k, v in m.get("test", {}).get("ours", {}).items()},
                 "storage_dtype": "float16",

@@ -185,3 +185,32 @@ def test_trailing_axis_of_one_is_grayscale_and_two_is_refused():
         standardize_layout(np.zeros((64, 48, 2), np.uint8))
     # an explicit rgb=False still reads it as a stack of planes
     assert standardize_layout(np.zeros((64, 48, 2), np.uint8), rgb=False).shape == (64, 48, 2, 1)
+
+
+def test_one_enlargement_rule_for_scoring_and_training(tiny_model):
+    """A small image scores (nearly) the same whether score() or the training path enlarged it:
+    both use imaging.enlarge_to (bicubic); only the training path's uint8 storage differs."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_pmt_iqa.data.crops import array_to_rgb8
+    from napari_pmt_iqa.imaging import enlarge_to, enlarged_size
+    from napari_pmt_iqa.scoring import score
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((150, 200, 3)) * 255).astype(np.uint8)
+    assert enlarged_size(150, 200, 224) == (224, 299)
+    ref = F.interpolate(
+        torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None],
+        size=(224, 299),
+        mode="bicubic",
+        align_corners=False,
+    )[0].permute(1, 2, 0)
+    np.testing.assert_array_equal(
+        enlarge_to(img, (224, 299)), (ref.clamp(0, 255).numpy() + 0.5).astype(np.uint8)
+    )
+    trained = array_to_rgb8(img, 224)
+    assert trained.shape == (224, 299, 3)
+    a = score(img, tiny_model, device="cpu", maps=False).score
+    b = score(trained, tiny_model, device="cpu", maps=False).score
+    assert abs(a - b) < 0.5

@@ -194,3 +194,10 @@ def test_training_input_mistakes_get_the_right_hint(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert rc == _common.EXIT_ERROR and "limit must be at least 1" in err
+
+
+def test_the_backbone_choices_are_the_models_backbones():
+    from napari_pmt_iqa.cli._common import BACKBONE_CHOICES
+    from napari_pmt_iqa.model import available_backbones
+
+    assert set(BACKBONE_CHOICES) == set(available_backbones())

@@ -225,3 +225,63 @@ def test_batches_split_across_ranks_cover_the_single_process_batches():
     assert epoch_batches(23, 6, seed=1, epoch=3) != single
     for b in single:
         assert rank_share(b, 0, 2) + rank_share(b, 1, 2) == b
+
+
+def test_a_ref_column_keeps_every_version_of_a_photo_in_one_part(tmp_path):
+    from PIL import Image
+
+    from napari_pmt_iqa.data.datasets import load_csv_dataset, random_split
+
+    rng = np.random.default_rng(0)
+    rows = ["image,mos,ref"]
+    for photo in range(10):
+        for level in range(4):
+            name = f"p{photo}_l{level}.png"
+            Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / name)
+            rows.append(f"{name},{90 - 20 * level},photo{photo}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    ds = load_csv_dataset(tmp_path / "scores.csv")
+    assert {s.content for s in ds.samples} == {f"photo{i}" for i in range(10)}
+    for seed in range(5):
+        train, test = random_split(ds, 0.3, seed=seed)
+        a = {s.content for s in train.samples}
+        b = {s.content for s in test.samples}
+        assert a and b and not (a & b)  # no photo in two parts
+        assert len(train) % 4 == 0 and len(test) % 4 == 0
+
+
+def test_a_dmos_column_is_lower_is_better(tmp_path):
+    from PIL import Image
+
+    from napari_pmt_iqa.data.datasets import load_csv_dataset
+
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"i{i}.png")
+    (tmp_path / "d.csv").write_text("image,dmos\ni0.png,10\ni1.png,40\ni2.png,70\n")
+    ds = load_csv_dataset(tmp_path / "d.csv")
+    assert ds.scale.higher_is_better is False and "DMOS" in ds.scale.name
+    # a DMOS of 10 is a better image than 70: a higher internal score
+    assert ds.scale.to_internal(10.0) > ds.scale.to_internal(70.0)
+    (tmp_path / "m.csv").write_text("image,mos\ni0.png,10\ni1.png,40\ni2.png,70\n")
+    assert load_csv_dataset(tmp_path / "m.csv").scale.higher_is_better is True
+
+
+def test_the_recipes_livec_parts_are_one_seeded_split(tmp_path):
+    from napari_pmt_iqa.data.datasets import (
+        LIVEC_LEFT_OUT,
+        IQADataset,
+        Sample,
+        livec_recipe_parts,
+        with_splits,
+    )
+    from napari_pmt_iqa.score_scale import ScoreScale
+
+    samples = [Sample(tmp_path / f"{i}.bmp", float(i % 100), None, str(i)) for i in range(40, 240)]
+    ds = IQADataset("livec", samples, ScoreScale(0, 100))
+    parts = livec_recipe_parts(ds)
+    again = livec_recipe_parts(ds)
+    assert [s.content for s in parts["test"].samples] == [s.content for s in again["test"].samples]
+    names = {s.content for p in parts.values() for s in p.samples}
+    assert not names & LIVEC_LEFT_OUT and len(parts["test"]) == round(0.2 * (200 - 7))
+    marked = with_splits(ds, parts)
+    assert {s.split for s in marked.samples} == {"train", "test"} and len(marked) == 193

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,55 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     # only rank 0 wrote files: exactly one set, no stray temporaries
     names = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert names == ["best.safetensors", "last.safetensors", "state.pt"]
+
+
+def test_ddp_without_the_multiscale_taps_and_with_synthetic_pairs(tmp_path):
+    """The ablation (no MS taps) and the distortion-aware objective under torchrun: every
+    parameter takes part in the loss (DDP raises otherwise), and the pairs are shared out."""
+    from PIL import Image
+
+    from _iqa_data import make_image
+
+    data = make_dataset(tmp_path / "data", n=16, size=96)
+    photos = tmp_path / "pristine"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(make_image(rng, 256, 1.0)).save(photos / f"p{i}.png")
+    _torchrun(
+        [
+            "-m",
+            "napari_pmt_iqa",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "two"),
+            "--backbone",
+            "tiny",
+            "--no-pretrained",
+            "--no-multiscale",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--synthetic",
+            str(photos),
+            "--synthetic-pairs",
+            "2",
+            "--synthetic-kinds",
+            "blur",
+            "noise",
+        ]
+    )
+    meta = read_metadata(tmp_path / "two" / "last.safetensors")
+    assert meta["training"]["world_size"] == 2 and meta["config"]["multiscale"] is False
+    assert meta["training"]["synthetic"]["kinds"] == ["blur", "noise"]
+    model = load_checkpoint(tmp_path / "two" / "last.safetensors")
+    assert len(model.reduce) == 0  # no tap convolutions that would feed nothing
 
 
 def test_distributed_scoring_merges_in_input_order(tmp_path, tiny_checkpoint):

@@ -99,6 +99,7 @@ def test_knobs_constant_weights_lr_step_freeze_crops(data_csv, tmp_path):
         lr=1e-3,
         head_lr=5e-3,
         max_batches=2,
+        epochs=3,
     )
     from napari_pmt_iqa.model import PMTIQA
 
@@ -107,9 +108,11 @@ def test_knobs_constant_weights_lr_step_freeze_crops(data_csv, tmp_path):
     log = E.EventLog()
     r = train(cfg, listeners=[log])
     ep = log.of(E.EpochEnd)
-    assert [(e.w_reg, e.w_cls) for e in ep] == [(1.0, 0.5), (1.0, 0.5)]
-    assert ep[0].lr == pytest.approx(1e-3) and ep[1].lr == pytest.approx(1e-4)
-    assert len(log.of(E.BatchEnd)) == 4  # max_batches per epoch
+    assert [(e.w_reg, e.w_cls) for e in ep] == [(1.0, 0.5)] * 3
+    # the authors' step decay: the rate set at the end of epoch t is lr / 10 ** (t // lr_step),
+    # so with lr_step 1 epochs 0 and 1 run at lr and epoch 2 at lr / 10
+    assert [e.lr for e in ep] == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert len(log.of(E.BatchEnd)) == 6  # max_batches per epoch
     after = load_checkpoint(r.last_path).backbone.state_dict()
     assert _states_equal(before, after)  # frozen backbone, batch-norm statistics included
     heads = load_checkpoint(r.last_path).reg_head.weight
@@ -385,3 +388,55 @@ def test_no_validation_part_is_said(data_csv, tmp_path):
         )
     assert r.epochs_done == 1
     assert any(isinstance(e, E.DataIssue) and "last one is kept" in e.message for e in events)
+
+
+def test_paper_settings_and_honest_defaults():
+    paper = TrainConfig.paper()
+    assert (paper.backbone, paper.epochs, paper.batch_size, paper.crops_per_image) == (
+        "resnet50",
+        30,
+        12,
+        4,
+    )
+    assert paper.head_lr == paper.lr and paper.lr_step == 6 and paper.progressive
+    assert TrainConfig.paper(epochs=3).epochs == 3
+    # the defaults are a CPU-sized variant, and the docstring says so
+    assert "paper's own settings" in TrainConfig.__doc__
+    assert TrainConfig().backbone == "efficientnet_lite0"
+
+
+def test_validation_keeps_the_memory_format_of_the_training_model(tiny_model):
+    import copy
+
+    import numpy as np
+
+    from napari_pmt_iqa.training.evaluation import predict_images
+
+    model = copy.deepcopy(tiny_model).train()
+    w = next(p for p in model.parameters() if p.ndim == 4)
+    assert w.is_contiguous()
+    imgs = [np.full((256, 256, 3), v, np.uint8) for v in (60, 120, 180)]
+    predict_images(model, imgs.__getitem__, range(3), device="cpu")
+    assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
+    assert model.training  # back in training mode
+
+
+def test_evaluate_takes_the_held_out_part_of_a_biq2021_folder(tmp_path, tiny_model):
+    from PIL import Image
+
+    from napari_pmt_iqa.training import evaluate
+
+    root = tmp_path / "BIQ2021"
+    (root / "Images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for part, n in (("Train", 6), ("Test", 4)):
+        rows = []
+        for i in range(n):
+            name = f"{part.lower()}{i}.jpg"
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(
+                root / "Images" / name
+            )
+            rows.append(f"{name},{(i + 1) / (n + 1):.3f}")
+        (root / f"{part} (Images and MOS).csv").write_text("Image,MOS\n" + "\n".join(rows) + "\n")
+    assert evaluate(tiny_model, root, device="cpu")["n"] == 4
+    assert evaluate(tiny_model, root, device="cpu", part="train")["n"] == 6

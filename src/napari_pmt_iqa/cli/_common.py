@@ -111,8 +111,30 @@ class ProgressPrinter:
 
 
 # --------------------------------------------------------------------------- arguments
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="data set folder or CSV (image,mos[,split])")
+#: The backbones ``--backbone`` takes (``napari_pmt_iqa.model.available_backbones()``; listed here so
+#: that building the parser does not import torch; a test keeps the two equal).
+BACKBONE_CHOICES = (
+    "resnet50",
+    "resnet34",
+    "resnet18",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "tiny",
+)
+
+
+def _add_data_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument(
+            "--data",
+            required=True,
+            nargs="+",
+            help="data set folder(s) or CSV(s) (image,mos[,split][,ref]); several are trained on "
+            "together, each on its own score scale",
+        )
+    else:
+        p.add_argument("--data", required=True, help="data set folder or CSV (image,mos[,split])")
     p.add_argument(
         "--dataset",
         default="auto",
@@ -131,7 +153,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p)
+    _add_data_args(p, many=True)
+    p.add_argument(
+        "--data-repeat",
+        nargs="+",
+        type=float,
+        metavar="R",
+        help="with several --data: training images of each per epoch x (default 1 each)",
+    )
     p.add_argument("--out", required=True, help="output folder (best/last.safetensors, state.pt)")
     p.add_argument(
         "--init", help="registered model or checkpoint to fine-tune (default: ImageNet backbone)"
@@ -139,7 +168,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backbone",
         default="efficientnet_lite0",
-        choices=["resnet50", "resnet34", "resnet18", "efficientnet_lite0", "tiny"],
+        choices=BACKBONE_CHOICES,
     )
     p.add_argument(
         "--no-pretrained", action="store_true", help="start the backbone from random weights"
@@ -159,6 +188,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument(
         "--lr-step", type=int, default=6, help="divide the rates by 10 every N epochs (0: never)"
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("step", "cosine"),
+        default="step",
+        help="step: --lr-step decay (default); cosine: down to 5%% of the rates at the last epoch",
     )
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument(
@@ -183,6 +218,40 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the table stays)")
+    g = p.add_argument_group(
+        "distortion-aware objective",
+        "ranking pairs of synthetically degraded pristine photos, trained with the human scores",
+    )
+    g.add_argument(
+        "--synthetic",
+        nargs="+",
+        metavar="PATH",
+        help="pristine photos: folders, image files or .txt lists of image paths (default: off)",
+    )
+    g.add_argument(
+        "--synthetic-top",
+        type=float,
+        default=0.0,
+        help="also use this share of the best-rated training images as pristine photos",
+    )
+    g.add_argument(
+        "--synthetic-kinds",
+        nargs="+",
+        metavar="KIND",
+        help="degradation kinds of the bank (default: all but the held-out kinds)",
+    )
+    g.add_argument("--synthetic-pairs", type=int, default=8, help="ranking pairs per step")
+    g.add_argument(
+        "--synthetic-margin", type=float, default=3.0, help="margin per level (0-100 scale)"
+    )
+    g.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the ranking loss")
+    g.add_argument(
+        "--synthetic-schedule",
+        choices=("progressive", "constant"),
+        default="progressive",
+        help="progressive: the weight falls to --synthetic-floor x over the epochs",
+    )
+    g.add_argument("--synthetic-floor", type=float, default=0.3)
 
 
 def _scale(args):
@@ -201,8 +270,12 @@ def config_from_args(args):
     cw = args.constant_weights
     if cw is not None and len(cw) not in (0, 2):
         raise SystemExit("error: --constant-weights takes no value or two (W_REG W_CLS)")
+    data = args.data
+    if isinstance(data, list):
+        data = data[0] if len(data) == 1 else data
     return TrainConfig(
-        data=args.data,
+        data=data,
+        data_repeat=tuple(args.data_repeat) if getattr(args, "data_repeat", None) else None,
         layout=args.dataset,
         score_scale=_scale(args),
         out_dir=args.out,
@@ -217,6 +290,7 @@ def config_from_args(args):
         head_lr=args.head_lr,
         weight_decay=args.weight_decay,
         lr_step=args.lr_step,
+        lr_schedule=args.lr_schedule,
         freeze_backbone=args.freeze_backbone,
         sync_batchnorm=not args.no_sync_bn,
         progressive=cw is None,
@@ -231,6 +305,14 @@ def config_from_args(args):
         limit=args.limit,
         cache_mb=args.cache_mb,
         eval_batch_size=args.eval_batch_size,
+        synthetic=args.synthetic,
+        synthetic_top=args.synthetic_top,
+        synthetic_kinds=tuple(args.synthetic_kinds) if args.synthetic_kinds else None,
+        synthetic_pairs=args.synthetic_pairs,
+        synthetic_margin=args.synthetic_margin,
+        synthetic_weight=args.synthetic_weight,
+        synthetic_schedule=args.synthetic_schedule,
+        synthetic_floor=args.synthetic_floor,
     )
 
 

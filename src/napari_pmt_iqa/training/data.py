@@ -139,6 +139,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [perm[b * batch_size : (b + 1) * batch_size].tolist() for b in range(nb)]
 
 
+def plan_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive global batches of positions ``0..n-1`` (of an already shuffled epoch plan)."""
+    return [list(range(b * batch_size, (b + 1) * batch_size)) for b in range(n // batch_size)]
+
+
 def rank_share(batch: list[int], rank: int, world: int) -> list[int]:
     """The contiguous part of a global batch that process ``rank`` of ``world`` trains on."""
     per = len(batch) // world

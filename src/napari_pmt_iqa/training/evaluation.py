@@ -4,7 +4,9 @@ training epoch) and :func:`evaluate` (SRCC/PLCC/KRCC of a model on a data set).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -78,6 +80,7 @@ def evaluate(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     return_predictions: bool = False,
+    part: str = "test",
 ):
     """SRCC, PLCC and KRCC of ``model`` on a data set (deterministic crop grid).
 
@@ -88,11 +91,15 @@ def evaluate(
     data
         An :class:`IQADataset`, a path (any layout) or ``(image, mos)`` pairs. Scores are compared
         in the data set's own units (the metrics do not depend on a linear rescaling).
+    part
+        For a BIQ2021 folder: ``"test"`` (default: the held-out split, as ``pmt-iqa eval``),
+        ``"train"`` or ``"all"``.
 
     Returns
     -------
     dict
-        ``srcc``, ``plcc``, ``krcc``, ``n`` (images measured), ``mae_internal`` and ``unreadable``
+        ``srcc``, ``plcc`` (raw Pearson, as the authors' code), ``plcc_logistic`` (after the
+        4-parameter logistic mapping, as most IQA papers), ``krcc``, ``n`` (images measured), ``mae_internal`` and ``unreadable``
         (``(path, reason)`` of images that could not be read: left out, like missing files);
         with ``return_predictions`` also the per-sample scores (NaN where unreadable).
     """
@@ -102,6 +109,12 @@ def evaluate(
     from ..scoring import get_model
 
     net = get_model(model, device)
+    if isinstance(data, (str, os.PathLike)):
+        from ..data.datasets import detect_layout, load_biq2021
+
+        path = Path(data).expanduser()
+        if path.is_dir() and detect_layout(path) == "biq2021":
+            data = load_biq2021(path, part)
     if not hasattr(data, "samples"):
         data = resolve_dataset(TrainConfig(data=data))
     samples = data.samples

@@ -45,6 +45,8 @@ class BatchEnd(Event):
     images_per_s: float = 0.0
     data_s: float = 0.0  # time spent waiting for this batch's data
     step_s: float = 0.0  # time of the forward/backward/optimiser step
+    rank: float = float("nan")  # ranking loss of the synthetic pairs (when the run has them)
+    rank_acc: float = float("nan")  # share of those pairs ordered right
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,15 @@ class EpochEnd(Event):
     train_loss: float
     train_l1: float
     train_ce: float
-    val: dict = field(default_factory=dict)  # srcc, plcc, krcc (NaN-free when available)
+    #: srcc, plcc, plcc_logistic, krcc (the means over the data sets), ``sets`` (each data set's),
+    #: ``synthetic_acc`` (graded held-out photos ordered right) and ``select`` (what picks the best)
+    val: dict = field(default_factory=dict)
     lr: float = 0.0
     seconds: float = 0.0
     is_best: bool = False
+    #: more figures of the epoch: the synthetic task's weight, ranking loss and accuracy
+    #: (``w_syn``, ``train_rank``, ``train_rank_acc``) when the run has it
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

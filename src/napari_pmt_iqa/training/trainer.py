@@ -53,13 +53,14 @@ from .events import (
     Failed,
     Finished,
     Paused,
-    Preparing,
     Resumed,
     Started,
     Stopped,
 )
-from .prepare import resolve_dataset, split_train_val
 from .state import _set_rng_state, load_state, save_state
+
+#: The running sums of an epoch (kept in ``state.pt`` for an exact resume mid-epoch).
+SUMS = ("loss", "l1", "ce", "images", "rank", "rank_acc", "pairs")
 
 
 class _Emitter:
@@ -187,6 +188,13 @@ class _Run:
             )
         if c.max_batches is not None and c.max_batches < 1:
             raise TrainingError(f"max_batches must be at least 1; got {c.max_batches}.")
+        if c.lr_schedule not in ("step", "cosine"):
+            raise TrainingError(f"lr_schedule must be 'step' or 'cosine'; got {c.lr_schedule!r}.")
+        if c.synthetic is not None and int(c.synthetic_pairs) % self.d.world:
+            raise TrainingError(
+                f"synthetic_pairs ({c.synthetic_pairs}) is the number of pairs per step over all "
+                f"{self.d.world} processes and must be a multiple of it."
+            )
 
     def _init_scale(self):
         if self.cfg.init is None:
@@ -216,85 +224,15 @@ class _Run:
         return model
 
     def _prepare_data(self):
-        c = self.cfg
-        ds = resolve_dataset(c, self._init_scale())
-        train_ds, val_ds = split_train_val(ds, c.val_fraction, c.seed)
-        samples = list(train_ds.samples) + list(val_ds.samples)
-        from .data import ImageStore
+        from .prepare import prepare_training_data
 
-        store = ImageStore(samples, min_side=224, budget_mb=c.cache_mb)
-        bad = store.check(
-            threads=max(2, c.num_workers), progress=lambda a, b: self.emit(Preparing(a, b))
-        )
-        skipped = list(getattr(ds, "skipped", []) or [])
-        bad_idx = {i for i, _ in bad}
-        skipped += [reason for _, reason in bad]
-        n_all = len(samples) + len(getattr(ds, "skipped", []) or [])
-        if skipped:
-            if len(skipped) > c.max_bad_fraction * max(n_all, 1):
-                raise TrainingError(
-                    f"{len(skipped)} of {n_all} images cannot be used, e.g. "
-                    + "; ".join(skipped[:3])
-                    + ".",
-                    "Fix the paths or files (or remove them from the list) and start again.",
-                )
-            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(
-                skipped[:10]
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            self.emit(DataIssue(msg, tuple(skipped)))
-        ntr = len(train_ds)
-        train_idx = [i for i in range(ntr) if i not in bad_idx]
-        val_idx = [i for i in range(ntr, len(samples)) if i not in bad_idx]
-        scale = ds.scale
-        mos_train = [samples[i].mos for i in train_idx]
-        if not train_idx:
-            n_test = sum(1 for s in ds.samples if s.split == "test")
-            why = (
-                f"all {n_test} rows of the data are marked split=test (test rows are never trained on)"
-                if n_test == len(ds.samples)
-                else f"all {len(samples)} usable images went to validation or could not be read"
-            )
-            raise TrainingError(
-                f"There is nothing to train on: {why}.",
-                "Mark the rows to train on as split=train (or leave the split column empty), or "
-                "lower val_fraction.",
-            )
-        if len(train_idx) < c.batch_size:
-            raise TrainingError(
-                f"The training part has {len(train_idx)} usable images, fewer than one batch "
-                f"(batch_size={c.batch_size}).",
-                f"Lower batch_size to at most {max(1, len(train_idx))}, lower val_fraction, or add images.",
-            )
-        if len(set(mos_train)) < 2:
-            raise TrainingError(
-                f"All {len(mos_train)} training scores are equal ({mos_train[0] if mos_train else '-'}): "
-                "the score range has zero width and nothing can be learnt.",
-                "Rate images with different scores.",
-            )
-        lo, hi = min(s.mos for s in samples), max(s.mos for s in samples)
-        if lo < scale.low - 1e-9 * abs(scale.high - scale.low) or hi > scale.high + 1e-9 * abs(
-            scale.high - scale.low
-        ):
-            msg = (
-                f"Scores range over {lo:g}..{hi:g}, beyond the score scale {scale.low:g}..{scale.high:g} "
-                f"({scale.name}); out-of-range scores fall into the end classes."
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            self.emit(DataIssue(msg))
-        if len(val_idx) < 3:
-            msg = (
-                f"The validation part has {len(val_idx)} image(s), too few to measure anything: no "
-                "epoch can be selected, the last one is kept and its validation SRCC is NaN. Give at "
-                "least a few more rated images (or a split column with 'val' rows)."
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            self.emit(DataIssue(msg))
-        self.ds, self.train_ds, self.val_ds = ds, train_ds, val_ds
-        self.scale = scale
-        self.store, self.samples = store, samples
-        self.train_idx, self.val_idx = train_idx, val_idx
-        self.skipped = skipped
+        data = prepare_training_data(self.cfg, self._init_scale(), self.emit)
+        self.data = data
+        self.ds = data.sources[0].ds
+        self.scale = data.scale
+        self.store, self.samples = data.store, data.samples
+        self.train_idx, self.val_idx = data.train_idx, data.val_idx
+        self.skipped = data.skipped
 
     def _make_optimizer(self, model):
         import torch
@@ -321,29 +259,45 @@ class _Run:
         return constant_weights(*self.cfg.loss_weights)(epoch, self.cfg.epochs)
 
     def _lr_factor(self, epoch: int) -> float:
-        step = int(self.cfg.lr_step or 0)
-        return 0.1 ** (epoch // step) if step > 0 else 1.0
+        c = self.cfg
+        if c.lr_schedule == "cosine":
+            t = epoch / max(c.epochs - 1, 1)
+            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+        step = int(c.lr_step or 0)
+        # the authors set lr / 10 ** (t // 6) at the END of epoch t: epoch e runs at
+        # lr / 10 ** ((e - 1) // 6), so the first decay comes at epoch step + 1
+        return 0.1 ** (max(epoch - 1, 0) // step) if step > 0 else 1.0
 
     # ------------------------------------------------------------------ files
     def _metadata(self, model, epoch: int, val: dict) -> dict:
         from ..weights import build_metadata
 
         c = self.cfg
+        described = [
+            {
+                "name": src.name,
+                "root": str(src.ds.root) if src.ds.root else None,
+                "n_train": len(src.train_idx),
+                "n_val": len(src.val_idx),
+                "score_scale": src.ds.scale.to_dict(),
+                "repeat": src.repeat,
+            }
+            for src in self.data.sources
+        ]
+        if c.data_description is not None:  # the caller's words (e.g. which public part)
+            described = c.data_description
         training = {
-            "data": {
-                "name": self.ds.name,
-                "root": str(self.ds.root) if self.ds.root else None,
-                "n_train": len(self.train_idx),
-                "n_val": len(self.val_idx),
-                "n_skipped": len(self.skipped),
-                "score_scale": self.scale.to_dict(),
-            },
+            "data": described[0] if len(described) == 1 else described,
+            "n_skipped": len(self.skipped),
             "recipe": c.recipe(),
+            **({"command": c.recipe_command} if c.recipe_command else {}),
+            **({"synthetic": self.synthetic.describe()} if self.synthetic else {}),
             "epochs_done": epoch + 1,
             "schedule": "progressive" if c.progressive else f"constant {list(c.loss_weights)}",
             "world_size": self.d.world,
         }
-        desc = c.description or f"PMT-IQA ({model.config.backbone}) trained on {self.ds.name}"
+        names = " + ".join(src.name for src in self.data.sources)
+        desc = c.description or f"PMT-IQA ({model.config.backbone}) trained on {names}"
         return build_metadata(
             model,
             score_scale=self.scale,
@@ -379,6 +333,9 @@ class _Run:
             "crops_per_image": c.crops_per_image,
             "seed": c.seed,
             "epochs": c.epochs,
+            "data_repeat": [src.repeat for src in self.data.sources],
+            "synthetic_photos": len(self.synthetic.train_idx) if self.synthetic else 0,
+            "synthetic_pairs": int(c.synthetic_pairs) if self.synthetic else 0,
         }
 
     def _load_state(self, path: Path) -> dict:
@@ -392,7 +349,8 @@ class _Run:
 
         from ..devices import autocast
         from ..model.losses import PMTLoss
-        from .data import CropDataset, epoch_batches, rank_share
+        from .data import CropDataset, plan_batches, rank_share
+        from .synthetic import SyntheticTask, ranking_loss
 
         c = self.cfg
         t_start = time.time()
@@ -416,8 +374,10 @@ class _Run:
         self.state_path = out / "state.pt"
         self.resumed_from = ""
         self._prepare_data()
-
+        self.synthetic = None
         model = self._build_model()
+        if c.synthetic is not None:
+            self.synthetic = SyntheticTask(c, self.data, model.config.crop_size, self.emit)
         model.score_scale = self.scale
         model.to(self.device)
         opt = self._make_optimizer(model)
@@ -427,7 +387,7 @@ class _Run:
 
         self.history: list[dict] = []
         best: list = [None, None, {}]  # key, epoch, val dict
-        start_epoch, start_batch, sums0 = 0, 0, [0.0, 0.0, 0.0, 0.0]
+        start_epoch, start_batch, sums0 = 0, 0, [0.0] * len(SUMS)
         if c.resume:
             st = self._load_state(Path(c.resume).expanduser())
             model.load_state_dict(st["model"])
@@ -435,7 +395,7 @@ class _Run:
             if scaler is not None and st.get("scaler"):
                 scaler.load_state_dict(st["scaler"])
             start_epoch, start_batch = int(st["epoch"]), int(st["batch"])
-            sums0 = list(st["sums"])
+            sums0 = list(st["sums"]) + [0.0] * (len(SUMS) - len(st["sums"]))
             best = [st["best_key"], st["best_epoch"], json.loads(st["best_val"])]
             self.history = json.loads(st["history"])
             _set_rng_state(st["rng"])
@@ -451,17 +411,8 @@ class _Run:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        targets = [self.scale.to_internal(self.samples[i].mos) for i in self.train_idx]
-        dataset = CropDataset(
-            self.store,
-            self.train_idx,
-            targets,
-            crop_size=model.config.crop_size,
-            crops_per_image=c.crops_per_image,
-            flip=c.flip,
-            seed=c.seed,
-        )
-        n_batches = len(self.train_idx) // c.batch_size
+        crop = model.config.crop_size
+        n_batches = self.data.epoch_size() // c.batch_size
         if c.max_batches:
             n_batches = min(n_batches, c.max_batches)
         self.emit(
@@ -480,33 +431,42 @@ class _Run:
         K = c.crops_per_image
         last_path = out / "last.safetensors"
         epoch = start_epoch
+        syn = self.synthetic
         for epoch in range(start_epoch, c.epochs):
             t_epoch = time.time()
             w_reg, w_cls = self._schedule(epoch)
             loss_fn.set_weights(w_reg, w_cls)
+            w_syn = syn.weight(epoch, c.epochs) if syn else 0.0
             factor = self._lr_factor(epoch)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            batches = epoch_batches(len(self.train_idx), c.batch_size, c.seed, epoch)[:n_batches]
-            mine = [rank_share(b, self.d.rank, self.d.world) for b in batches]
-            b0 = start_batch if epoch == start_epoch else 0
-            sums = list(sums0) if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
-            dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_sampler=mine[b0:],
-                num_workers=c.num_workers,
-                pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
-                prefetch_factor=4 if c.num_workers > 0 else None,
-                persistent_workers=False,
+            plan = self.data.epoch_plan(c.seed, epoch)
+            dataset = CropDataset(
+                self.store,
+                plan,
+                self.data.targets[plan],
+                crop_size=crop,
+                crops_per_image=K,
+                flip=c.flip,
+                seed=c.seed,
             )
+            dataset.set_epoch(epoch)
+            batches = plan_batches(len(plan), c.batch_size)  # the plan is shuffled already
+            mine = [rank_share(b, self.d.rank, self.d.world) for b in batches[:n_batches]]
+            b0 = start_batch if epoch == start_epoch else 0
+            sums = list(sums0) if epoch == start_epoch else [0.0] * len(SUMS)
+            loader = self._loader(dataset, mine[b0:], epoch)
+            pairs = iter(())
+            if syn:
+                pair_batches = syn.batches(n_batches, self.d.rank, self.d.world)
+                pairs = iter(self._loader(syn.dataset(n_batches, epoch), pair_batches[b0:], epoch))
             net.train()
             if c.freeze_backbone:
                 model.backbone.eval()
             t_mark = time.perf_counter()
             bi = b0
             for bi, (x, y) in enumerate(loader, start=b0):
+                pair = next(pairs, None)
                 data_s = time.perf_counter() - t_mark
                 if self.control.paused and not self.control.stop_requested:
                     self.emit(Paused(epoch, bi))
@@ -515,11 +475,24 @@ class _Run:
                 if self._should_stop():
                     return self._stop(model, opt, scaler, epoch, bi, sums, best, t_start)
                 x = x.to(self.device, non_blocking=True).flatten(0, 1)
+                n_h = x.shape[0]
+                if pair is not None:  # the two versions of every pair after the human-scored crops
+                    xp, steps = pair
+                    xp = xp.to(self.device, non_blocking=True)
+                    x = torch.cat([x, xp[:, 0], xp[:, 1]])
                 x = model.normalize(x.float().div_(255.0))
                 y = y.to(self.device).float().repeat_interleave(K)
                 with autocast(self.device, c.precision):
                     outp = net(x)
-                loss, l1, ce = loss_fn(outp.score, outp.logits, y)
+                loss, l1, ce = loss_fn(outp.score[:n_h], outp.logits[:n_h], y)
+                rank_v = acc_v = float("nan")
+                if pair is not None:
+                    n_p = xp.shape[0]
+                    better = outp.score[n_h : n_h + n_p]
+                    worse = outp.score[n_h + n_p :]
+                    rank, acc_v = ranking_loss(better, worse, steps, c.synthetic_margin)
+                    loss = loss + w_syn * rank
+                    rank_v = float(rank.item())
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -539,6 +512,10 @@ class _Run:
                 sums[1] += l1v * nb_img
                 sums[2] += cev * nb_img
                 sums[3] += nb_img
+                if pair is not None:
+                    sums[4] += rank_v * n_p
+                    sums[5] += acc_v * n_p
+                    sums[6] += n_p
                 step_s = time.perf_counter() - t_mark - data_s
                 self.emit(
                     BatchEnd(
@@ -551,6 +528,8 @@ class _Run:
                         images_per_s=nb_img * self.d.world / max(data_s + step_s, 1e-9),
                         data_s=data_s,
                         step_s=step_s,
+                        rank=rank_v,
+                        rank_acc=acc_v,
                     )
                 )
                 t_mark = time.perf_counter()
@@ -562,9 +541,16 @@ class _Run:
             if len(self.val_idx) < 3:  # no usable validation part: keep the last epoch
                 key, is_best = float("nan"), True
             else:
-                key = val.get("srcc", float("nan"))
+                key = val.get("select", float("nan"))
                 key = key if math.isfinite(key) else -math.inf
                 is_best = best[0] is None or key > best[0]
+            extra = {}
+            if syn:
+                extra = {
+                    "w_syn": w_syn,
+                    "train_rank": tot[4] / max(tot[6], 1),
+                    "train_rank_acc": tot[5] / max(tot[6], 1),
+                }
             if is_best:
                 best = [key, epoch, val]
             rec = {
@@ -579,6 +565,7 @@ class _Run:
                 "seconds": time.time() - t_epoch,
                 "train_seconds": train_s,
                 "is_best": is_best,
+                **extra,
             }
             self.history.append(rec)
             if self.d.main:
@@ -597,7 +584,7 @@ class _Run:
                             str(self.best_path), epoch, "best", val.get("srcc", float("nan"))
                         )
                     )
-                self._save_state(model, opt, scaler, epoch + 1, 0, [0.0] * 4, best)
+                self._save_state(model, opt, scaler, epoch + 1, 0, [0.0] * len(SUMS), best)
             self.emit(
                 EpochEnd(
                     epoch=epoch,
@@ -611,6 +598,7 @@ class _Run:
                     lr=c.lr * factor,
                     seconds=rec["seconds"],
                     is_best=is_best,
+                    extra=extra,
                 )
             )
             self._barrier()
@@ -626,6 +614,20 @@ class _Run:
         return self._result(False, best)
 
     # ------------------------------------------------------------------ pieces
+    def _loader(self, dataset, batch_sampler, epoch: int):
+        import torch
+
+        c = self.cfg
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=c.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(c.seed * 100003 + epoch),
+            prefetch_factor=4 if c.num_workers > 0 else None,
+            persistent_workers=False,
+        )
+
     def _should_stop(self) -> bool:
         flag = self.control.stop_requested
         if not self.d.active:
@@ -658,6 +660,11 @@ class _Run:
         return t.cpu().tolist()
 
     def _validate_epoch(self, model) -> dict:
+        """Validation figures of an epoch: each data set's, their means, the synthetic accuracy.
+
+        ``select`` is what picks the best epoch: the mean validation SRCC of the data sets, and
+        with the synthetic objective the mean of those SRCCs and ``synthetic_acc``.
+        """
         from ..metrics import iqa_metrics
 
         if not self.val_idx:
@@ -685,11 +692,31 @@ class _Run:
             gathered: list = [None] * self.d.world
             dist.all_gather_object(gathered, pairs)
             pairs = [p for part in gathered for p in part]
-        pairs.sort()
-        p = np.array([v for _, v in pairs])
-        m = np.array([self.samples[i].mos for i, _ in pairs])
-        out = iqa_metrics(p, m)
-        out["mae"] = float(np.mean(np.abs(p - m)))
+        got = dict(pairs)
+        sets = {}
+        for src in self.data.sources:
+            if not src.val_idx:
+                continue
+            p = np.array([got[i] for i in src.val_idx])
+            m = np.array([self.samples[i].mos for i in src.val_idx])
+            one = iqa_metrics(p, m)
+            # mean absolute error on the internal 0-100 scale (comparable between data sets)
+            p_int = np.asarray(self.scale.to_internal(p), dtype=np.float64)
+            one["mae"] = float(np.mean(np.abs(p_int - self.data.targets[src.val_idx])))
+            sets[src.name] = one
+        keys = ("srcc", "plcc", "plcc_logistic", "krcc", "mae")
+        if len(sets) == 1:
+            out = dict(next(iter(sets.values())))
+        else:
+            out = {k: float(np.mean([v[k] for v in sets.values()])) for k in keys}
+            out["n"] = int(sum(v["n"] for v in sets.values()))
+            out["sets"] = sets
+        select = [out["srcc"]]
+        if self.synthetic is not None and len(self.synthetic.validation):
+            acc = self.synthetic.validation.accuracy(model, self.device, self.cfg.precision)
+            out.update(acc)
+            select.append(acc["synthetic_acc"])
+        out["select"] = float(np.mean(select))
         return out
 
     def _stop(self, model, opt, scaler, epoch, batch, sums, best, t_start) -> TrainResult:
