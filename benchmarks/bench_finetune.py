@@ -111,6 +111,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/bench-finetune", help="CSVs, runs and results.json")
     ap.add_argument("--cache", default="~/.cache/napari-pmt-iqa/bench-finetune")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the runs already finished in --work instead of running them again",
+    )
     ap.add_argument("--features-only", action="store_true", help="fill the feature cache and stop")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more finetune args")
     args = ap.parse_args(argv)
@@ -168,6 +173,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     gap = np.concatenate(cached_features(cache, "imagenet-lite0-gap", samples, imagenet_gap))
+    gap = gap.astype(np.float64)  # cached as fp16; linalg needs float64
     feats = cached_features(cache, start_key, samples, start_rows)
     print(f"features of the part ready ({time.time() - t0:.0f} s)")
     if args.features_only:
@@ -187,8 +193,9 @@ def main(argv=None) -> int:
 
     start_backbone = {k: v for k, v in start.state_dict().items() if k.startswith("backbone.")}
     rows = []
-    for n in args.n:
-        for seed in args.seeds:
+    # seeds outside, N inside: an interrupted run has every N for the first seeds
+    for seed in args.seeds:
+        for n in args.n:
             rng = np.random.default_rng(seed)
             rated = np.sort(rng.choice(len(samples), n, replace=False))
             rest = np.setdiff1d(np.arange(len(samples)), rated)
@@ -200,18 +207,23 @@ def main(argv=None) -> int:
                 for i in rated:
                     w.writerow([str(Path(samples[i].path).resolve()), f"{stars[i]:g}"])
             run = work / tag
+            done_file = run / "bench.json"
             cmd = [
                 sys.executable, "-m", "napari_pmt_iqa", "finetune", "--data", str(csv_path),
                 "--init", str(init), "--out", str(run), "--seed", str(seed), "--device", "cpu",
                 "--threads", str(args.threads), "--no-progress", *args.extra,
             ]  # fmt: skip
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            t = time.time()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            wall = time.time() - t
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, sep="\n")
-                raise SystemExit(f"pmt-iqa finetune failed for {tag}")
+            if args.reuse and done_file.exists():
+                wall = json.loads(done_file.read_text())["process_s"]
+            else:
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                t = time.time()
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                wall = time.time() - t
+                if proc.returncode != 0:
+                    print(proc.stdout, proc.stderr, sep="\n")
+                    raise SystemExit(f"pmt-iqa finetune failed for {tag}")
+                done_file.write_text(json.dumps({"process_s": wall, "cmd": cmd}))
             report = json.loads((run / "report.json").read_text())
             tuned = load_checkpoint(run / "best.safetensors").eval()
             same_backbone = all(
