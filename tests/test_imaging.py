@@ -187,6 +187,94 @@ def test_trailing_axis_of_one_is_grayscale_and_two_is_refused():
     assert standardize_layout(np.zeros((64, 48, 2), np.uint8), rgb=False).shape == (64, 48, 2, 1)
 
 
+# --------------------------------------------------------------------------- the intensity rule
+def test_a_stray_pixel_does_not_flip_the_rule_of_a_float_image():
+    from napari_pmt_iqa.imaging import intensity_rule
+
+    a = np.random.default_rng(0).random((64, 64, 3))
+    ref = to_rgb01(a)
+    a[3, 4, 0] = 1.001  # one pixel over the top
+    a[5, 6, 1] = -0.01
+    assert intensity_rule(a).kind == "unit"
+    out = to_rgb01(a)
+    assert out[3, 4, 0] == 1.0 and out[5, 6, 1] == 0.0  # clipped
+    mask = np.ones(a.shape, bool)
+    mask[3, 4, 0] = mask[5, 6, 1] = False
+    np.testing.assert_array_equal(out[mask], ref[mask])
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.int32, np.int16])
+def test_8_bit_values_in_wider_integers_are_8_bit(dtype):
+    from napari_pmt_iqa.imaging import intensity_rule
+
+    img = _rgb(64, 64)
+    assert intensity_rule(img.astype(dtype)).kind == "8-bit values"
+    np.testing.assert_array_equal(to_rgb01(img.astype(dtype)), to_rgb01(img))
+    dim = (img // 4).astype(dtype)  # a dark photo stays dark: not stretched
+    np.testing.assert_allclose(to_rgb01(dim), to_rgb01((img // 4).astype(np.uint8)), atol=0)
+
+
+def test_one_rule_for_a_stack_keeps_a_dark_plane_dark():
+    from napari_pmt_iqa.imaging import intensity_rule
+
+    rng = np.random.default_rng(1)
+    plane = rng.integers(500, 4000, (64, 64, 1)).astype(np.uint16)
+    stack = np.stack([plane, plane // 10, plane])
+    rule = intensity_rule(stack)
+    assert rule.kind == "percentiles" and rule.high > 3000
+    bright = to_rgb01(stack[0], rule=rule)
+    dark = to_rgb01(stack[1], rule=rule)
+    assert dark.mean() < 0.1 < 0.3 < bright.mean()
+    # each plane alone would be stretched to look the same
+    assert to_rgb01(stack[1]).mean() == pytest.approx(to_rgb01(stack[0]).mean(), abs=0.05)
+    assert "percentiles" in rule.describe()
+
+
+def test_rules_of_other_dtypes_and_sampling_of_large_arrays():
+    from napari_pmt_iqa import imaging
+
+    assert imaging.intensity_rule(np.zeros((4, 4, 1), np.uint8)).kind == "8-bit"
+    assert imaging.intensity_rule(np.zeros((4, 4, 1), bool)).kind == "binary"
+    assert imaging.intensity_rule(np.full((4, 4, 1), 7.0)).kind == "constant"
+    assert imaging.intensity_rule(np.zeros((4, 4, 1)), (2, 3)).kind == "given"
+    big = np.random.default_rng(0).integers(0, 4096, (2100, 2100, 1)).astype(np.uint16)
+    rule = imaging.intensity_rule(big)  # 4.4 M values: percentiles of a strided sample
+    lo, hi = np.percentile(big, [0.1, 99.9])
+    assert rule.low == pytest.approx(lo, rel=0.05, abs=5) and rule.high == pytest.approx(
+        hi, rel=0.01
+    )
+
+
+def test_lazy_planes_read_only_what_is_indexed():
+    from napari_pmt_iqa.imaging import LazyPlane, is_lazy, lazy_planes
+
+    class Spy:
+        """An array-like that records every read (like a zarr array)."""
+
+        def __init__(self, a):
+            self.a, self.reads = a, []
+            self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+        def __getitem__(self, key):
+            self.reads.append(key)
+            return self.a[key]
+
+    a = np.random.default_rng(0).integers(0, 255, (2, 3, 40, 50), dtype=np.uint8)  # (T, C, H, W)
+    spy = Spy(a)
+    assert is_lazy(spy) and not is_lazy(a)
+    planes, lead = lazy_planes(spy, channel_axis=1)
+    assert lead == (2,) and len(planes) == 2 and isinstance(planes[1], LazyPlane)
+    assert planes[1].shape == (40, 50, 3) and not spy.reads
+    tile = planes[1][10:20, 5:15]
+    np.testing.assert_array_equal(tile, np.moveaxis(a[1, :, 10:20, 5:15], 0, -1))
+    assert len(spy.reads) == 1
+    w = planes[0].window(8, 8, 16, 16)
+    np.testing.assert_array_equal(w[2:4, 3:5], np.moveaxis(a[0, :, 10:12, 11:13], 0, -1))
+    np.testing.assert_array_equal(np.asarray(planes[0]), np.moveaxis(a[0], 0, -1))
+    grey, lead = lazy_planes(Spy(a[:, 0]))
+    assert lead == (2,) and grey[0].shape == (40, 50, 1)
+
+
 def test_one_enlargement_rule_for_scoring_and_training(tiny_model):
     """A small image scores (nearly) the same whether score() or the training path enlarged it:
     both use imaging.enlarge_to (bicubic); only the training path's uint8 storage differs."""

@@ -64,9 +64,33 @@ def test_torch_guard_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    "module", ["napari_pmt_iqa._widgets", "napari_pmt_iqa._sample_data", "napari_pmt_iqa._reader"]
+    "module",
+    [
+        "napari_pmt_iqa._widgets",
+        "napari_pmt_iqa._sample_data",
+        "napari_pmt_iqa._reader",
+        "napari_pmt_iqa._writer",
+        "napari_pmt_iqa._widgets.triage_widget",
+        "napari_pmt_iqa._widgets.score_options",
+    ],
 )
 def test_startup_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_map_writers_are_in_the_manifest():
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    mf = pm.get_manifest("napari-pmt-iqa")
+    writers = {(w.command, tuple(w.layer_types)) for w in mf.contributions.writers}
+    assert ("napari-pmt-iqa.write_map", ("image",)) in writers
+    assert ("napari-pmt-iqa.write_class_map", ("labels",)) in writers
+    assert ("napari-pmt-iqa.write_maps", ("image*", "labels*")) in writers
+    # plain .tif stays with napari's own writer: the plugin claims .csv and the compound .map.tif
+    exts = {e for w in mf.contributions.writers for e in w.filename_extensions}
+    assert ".tif" not in exts and {".csv", ".map.tif"} <= exts
+    assert "napari-pmt-iqa.triage_widget" in {w.command for w in mf.contributions.widgets}

@@ -6,13 +6,30 @@ import (checkpoints, CSV tables, maps and the rating widget's files all go throu
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
+#: errno values that mean "no room": a full disk, a quota, a file too large for the file system.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the previous file (if any) is unchanged."""
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Raises
+    ------
+    DiskFullError
+        No space left (full disk, quota): the message names the file and says that the previous
+        version is unchanged; no temporary file is left behind.
+    OSError
+        Any other failure to write, also with the previous file unchanged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,9 +40,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with _suppress():
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise DiskFullError(
+                exc.errno,
+                f"Not enough disk space to write {path} ({os.strerror(exc.errno)}). "
+                + ("The previous file is unchanged. " if path.exists() else "Nothing was written. ")
+                + "Free some space or choose another folder.",
+            ) from exc
         raise
 
 

@@ -107,3 +107,22 @@ def test_reader_opens_dataset_in_viewer(make_napari_viewer, tmp_path):
     layers = viewer.open(str(root), plugin="napari-pmt-iqa")
     assert len(layers) == 3
     assert [lay.metadata[DATASET_KEY]["mos"] for lay in layers] == [90, 78, 66]
+
+
+def test_export_predictions_and_mos(qtbot, viewer_widget, tmp_path):
+    import csv
+
+    viewer, widget = viewer_widget
+    root = make_dataset(tmp_path, n=4)
+    assert widget.export_predictions(str(tmp_path / "early.csv")) is None  # nothing scored yet
+    widget.load(str(root))
+    wait(qtbot, widget)
+    widget.score_all()
+    wait(qtbot, widget)
+    assert widget.export_button.isEnabled()
+    out = widget.export_predictions(str(tmp_path / "pred.csv"))
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["mos"]) for r in rows] == [90, 78, 66, 54]
+    np.testing.assert_array_equal([float(r["predicted"]) for r in rows], widget.pred)
+    assert rows[0]["path"].endswith("img0.png") and rows[0]["units"] and not rows[0]["error"]

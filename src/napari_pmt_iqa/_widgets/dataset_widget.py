@@ -164,6 +164,9 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.plot.x_label = "MOS"
         self.plot.title = "predicted score vs MOS (click a point)"
         self.metrics_label = QLabel()
+        self.export_button = QPushButton("Export predictions (CSV)…")
+        self.export_button.setToolTip("Save every loaded image's MOS and predicted score as CSV")
+        self.export_button.setEnabled(False)
         self.status = QLabel()
         self.status.setWordWrap(True)
 
@@ -184,6 +187,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         lay.addWidget(self.progress)
         lay.addWidget(self.plot)
         lay.addWidget(self.metrics_label)
+        lay.addWidget(self.export_button)
         lay.addWidget(self.status)
         lay.addStretch(1)
 
@@ -191,6 +195,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.score_button.clicked.connect(lambda: self.score_all())
         self.cancel_button.clicked.connect(lambda: self.cancel())
         self.plot.clicked.connect(self.show_image)
+        self.export_button.clicked.connect(lambda: self.export_predictions())
 
     # ------------------------------------------------------------------ helpers
     def _browse(self) -> None:
@@ -201,6 +206,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
     def _set_busy(self, busy: bool) -> None:
         self.load_button.setEnabled(not busy)
         self.score_button.setEnabled(not busy and bool(self.samples))
+        self.export_button.setEnabled(not busy and bool(np.isfinite(self.pred).any()))
 
     # ------------------------------------------------------------------ loading
     def load(self, path: str | None = None) -> None:
@@ -398,6 +404,48 @@ class DatasetWidget(BackgroundJobs, QWidget):
             )
         else:
             self.metrics_label.setText(f"n = {m['n']} (SRCC/PLCC need at least 3 different scores)")
+
+    # ------------------------------------------------------------------ export
+    def prediction_rows(self) -> list[dict]:
+        """One row per loaded image: path, MOS (data-set units), predicted score (model units)."""
+        mos_units = self.dataset.scale.name if self.dataset is not None else ""
+        units = getattr(self, "_units", "")
+        rows = []
+        for k, s in enumerate(self.samples):
+            pred = float(self.pred[k]) if k < self.pred.size else float("nan")
+            rows.append(
+                {
+                    "path": str(s.path),
+                    "mos": float(s.mos),
+                    "mos_units": mos_units,
+                    "predicted": pred,
+                    "units": units,
+                    "error": "" if np.isfinite(pred) else "not scored (layer removed or failed)",
+                }
+            )
+        return rows
+
+    def export_predictions(self, path: str | None = None) -> str | None:
+        """Save the predictions and the MOS as CSV (``path`` None asks); returns the path."""
+        from ..export import write_table_csv
+
+        if not self.samples or not np.isfinite(self.pred).any():
+            self._message("Nothing to export yet: load a data set and score it.", warn=True)
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export predictions", "predictions.csv", "CSV (*.csv)"
+            )
+            if not path:
+                return None
+        fields = ("path", "mos", "mos_units", "predicted", "units", "error")
+        try:
+            write_table_csv(path, fields, self.prediction_rows())
+        except Exception as exc:
+            self._message(f"Could not export the predictions: {error_text(exc)}", error=True)
+            return None
+        self._message(f"Saved {len(self.samples)} rows to {path}.")
+        return str(path)
 
     # ------------------------------------------------------------------ navigation
     def show_image(self, index: int) -> None:

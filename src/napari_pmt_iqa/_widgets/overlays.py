@@ -243,8 +243,19 @@ def overlay_specs(
     if affine is not None:
         base["affine"] = affine
 
-    def meta(key: str, what: str) -> dict:
-        return {"metadata": {OVERLAY_KEY: {"source": image_name, "key": key, "what": what}}}
+    def meta(key: str, what: str, value_units: str) -> dict:
+        # what a map writer (``napari_pmt_iqa.export``) needs: the cell geometry in image pixels
+        # (pixel-corner convention, as MapGeometry) and the units of the values
+        info = {
+            "source": image_name,
+            "key": key,
+            "what": what,
+            "units": value_units,
+            "cell_size": [float(v) for v in geom.scale],
+            "origin": [float(v) for v in geom.translate],
+            "padding": [int(v) for v in first.maps.padding],
+        }
+        return {"metadata": {OVERLAY_KEY: info}}
 
     specs = [
         OverlaySpec(
@@ -261,6 +272,7 @@ def overlay_specs(
                 **meta(
                     "quality",
                     "regression head: score of the 224 px crop centred on each 32 px cell",
+                    units,
                 ),
             },
         ),
@@ -273,7 +285,12 @@ def overlay_specs(
                 "name": f"class map, label = class + 1 of {n_cls} [{image_name}]",
                 "colormap": class_colormap(n_cls, hib),
                 "opacity": 0.6,
-                **meta("class", "classification head: most likely quality class of each crop"),
+                "features": class_features(result),
+                **meta(
+                    "class",
+                    "classification head: most likely quality class of each crop",
+                    f"label = class + 1 (classes 0-{n_cls - 1}, worst to best)",
+                ),
             },
         ),
         OverlaySpec(
@@ -287,7 +304,9 @@ def overlay_specs(
                 "contrast_limits": (0.0, 1.0),
                 "opacity": 0.6,
                 "blending": "translucent",
-                **meta("confidence", "probability of the most likely class of each crop"),
+                **meta(
+                    "confidence", "probability of the most likely class of each crop", "probability"
+                ),
             },
         ),
     ]
@@ -311,6 +330,7 @@ def overlay_specs(
                     **meta(
                         f"scale{t}",
                         "crop score minus the score with this tap replaced by its image mean",
+                        f"score change in {units}",
                     ),
                 },
             )
@@ -318,6 +338,29 @@ def overlay_specs(
     for s in specs:
         s.kwargs["visible"] = s.key in visible
     return specs
+
+
+def class_features(result: Any) -> dict[str, list]:
+    """The class map's ``features`` table: one row per label (``index`` = class + 1) with the
+    class, its score range and its mean probability over the image (all planes of a stack), so
+    that napari's hover text and Features table say what a label means."""
+    first = result.planes[0] if hasattr(result, "planes") else result
+    probs = (
+        np.mean([p.class_probs for p in result.planes], axis=0)
+        if hasattr(result, "planes")
+        else np.asarray(result.class_probs)
+    )
+    edges = [float(e) for e in first.class_edges]
+    n = len(edges) - 1
+    labels = class_labels(edges)
+    return {
+        "index": list(range(1, n + 1)),
+        "class": [f"{k + 1} of {n}" for k in range(n)],
+        "score range": [f"{labels[k]} {first.units}" for k in range(n)],
+        "score low": edges[:-1],
+        "score high": edges[1:],
+        "image probability": [float(p) for p in probs],
+    }
 
 
 def is_overlay_of(layer: Any, image_name: str) -> bool:

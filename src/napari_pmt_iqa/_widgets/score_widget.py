@@ -35,11 +35,11 @@ from .overlays import (
     class_colormap,
     class_labels,
     is_overlay_of,
-    layer_image_data,
     overlay_specs,
     result_metadata,
     score_meaning,
 )
+from .score_options import ScoreOptions, ScoreRequest, plane_placement
 
 
 def _layer_placement(layer) -> tuple:
@@ -64,24 +64,45 @@ def _layer_placement(layer) -> tuple:
     return (1.0,) * n, (0.0,) * n, affine @ own.affine_matrix
 
 
-def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool, state: JobState):
-    """Generator run in the worker: yields ``("model", net)``, then ``("plane", k, result)`` per plane.
+def score_job(
+    request: ScoreRequest, model, device: str, memory_mb: float, maps: bool, state: JobState
+):
+    """Generator run in the worker: yields ``("model", net)``, ``("rule", rule)``, then
+    ``("plane", k, result)`` per plane of a stack.
 
-    Returns ``("ok", result, seconds)``, ``("cancelled", reason)`` or ``("error", message)``; it never
-    raises, so no traceback dialog can appear.
+    The intensity rule is the request's, or the automatic rule of all the data (one for a whole
+    stack, also when only its current plane is scored). Lazy data is read tile by tile. Results of
+    a pyramid level come back in level-0 pixels. Returns ``("ok", result, seconds)``,
+    ``("cancelled", reason)`` or ``("error", message)``; it never raises, so no traceback dialog
+    can appear.
     """
     try:
-        from ..scoring import ScoringCancelled, StackResult, get_model, iter_planes, score
+        from ..multiscale import to_full_resolution
+        from ..scoring import (
+            ScoringCancelled,
+            StackResult,
+            get_model,
+            iter_planes,
+            score,
+            stack_intensity_rule,
+        )
 
         t0 = time.perf_counter()
         net = get_model(model, device)
         yield ("model", net)
-        planes, lead = iter_planes(data, rgb=rgb)
+        planes, lead = iter_planes(request.data, rgb=request.rgb)
+        rule = request.rule or stack_intensity_rule(planes if lead else [planes[0]])
+        yield ("rule", rule)
         n = len(planes)
-        kwargs = dict(maps=maps, memory_mb=memory_mb, cancel=state.cancelled)
-        if not lead:
-            res = score(planes[0], net, channel_axis=-1, progress=state.progress, **kwargs)
-            return ("ok", res, time.perf_counter() - t0)
+        kwargs = dict(maps=maps, memory_mb=memory_mb, cancel=state.cancelled, intensity_range=rule)
+
+        def level0(r):
+            return to_full_resolution(r, request.factors)
+
+        if not lead or request.plane_index is not None:
+            k = int(np.ravel_multi_index(request.plane_index, lead)) if lead else 0
+            res = score(planes[k], net, channel_axis=-1, progress=state.progress, **kwargs)
+            return ("ok", level0(res), time.perf_counter() - t0)
         results = []
         state.progress(0, n)
         for k in range(n):
@@ -91,7 +112,7 @@ def score_job(data, rgb: bool, model, device: str, memory_mb: float, maps: bool,
             def prog(done, total, k=k):
                 state.progress(k + done / max(total, 1), n)
 
-            results.append(score(planes[k], net, channel_axis=-1, progress=prog, **kwargs))
+            results.append(level0(score(planes[k], net, channel_axis=-1, progress=prog, **kwargs)))
             state.progress(k + 1, n)
             yield ("plane", k, results[-1])
         r0 = results[0]
@@ -128,6 +149,12 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.chooser = ModelChooser(self)
         self.maps_check = QCheckBox("Add quality maps as layers")
         self.maps_check.setChecked(True)
+        self.options = ScoreOptions(self)
+        self.export_button = QPushButton("Export scores (CSV)…")
+        self.export_button.setToolTip(
+            "Save the image score, every plane's score and every crop's score, position and class"
+        )
+        self.export_button.setEnabled(False)
         self.score_button = QPushButton("Score")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -151,6 +178,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.chooser)
+        lay.addWidget(self.options)
         lay.addWidget(self.maps_check)
         row = QHBoxLayout()
         row.addWidget(self.score_button)
@@ -161,10 +189,13 @@ class ScoreWidget(BackgroundJobs, QWidget):
         lay.addWidget(self.class_plot)
         lay.addWidget(self.class_label)
         lay.addWidget(self.stack_plot)
+        lay.addWidget(self.export_button)
         lay.addWidget(self.status)
         lay.addStretch(1)
 
         self.score_button.clicked.connect(self.score)
+        self.export_button.clicked.connect(lambda: self.export_scores())
+        self.layer_combo.currentTextChanged.connect(self._on_layer_chosen)
         self.cancel_button.clicked.connect(lambda: self.cancel("Scoring was cancelled."))
         self.stack_plot.clicked.connect(self._jump_to_plane)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -211,6 +242,11 @@ class ScoreWidget(BackgroundJobs, QWidget):
             if active is not None and active.name in names:
                 self.layer_combo.setCurrentText(active.name)
         self.layer_combo.blockSignals(False)
+        self._on_layer_chosen()
+
+    def _on_layer_chosen(self, name: str = "") -> None:
+        layer = self.selected_layer()
+        self.options.set_layer(layer if layer in self._image_layers() else None)
 
     def selected_layer(self):
         """The layer to score: the one in the combo box, else the viewer's active layer."""
@@ -240,17 +276,18 @@ class ScoreWidget(BackgroundJobs, QWidget):
         try:
             check_image_layer(layer)
             model = self.chooser.require_model()
-            data = layer_image_data(layer)
+            self.options.set_layer(layer)
+            request = self.options.request(layer, self.viewer)
         except Exception as exc:
             self._message(error_text(exc), error=True)
             return
         self._layer = layer
+        self._request = request
         self._partial: list[float] = []
         self._clear_result(f"Scoring '{layer.name}'…")
         self._start_job(
             score_job,
-            data,
-            bool(layer.rgb),
+            request,
             model,
             self.chooser.device(),
             self.chooser.memory_mb(),
@@ -265,6 +302,8 @@ class ScoreWidget(BackgroundJobs, QWidget):
         super().cancel(reason)
 
     def _on_yielded(self, item) -> None:
+        if item[0] == "rule":
+            self.options.show_rule(item[1], self._request.level)
         if item[0] == "plane" and self._layer is not None:
             res = item[2]
             self._partial.append(res.score)
@@ -289,6 +328,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         """Forget the shown result (a new score starts, or one failed): no stale numbers stay."""
         self.result = None
         self._scored_layer = None
+        self.export_button.setEnabled(False)
         self.score_label.setText(text)
         self.class_label.setText("")
         self.class_plot.setVisible(False)
@@ -311,10 +351,15 @@ class ScoreWidget(BackgroundJobs, QWidget):
             return
         self.result = result
         self._scored_layer = layer
+        self._result_plane = self._request.plane_index
+        self.export_button.setEnabled(True)
         first = result.planes[0] if hasattr(result, "planes") else result
-        layer.metadata[METADATA_KEY] = result_metadata(
-            result, self.chooser.current_model() or "", self.chooser.device()
-        )
+        meta = result_metadata(result, self.chooser.current_model() or "", self.chooser.device())
+        if self._result_plane is not None:
+            meta["plane"] = list(self._result_plane)
+        if self._request.level:
+            meta["pyramid_level"] = int(self._request.level)
+        layer.metadata[METADATA_KEY] = meta
         prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
         self.score_label.setText(
             f"'{html.escape(layer.name)}': <b>{prefix}{score_meaning(result)}</b>"
@@ -345,7 +390,21 @@ class ScoreWidget(BackgroundJobs, QWidget):
         """Replace this image's overlays by the maps of ``result``; returns the new layers."""
         for old in [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]:
             self.viewer.layers.remove(old)
-        specs = overlay_specs(result, layer.name, *_layer_placement(layer))
+        scale, translate, affine = _layer_placement(layer)
+        plane = getattr(self, "_result_plane", None)
+        if plane is not None and not hasattr(result, "planes"):
+            # one plane of a stack: maps with stack axes of length 1, placed at that plane
+            from ..scoring import StackResult
+
+            scale, translate = plane_placement(scale, translate, plane)
+            result = StackResult(
+                [result],
+                (1,) * len(plane),
+                result.units,
+                result.score_range,
+                result.higher_is_better,
+            )
+        specs = overlay_specs(result, layer.name, scale, translate, affine)
         selection = list(self.viewer.layers.selection)
         added = [spec.add_to(self.viewer) for spec in specs]
         self.viewer.layers.selection.clear()
@@ -353,6 +412,39 @@ class ScoreWidget(BackgroundJobs, QWidget):
             if lay in self.viewer.layers:
                 self.viewer.layers.selection.add(lay)
         return added
+
+    # ------------------------------------------------------------------ export
+    def export_scores(self, path: str | None = None) -> str | None:
+        """Save the shown result as CSV (image, planes, crops; ``napari_pmt_iqa.export``).
+
+        ``path`` None asks with a file dialog. Returns the path written, or None.
+        """
+        from ..export import write_scores_csv
+
+        if self.result is None or self._scored_layer is None:
+            self._message("Nothing to export yet: score an image first.", warn=True)
+            return None
+        name = self._scored_layer.name
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export scores", f"{name}_scores.csv", "CSV (*.csv)"
+            )
+            if not path:
+                return None
+        source = name
+        if getattr(self, "_result_plane", None) is not None:
+            source += f" [plane {','.join(map(str, self._result_plane))}]"
+        try:
+            write_scores_csv(
+                path, self.result, source=source, model=self.chooser.current_model() or ""
+            )
+        except Exception as exc:
+            self._message(f"Could not export the scores: {error_text(exc)}", error=True)
+            return None
+        self._message(f"Saved the scores of '{name}' to {path}.")
+        return str(path)
 
     # ------------------------------------------------------------------ stack plot
     def _show_stack_plot(self, scores: np.ndarray, score_range, units: str) -> None:

@@ -3,7 +3,7 @@
 Usage::
 
     pmt-iqa score photo.jpg more/*.png folder/ [--recursive] [--csv scores.csv]
-                  [--model NAME_OR_FILE] [--device auto] [--precision fp32|bf16|fp16]
+                  [--model NAME_OR_FILE] [--device auto] [--precision auto|fp32|bf16|fp16]
                   [--method fast|crops] [--maps-dir MAPS] [--memory-mb 1024] [--no-progress]
 
 Every file gets one CSV row (``path, plane, score, units, score_low, score_high, higher_is_better,
@@ -20,6 +20,11 @@ Exit status
 
 Without ``--csv`` the table is printed to stdout (the progress bar goes to stderr). With
 ``--csv`` it is written atomically: a partial file never exists.
+
+Files are decoded on a small thread pool while the model scores (``napari_pmt_iqa.batch``), and
+``--precision auto`` (default) runs bf16 autocast where the hardware computes bf16 natively (a CPU
+with AVX-512 BF16 or AMX, a CUDA GPU with bf16), fp32 elsewhere: bf16 scores differ from fp32 ones
+by the tolerance measured on LIVE-C in ``docs/results.md``. ``--precision fp32`` for exact scores.
 
 With ``torchrun`` (``WORLD_SIZE`` > 1) the files are shared between the processes by
 ``napari_pmt_iqa.training.distributed.distributed_score_files`` when that helper exists; otherwise
@@ -71,7 +76,18 @@ def add_subcommands(subparsers) -> None:
         help="registered model name or checkpoint file (default: the model shipped with the package)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto (default): bf16 where the CPU/GPU computes it natively, else fp32",
+    )
+    p.add_argument(
+        "--decode-threads",
+        type=int,
+        default=2,
+        help="threads decoding the next images while one is scored (default 2)",
+    )
     p.add_argument("--method", choices=("fast", "crops"), default="fast")
     p.add_argument(
         "--maps-dir",
@@ -232,22 +248,29 @@ def score_files(
     maps_dir: Path | None = None,
     show_progress: bool = True,
     rgb: bool | None = None,
+    decode_threads: int = 2,
 ) -> list[dict]:
-    """Score ``files`` one by one in this process; unreadable files become error rows.
+    """Score ``files`` in this process; unreadable files become error rows.
 
-    ``model`` is a loaded :class:`~napari_pmt_iqa.model.PMTIQA`.
+    ``model`` is a loaded :class:`~napari_pmt_iqa.model.PMTIQA`. The next files are decoded on
+    ``decode_threads`` threads while one is scored (:func:`napari_pmt_iqa.batch.prefetch`).
     """
     from tqdm import tqdm
 
+    from ..batch import prefetch
     from ..imaging import ImageError, read_image
     from ..scoring import score
 
     rows: list[dict] = []
     used: set[str] = set()
-    bar = tqdm(files, desc="scoring", unit="img", disable=not show_progress, file=sys.stderr)
-    for path in bar:
+    bar = tqdm(
+        total=len(files), desc="scoring", unit="img", disable=not show_progress, file=sys.stderr
+    )
+    for path, image, error in prefetch(files, read_image, threads=decode_threads):
+        bar.update(1)
         try:
-            image = read_image(path)
+            if error is not None:
+                raise error
             result = score(
                 image,
                 model,
@@ -266,6 +289,7 @@ def score_files(
         rows.extend(_result_rows(path, result))
         if maps_dir is not None:
             _save_maps(maps_dir, path, result, used)
+        del image, result  # keep memory flat: the next image is already decoded
     bar.close()
     return rows
 
@@ -289,6 +313,11 @@ def _distributed(files: list[Path], args) -> tuple[bool, list[dict] | None]:
             "warning: --maps-dir is not supported with torchrun; no maps are written.",
             file=sys.stderr,
         )
+    if args.precision == "auto":
+        from ..batch import auto_precision
+        from ..devices import resolve_device
+
+        args.precision = auto_precision(resolve_device(args.device).type)
     rows = distributed_score_files(
         files,
         model=args.model,
@@ -345,6 +374,10 @@ def run_score(args: argparse.Namespace) -> int:
 
         try:
             model = get_model(args.model, args.device)
+            if args.precision == "auto":
+                from ..batch import auto_precision
+
+                args.precision = auto_precision(next(model.parameters()).device.type)
             check_options(model, memory_mb=args.memory_mb, precision=args.precision)
         except (CheckpointError, DeviceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -359,9 +392,14 @@ def run_score(args: argparse.Namespace) -> int:
             maps_dir=args.maps_dir,
             show_progress=not args.no_progress,
             rgb=getattr(args, "rgb", None),
+            decode_threads=getattr(args, "decode_threads", 2),
         )
     rows.extend(result_rows)
-    write_csv(rows, args.csv)
+    try:
+        write_csv(rows, args.csv)
+    except OSError as exc:  # a full disk (DiskFullError says so) or a vanished folder
+        print(f"error: could not write {args.csv}: {exc}", file=sys.stderr)
+        return 1
     n_bad = sum(1 for r in rows if r.get("error"))
     n_ok = len(rows) - n_bad
     if n_ok == 0:
