@@ -1,8 +1,8 @@
 """Screenshots of the fine-tune widget during and after a run (for the docs).
 
 Rates 24 planes (three photos, each clean and with growing blur or noise: rating = how clean),
-fine-tunes an ImageNet EfficientNet-Lite0 PMT-IQA (frozen backbone, the CPU default) on them and
-writes ``docs/images/finetune_training.png`` (mid-run) and ``docs/images/finetune_done.png``::
+fine-tunes the default model on them with the few-shot recipe (the widget's defaults) and writes
+``docs/images/finetune_training.png`` (mid-run) and ``docs/images/finetune_done.png``::
 
     xvfb-run -a -s "-screen 0 1400x1000x24" .venv/bin/python scripts/screenshot_finetune.py
 
@@ -64,10 +64,8 @@ def main() -> int:
     viewer.window.add_dock_widget(rating, name="Rate image quality", area="right")
     ft = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(ft, name="Fine-tune a quality model", area="right")
-    ft.set_init("backbone", "efficientnet_lite0")
     ft.device_combo.setCurrentText("cpu")
-    ft.epochs_spin.setValue(8)
-    ft.batch_spin.setValue(4)
+    ft.ask_use_anyway = lambda text: True  # no modal question in a script
     ft.out_edit.setText(str(tmp / "run"))
     ft.name_edit.setText("my-photo-ratings")
     app = QApplication.instance()
@@ -85,7 +83,7 @@ def main() -> int:
     if not ft.start():
         print("could not start:", ft.last_error)
         return 1
-    if not wait(lambda: epochs_done() >= 4 and ft.batch_bar.value() >= 2 or not ft.state.busy, 900):
+    if not wait(lambda: epochs_done() >= 15 or not ft.state.busy, 900):
         print("training did not progress")
         return 1
     OUT.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ _LAZY = {
     "ImageError": "imaging",
     "read_image": "imaging",
     "iqa_metrics": "metrics",
+    "finetune": "training.finetune",
+    "FinetuneConfig": "training.finetune",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
         score,
         score_batch,
     )
+    from .training.finetune import FinetuneConfig, finetune
     from .weights import REGISTRY, list_models, load_checkpoint, load_model, save_checkpoint
 
 

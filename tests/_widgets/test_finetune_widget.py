@@ -1,8 +1,10 @@
-"""The fine-tune widget: background training with progress, pause/resume/stop, resume from the
-checkpoint, the result swapped into the scorer, failures as notifications, no leaked threads.
+"""The fine-tune widget: the few-shot recipe in the background with progress, pause/resume/stop,
+resume from the checkpoint, the before/after report and the "did not improve" question, the result
+swapped into the scorer, failures as notifications, no leaked threads, the same model as
+``pmt-iqa finetune``.
 
-Most tests run the real trainer (``napari_pmt_iqa.training.train``) with the tiny backbone on
-ratings given in the viewer (small generated images); the state-machine test injects a fake trainer
+Most tests run the real recipe (``napari_pmt_iqa.training.finetune``) with the tiny backbone on
+ratings given in the viewer (small generated images); the state-machine tests inject a fake trainer
 that follows the same contract (events, ``Control``) through the widget's ``train_fn`` parameter.
 """
 
@@ -16,12 +18,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_pmt_iqa._widgets.finetune_widget import DEFAULTS, FinetuneWidget
+from napari_pmt_iqa._widgets.finetune_form import AUTO, rated_images
+from napari_pmt_iqa._widgets.finetune_widget import FinetuneWidget
+from napari_pmt_iqa._widgets.overlays import OVERLAY_KEY
 from napari_pmt_iqa._widgets.rating_widget import set_rating
 from napari_pmt_iqa._widgets.training_worker import State, model_trained, training_events
+from napari_pmt_iqa.training import FinetuneConfig
 from napari_pmt_iqa.training import events as ev
 
 TIMEOUT = 30_000
+N_RATED = 24
 
 
 # --------------------------------------------------------------------------- helpers
@@ -32,7 +38,7 @@ def _textures(n: int, size: int = 48, seed: int = 0) -> np.ndarray:
     base = 127 + 90 * np.sin(xx / 4.0) * np.cos(yy / 5.0)
     out = []
     for i in range(n):
-        img = base[..., None] + rng.normal(0, 4 + 12 * i, (size, size, 3))
+        img = base[..., None] + rng.normal(0, 4 + 6 * i, (size, size, 3))
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return np.stack(out)
 
@@ -44,25 +50,23 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _rated_viewer(make_napari_viewer, n: int = 10):
+def _rated_viewer(make_napari_viewer, n: int = N_RATED):
     viewer = make_napari_viewer()
     layer = viewer.add_image(_textures(n), name="rated", rgb=True)
-    for i in range(n):
-        set_rating(layer, (i,), 90.0 - 8.0 * i)
+    for i in range(n):  # one decimal: the rating widget's CSV keeps 4 significant digits
+        set_rating(layer, (i,), round(90.0 - 80.0 * i / max(1, n - 1), 1))
     return viewer, layer
 
 
-def _widget(viewer, qtbot, tmp_path, epochs=3, batch=4, train_fn=None, dock=True):
+def _widget(viewer, qtbot, tmp_path, init, epochs=3, train_fn=None, dock=True):
     w = FinetuneWidget(viewer, train_fn=train_fn)
     if dock:
         viewer.window.add_dock_widget(w, name="fine-tune")
     else:
         qtbot.addWidget(w)
-    w.set_init("backbone", "tiny")
+    w.set_init("model", str(init))
     w.device_combo.setCurrentText("cpu")
     w.epochs_spin.setValue(epochs)
-    w.batch_spin.setValue(batch)
-    w.freeze_check.setChecked(False)
     w.out_edit.setText(str(tmp_path / "run"))
     w.name_edit.setText("my tiny model")
     return w
@@ -77,16 +81,40 @@ def _no_train_threads() -> bool:
 
 
 class FakeTrain:
-    """A trainer with the contract of ``training.train``: events, Control, a TrainResult-like.
+    """A trainer with the contract of ``training.finetune``: events, Control, a result-like.
 
     It writes a real (tiny) checkpoint as ``best.safetensors`` after the first epoch, so that the
-    publishing path is exercised too; ``fail_at`` raises in that batch (after the checkpoint).
+    publishing path is exercised too; ``fail_at`` raises in that batch (after the checkpoint);
+    ``before``/``after`` are the held-out SRCCs it reports.
     """
 
-    def __init__(self, checkpoint: Path, epochs=50, batches=5, delay=0.01, fail_at=None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        epochs=50,
+        batches=5,
+        delay=0.01,
+        fail_at=None,
+        before=0.4,
+        after=0.6,
+    ):
         self.checkpoint = checkpoint
         self.epochs, self.batches, self.delay, self.fail_at = epochs, batches, delay, fail_at
+        self.before, self.after = before, after
         self.thread_names: list[str] = []
+
+    def _result(self, best, stopped, epochs_done):
+        return SimpleNamespace(
+            best_path=best and str(best),
+            state_path=None,
+            stopped=stopped,
+            start_val={"srcc": self.before, "plcc": self.before},
+            best_val={"srcc": self.after, "plcc": self.after},
+            improved=self.after > self.before,
+            n_holdout=5,
+            epochs_done=epochs_done,
+            history=[],
+        )
 
     def __call__(self, config, listeners=(), control=None):
         import shutil
@@ -105,18 +133,11 @@ class FakeTrain:
                     emit(ev.Resumed(epoch, b))
                 if control.stop_requested:
                     emit(ev.Stopped(epoch, b, str(best or ""), ""))
-                    return SimpleNamespace(
-                        best_path=best and str(best),
-                        state_path=None,
-                        stopped=True,
-                        best_val={"srcc": 0.5},
-                        epochs_done=epoch,
-                        history=[],
-                    )
+                    return self._result(best, True, epoch)
                 if self.fail_at is not None and (epoch, b) == self.fail_at:
                     emit(
                         ev.Failed(
-                            "The device ran out of memory (4 images x 1 crops per step).",
+                            "The device ran out of memory while fine-tuning.",
                             "Lower the batch size.",
                             str(best or ""),
                         )
@@ -131,14 +152,7 @@ class FakeTrain:
                 ev.EpochEnd(epoch, self.epochs, 1.0, 0.0, 1.0, 0.5, 0.5, {"srcc": 0.5, "plcc": 0.6})
             )
         emit(ev.Finished(str(best), 0.5, self.epochs, 1.0))
-        return SimpleNamespace(
-            best_path=str(best),
-            state_path=None,
-            stopped=False,
-            best_val={"srcc": 0.5},
-            epochs_done=self.epochs,
-            history=[],
-        )
+        return self._result(best, False, self.epochs)
 
 
 class StallMeter:
@@ -189,44 +203,73 @@ def test_training_events_generator_runs_the_trainer_off_the_calling_thread(
     assert _no_train_threads()
 
 
-def test_defaults_and_config_from_the_settings(make_napari_viewer, qtbot, tmp_path, cache):
-    viewer, _ = _rated_viewer(make_napari_viewer, n=6)
+# --------------------------------------------------------------------------- the settings
+def test_config_from_the_settings_uses_the_recipe_defaults(
+    make_napari_viewer, qtbot, tmp_path, cache
+):
+    viewer, _ = _rated_viewer(make_napari_viewer)
     w = FinetuneWidget(viewer)
     qtbot.addWidget(w)
     w.device_combo.setCurrentText("cpu")
-    assert w.epochs_spin.value() == DEFAULTS["cpu"]["epochs"]
-    assert w.freeze_check.isChecked() is DEFAULTS["cpu"]["freeze_backbone"]
-    assert "(6 rated)" in w.ratings_count.text()
-    w.set_init("backbone", "resnet18")
-    w.lr_combo.setCurrentText("3e-4")
-    w.progressive_check.setChecked(False)
+    assert f"({N_RATED} rated)" in w.ratings_count.text()
+    assert w.epochs_spin.value() == AUTO and w.epochs_spin.text() == "auto"
     cfg = w.make_config()
-    assert cfg.init is None and cfg.backbone == "resnet18"
-    assert cfg.lr == pytest.approx(3e-4) and cfg.progressive is False and cfg.device == "cpu"
-    assert len(cfg.data) == 6 and cfg.score_scale.high == 100.0
+    defaults = FinetuneConfig()
+    # what the form does not show keeps the recipe's defaults (those of the CLI and the API)
+    for name in ("holdout_fraction", "batch_size", "lr", "rank_weight", "anchor", "refit"):
+        assert getattr(cfg, name) == getattr(defaults, name), name
+    from napari_pmt_iqa.weights import DEFAULT_MODEL
+
+    assert cfg.epochs is None and cfg.init == DEFAULT_MODEL and cfg.backbone is None
+    assert len(cfg.data) == N_RATED and cfg.score_scale.high == 100.0 and cfg.device == "cpu"
+    w.set_init("backbone", "resnet18")
+    w.epochs_spin.setValue(7)
+    w.seed_spin.setValue(3)
+    cfg = w.make_config()
+    assert cfg.init is None and cfg.backbone == "resnet18" and cfg.epochs == 7 and cfg.seed == 3
     w.set_init("model", str(tmp_path / "some.safetensors"))
     w.folder_radio.setChecked(True)
     w.data_edit.setText(str(tmp_path))
     w.layout_combo.setCurrentText("livec")
     cfg = w.make_config()
-    assert cfg.init == str(tmp_path / "some.safetensors") and cfg.data == str(tmp_path)
-    assert cfg.layout == "livec"
-    w.lr_combo.setCurrentText("fast")
-    with pytest.raises(ValueError, match="learning rate"):
-        w.make_config()
+    assert cfg.init == str(tmp_path / "some.safetensors") and cfg.backbone is None
+    assert cfg.data == str(tmp_path) and cfg.layout == "livec"
     w.close()
 
 
 def test_too_few_ratings_is_a_notification_not_a_crash(make_napari_viewer, qtbot, tmp_path, cache):
     from napari.utils.notifications import notification_manager
 
-    viewer, _ = _rated_viewer(make_napari_viewer, n=3)
-    w = _widget(viewer, qtbot, tmp_path, dock=False)
+    viewer, _ = _rated_viewer(make_napari_viewer, n=6)
+    w = _widget(viewer, qtbot, tmp_path, tmp_path / "x.safetensors", dock=False)
     n0 = len(notification_manager.records)
     assert w.start() is False
     assert w.state == State.IDLE and w.start_button.isEnabled()
-    assert "rate at least 5" in w.last_error
-    assert any("rate at least 5" in str(r.message) for r in notification_manager.records[n0:])
+    need = FinetuneConfig().min_ratings
+    assert f"needs at least {need}" in w.last_error and "6 images are rated" in w.last_error
+    assert any(f"at least {need}" in str(r.message) for r in notification_manager.records[n0:])
+    assert not w.events  # no run, no curve
+    w.close()
+
+
+def test_overlays_are_never_counted_among_the_rated_images(
+    make_napari_viewer, qtbot, tmp_path, cache
+):
+    viewer, layer = _rated_viewer(make_napari_viewer)
+    overlay = viewer.add_image(
+        np.zeros((4, 4), np.float32),
+        name="rated quality map",
+        metadata={OVERLAY_KEY: {"source": "rated", "key": "quality", "what": "quality"}},
+    )
+    set_rating(overlay, (), 50.0)  # e.g. rated by mistake while the map was the active layer
+    labels = viewer.add_labels(np.zeros((4, 4), np.int32), name="labels")
+    labels.metadata["pmt_iqa_ratings"] = {(): 10.0}
+    assert rated_images(viewer.layers) == [layer]
+    w = FinetuneWidget(viewer)
+    qtbot.addWidget(w)
+    w.refresh_rating_count()
+    assert f"({N_RATED} rated)" in w.ratings_count.text()
+    assert len(w.make_config().data) == N_RATED
     w.close()
 
 
@@ -236,7 +279,7 @@ def test_state_machine_with_an_injected_trainer(
 ):
     viewer, _ = _rated_viewer(make_napari_viewer)
     fake = FakeTrain(tiny_checkpoint, epochs=200, batches=5, delay=0.01)
-    w = _widget(viewer, qtbot, tmp_path, train_fn=fake)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, train_fn=fake)
     assert (
         w.state == State.IDLE and not w.pause_button.isEnabled() and not w.stop_button.isEnabled()
     )
@@ -260,10 +303,60 @@ def test_state_machine_with_an_injected_trainer(
     )
     w.stop_button.click()
     assert w.state == State.STOPPING
-    qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=TIMEOUT)
-    assert w.worker is None and _no_train_threads()
+    qtbot.waitUntil(lambda: w.state == State.STOPPED and w.worker is None, timeout=TIMEOUT)
+    assert _no_train_threads()
     assert w.published_path is not None and w.published_path.exists()
     assert w.start_button.isEnabled() and w.use_button.isEnabled()
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_before_after_report_and_the_question_when_it_did_not_improve(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint, answer
+):
+    from napari_pmt_iqa._widgets.score_widget import ScoreWidget
+
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    scorer = ScoreWidget(viewer)
+    viewer.window.add_dock_widget(scorer, name="score")
+    before_model = scorer.chooser.current_model()
+    fake = FakeTrain(tiny_checkpoint, epochs=2, batches=2, delay=0.0, before=0.61, after=0.55)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, train_fn=fake)
+    asked = []
+    w.ask_use_anyway = lambda text: asked.append(text) or answer
+    announced = []
+    model_trained.connect(lambda p, m: announced.append(p))
+    w.start()
+    qtbot.waitUntil(lambda: w.state == State.DONE, timeout=TIMEOUT)
+    report = w.result_label.text()
+    assert "starting model 0.610" in report and "fine-tuned 0.550" in report
+    assert "(-0.060)" in report
+    assert len(asked) == 1 and "did not beat the starting model" in asked[0]
+    assert w.published_path.exists()  # saved to the user models either way
+    if answer:
+        assert announced == [str(w.published_path)]
+        assert scorer.chooser.current_model() == str(w.published_path)
+    else:
+        assert announced == [] and "Not used in the scorer" in w.result_label.text()
+        assert scorer.chooser.current_model() == before_model
+        assert w.use_button.isEnabled()  # the user can still choose it
+        w.use_button.click()
+        assert announced == [str(w.published_path)]
+    scorer.close()
+
+
+def test_an_improved_model_goes_to_the_scorer_without_a_question(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    fake = FakeTrain(tiny_checkpoint, epochs=2, batches=2, delay=0.0, before=0.4, after=0.7)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, train_fn=fake)
+    w.ask_use_anyway = lambda text: pytest.fail("asked although the model improved")
+    announced = []
+    model_trained.connect(lambda p, m: announced.append(p))
+    w.start()
+    qtbot.waitUntil(lambda: w.state == State.DONE, timeout=TIMEOUT)
+    assert "starting model 0.400 → fine-tuned 0.700 (+0.300)" in w.result_label.text()
+    assert announced == [str(w.published_path)]
 
 
 def test_failure_keeps_the_last_good_checkpoint_and_the_widget_usable(
@@ -273,7 +366,7 @@ def test_failure_keeps_the_last_good_checkpoint_and_the_widget_usable(
 
     viewer, _ = _rated_viewer(make_napari_viewer)
     fake = FakeTrain(tiny_checkpoint, epochs=5, batches=3, delay=0.0, fail_at=(1, 1))
-    w = _widget(viewer, qtbot, tmp_path, train_fn=fake)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, train_fn=fake)
     n0 = len(notification_manager.records)
     w.start()
     qtbot.waitUntil(lambda: w.state == State.ERROR, timeout=TIMEOUT)
@@ -288,9 +381,9 @@ def test_failure_keeps_the_last_good_checkpoint_and_the_widget_usable(
     assert _no_train_threads()
 
 
-# --------------------------------------------------------------------------- the real trainer
+# --------------------------------------------------------------------------- the real recipe
 def test_real_training_progress_result_in_scorer_and_model_list(
-    make_napari_viewer, qtbot, tmp_path, cache
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
 ):
     from napari_pmt_iqa._widgets.score_widget import ScoreWidget
     from napari_pmt_iqa.weights import list_models, load_checkpoint, read_metadata, user_models_dir
@@ -298,30 +391,41 @@ def test_real_training_progress_result_in_scorer_and_model_list(
     viewer, _ = _rated_viewer(make_napari_viewer)
     scorer = ScoreWidget(viewer)
     viewer.window.add_dock_widget(scorer, name="score")
-    w = _widget(viewer, qtbot, tmp_path, epochs=4)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=30)
+    w.ask_use_anyway = lambda text: True
     announced = []
     model_trained.connect(lambda p, m: announced.append(p))
     meter = StallMeter()
     meter.start()
     w.start()
-    # the stall is measured from the first batch on (the image preparation before it runs
-    # several decoding threads, which on a loaded 2-core machine compete with the GUI for the CPUs)
+    # the stall is measured from the first step on (the image preparation before it runs
+    # decoding threads, which on a loaded 2-core machine compete with the GUI for the CPUs)
     qtbot.waitUntil(lambda: len(_kinds(w, "BatchEnd")) >= 1, timeout=60_000)
     overall = meter.longest
     meter.reset()
-    qtbot.waitUntil(lambda: w.state == State.DONE, timeout=60_000)
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
     meter.stop()
     overall = max(overall, meter.longest)
+    assert w.state == State.DONE, w.last_error
     assert not w.last_error
-    assert len(_kinds(w, "EpochEnd")) == 4 and w.epoch_bar.value() == 4
-    assert w.plot.points("train loss") == 4 and w.plot.points("batch loss") >= 4
-    # the best checkpoint is in the chosen folder and, with its metadata, in the user models
+    base = _kinds(w, "Baseline")
+    assert len(base) == 1 and base[0].n_holdout == 5
+    epochs = len(_kinds(w, "EpochEnd"))
+    assert 1 <= epochs <= 30 and w.plot.points("train loss") == epochs
+    assert w.plot.points("val SRCC") == epochs + 1  # the starting model at epoch 0
+    assert _kinds(w, "Refitting")  # the final model is refitted on every rating
+    # the model is in the chosen folder and, with its metadata, in the user models
     assert (tmp_path / "run" / "best.safetensors").exists()
+    assert (tmp_path / "run" / "report.json").exists()
     pub = w.published_path
     assert pub.parent == user_models_dir() and pub.name == "my-tiny-model.safetensors"
     meta = read_metadata(pub)
-    assert meta["training"]["napari"]["data"] == "10 planes rated in napari"
-    assert meta["training"]["napari"]["epochs_done"] == 4
+    napari_info = meta["training"]["napari"]
+    assert napari_info["data"] == f"{N_RATED} planes rated in napari"
+    assert napari_info["epochs_done"] == epochs and napari_info["recipe"] == "few-shot"
+    assert set(napari_info["holdout_before"]) >= {"srcc", "plcc"}
+    assert meta["metrics"]["holdout"]["srcc"] == pytest.approx(w.outcome.result.best_val["srcc"])
+    assert "Held-out SRCC (5 ratings): starting model" in w.result_label.text()
     assert str(pub) in list_models()  # a later session lists it too
     # swapped into the open score widget at once
     assert announced == [str(pub)]
@@ -341,11 +445,14 @@ def test_real_training_progress_result_in_scorer_and_model_list(
     scorer.close()
 
 
-def test_real_pause_resume_stop_then_resume_from_checkpoint(
-    make_napari_viewer, qtbot, tmp_path, cache
+def test_real_pause_resume_stop_then_resume_from_checkpoint_publishes_once(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
 ):
+    from napari_pmt_iqa.weights import user_models_dir
+
     viewer, _ = _rated_viewer(make_napari_viewer)
-    w = _widget(viewer, qtbot, tmp_path, epochs=40, batch=2)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=400)
+    w.ask_use_anyway = lambda text: True
     w.start()
     qtbot.waitUntil(lambda: len(_kinds(w, "EpochEnd")) >= 1, timeout=60_000)
     w.pause()
@@ -358,37 +465,92 @@ def test_real_pause_resume_stop_then_resume_from_checkpoint(
     assert w.state == State.TRAINING and _kinds(w, "Resumed")
     w.stop()
     qtbot.waitUntil(lambda: w.state == State.STOPPED, timeout=TIMEOUT)
-    stopped_at = _kinds(w, "Stopped")[-1].epoch
-    assert stopped_at < 39
+    stopped_after = _kinds(w, "Stopped")[-1].epoch
+    assert 1 <= stopped_after < 400
     assert w.outcome.result.stopped and Path(w.outcome.result.best_path).exists()
-    assert w.published_path.exists()
-    assert w.resume_ckpt_button.isEnabled()
     first_pub = w.published_path
+    assert first_pub.exists() and w.resume_ckpt_button.isEnabled()
     # continue the stopped run from its state.pt (with its own settings), to the end
     w.epochs_spin.setValue(3)  # ignored: the run of this session resumes with its settings
     w.resume_ckpt_button.click()
-    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=60_000)
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
     assert w.state == State.DONE, w.last_error
     started = _kinds(w, "Started")[-1]
-    assert started.start_epoch >= 1 and started.epochs == 40
-    assert len(_kinds(w, "EpochEnd")) == started.epochs - started.start_epoch
-    assert w.outcome.result.epochs_done == 40
-    assert w.published_path != first_pub and w.published_path.exists()
+    assert started.start_epoch == stopped_after and started.epochs == 400
+    assert w.outcome.result.epochs_done >= stopped_after
+    # one run, one published model: the resumed run replaced its earlier copy
+    assert w.published_path == first_pub and first_pub.exists()
+    assert [p.name for p in user_models_dir().glob("*.safetensors")] == [first_pub.name]
+    assert not (tmp_path / "run" / "state.pt").exists()  # a finished run has nothing to resume
+    assert not w.resume_ckpt_button.isEnabled()
     qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
 
 
-def test_real_failure_bad_data_shows_a_notification(make_napari_viewer, qtbot, tmp_path, cache):
+def test_gui_and_cli_give_the_same_model_from_the_same_ratings_and_seed(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    from safetensors.torch import load_file
+
+    from napari_pmt_iqa import cli
+    from napari_pmt_iqa._widgets.rating_widget import save_ratings_csv
+
+    viewer, layer = _rated_viewer(make_napari_viewer)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=4)
+    w.seed_spin.setValue(5)
+    w.ask_use_anyway = lambda text: True
+    w.start()
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
+    assert w.state == State.DONE, w.last_error
+    csv_path, rows = save_ratings_csv(viewer.layers, tmp_path / "ratings.csv")
+    assert rows == N_RATED
+    out = tmp_path / "cli-run"
+    rc = cli.main(
+        [
+            "finetune",
+            "--data",
+            str(csv_path),
+            "--init",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--seed",
+            "5",
+            "--epochs",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    gui = load_file(str(tmp_path / "run" / "best.safetensors"))
+    headless = load_file(str(out / "best.safetensors"))
+    assert gui.keys() == headless.keys()
+    for k in gui:
+        assert np.array_equal(gui[k].numpy(), headless[k].numpy()), k
+    from napari_pmt_iqa.weights import read_metadata
+
+    gui_meta = read_metadata(tmp_path / "run" / "best.safetensors")
+    cli_meta = read_metadata(out / "best.safetensors")
+    assert gui_meta["score_scale"] == cli_meta["score_scale"]  # the rating scale, 0-100
+    assert gui_meta["metrics"] == cli_meta["metrics"]  # the same held-out before and after
+    qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
+
+
+def test_real_failure_bad_data_shows_a_notification(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
     from napari.utils.notifications import notification_manager
 
     data = tmp_path / "data"
     data.mkdir()
-    for i in range(6):
+    for i in range(24):
         (data / f"img{i}.png").write_bytes(b"not a png at all")
     (data / "scores.csv").write_text(
-        "image,mos\n" + "".join(f"img{i}.png,{10 + 10 * i}\n" for i in range(6))
+        "image,mos\n" + "".join(f"img{i}.png,{10 + 3 * i}\n" for i in range(24))
     )
     viewer = make_napari_viewer()
-    w = _widget(viewer, qtbot, tmp_path)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint)
     w.folder_radio.setChecked(True)
     w.data_edit.setText(str(data))
     n0 = len(notification_manager.records)
@@ -402,12 +564,12 @@ def test_real_failure_bad_data_shows_a_notification(make_napari_viewer, qtbot, t
 
 
 def test_closing_the_viewer_during_training_stops_the_worker(
-    make_napari_viewer, qtbot, tmp_path, cache
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
 ):
     from qtpy.QtCore import QThreadPool
 
     viewer, _ = _rated_viewer(make_napari_viewer)
-    w = _widget(viewer, qtbot, tmp_path, epochs=500, batch=2)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=1000)
     w.start()
     qtbot.waitUntil(lambda: len(_kinds(w, "BatchEnd")) >= 2, timeout=60_000)
     assert not _no_train_threads()
@@ -415,8 +577,6 @@ def test_closing_the_viewer_during_training_stops_the_worker(
     qtbot.waitUntil(_no_train_threads, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=TIMEOUT)
     assert w.control.stop_requested
-    # the last good checkpoint stays on disk
-    assert (tmp_path / "run" / "best.safetensors").exists() or not _kinds(w, "EpochEnd")
 
 
 def test_a_window_closed_by_the_user_stops_training_once_it_is_hidden(
@@ -425,7 +585,8 @@ def test_a_window_closed_by_the_user_stops_training_once_it_is_hidden(
     # napari < 0.6 neither quits the plugin's worker nor closes its dock widget when the window
     # closes; after a close the user confirmed, Qt hides the window: that hide stops training.
     viewer, _ = _rated_viewer(make_napari_viewer)
-    w = _widget(viewer, qtbot, tmp_path, train_fn=FakeTrain(tiny_checkpoint, epochs=500))
+    fake = FakeTrain(tiny_checkpoint, epochs=500, batches=5, delay=0.01)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, train_fn=fake)
     window = viewer.window._qt_window
     window.show()
     w.start()

@@ -1,59 +1,42 @@
-"""Fine-tune a PMT-IQA model inside napari: on a data set folder or on ratings given in the viewer.
+"""Fine-tune a PMT-IQA model inside napari on ratings given in the viewer (or on a data set).
 
-The widget builds a :class:`~napari_pmt_iqa.training.TrainConfig`, runs the trainer on a worker
-thread (see :mod:`napari_pmt_iqa._widgets.training_worker`), shows epoch and batch progress, the time
-left and live curves (training loss per batch and per epoch, validation SRCC and PLCC per epoch),
-and offers Pause / Resume / Stop. At the end, or on Stop, the best checkpoint (kept by the trainer
-in the chosen output folder) is copied with its metadata into the user models folder, which the
-model lists of later sessions read, and announced through
-:data:`~napari_pmt_iqa._widgets.training_worker.model_trained`: an open score widget adds and selects
-it at once. "Resume from checkpoint" continues a stopped run from its ``state.pt``.
+The widget runs the few-shot recipe of :mod:`napari_pmt_iqa.training.finetune` (the one
+``pmt-iqa finetune`` and :func:`napari_pmt_iqa.training.finetune` run, with the same defaults) on a
+worker thread (:mod:`napari_pmt_iqa._widgets.training_worker`), and is made of three parts:
+
+* :class:`~napari_pmt_iqa._widgets.finetune_form.FinetuneForm`, the settings, which build the
+  :class:`~napari_pmt_iqa.training.FinetuneConfig`;
+* :class:`~napari_pmt_iqa._widgets.finetune_progress.RunView`, the bars, curves and result;
+* :func:`~napari_pmt_iqa._widgets.publishing.publish_model`, which copies the trained model into
+  the user models folder (one copy per run), announced through
+  :data:`~napari_pmt_iqa._widgets.training_worker.model_trained` so that an open score widget adds
+  and selects it.
+
+At the end it shows the held-out SRCC of the starting model and of the fine-tuned one; when the
+fine-tune did not improve it, it asks before the new model replaces the current one in the scorer.
+Pause / Resume / Stop act at the next step; "Resume from checkpoint" continues a stopped run from
+its ``state.pt``.
 
 States: ``idle -> training <-> paused -> stopping -> done | stopped | error -> (start again)``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt, Signal
-from qtpy.QtWidgets import (
-    QButtonGroup,
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QRadioButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import QEvent, Signal
+from qtpy.QtWidgets import QHBoxLayout, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from .._torch_guard import guard_triton
-from .charts import CurvesPlot
-from .rating_widget import (
-    SCALE_HIGH,
-    SCALE_LOW,
-    SCALE_NAME,
-    get_ratings,
-    rated_pairs,
-    ratings_changed,
-)
+from .finetune_form import FinetuneForm, default_out_dir  # noqa: F401  (re-exported)
+from .finetune_progress import RunView, before_after
+from .rating_widget import ratings_changed
 from .training_worker import (
     Outcome,
     State,
-    estimate_time_left,
-    format_seconds,
     model_trained,
     publish_model,
     rss_mb,
@@ -61,64 +44,44 @@ from .training_worker import (
     user_message,
 )
 
-BACKBONES = [
-    ("ImageNet EfficientNet-Lite0", "efficientnet_lite0"),
-    ("ImageNet ResNet-50", "resnet50"),
-    ("ImageNet ResNet-34", "resnet34"),
-    ("ImageNet ResNet-18", "resnet18"),
-    ("tiny CNN (random init, for tests)", "tiny"),
-]
-CHOOSE_FILE = "Checkpoint file..."
-LAYOUTS = ["auto", "csv", "livec", "biq2021"]
-LEARNING_RATES = ["1e-3", "3e-4", "1e-4", "3e-5", "1e-5"]
-#: Defaults by device kind: epochs, batch size, learning rate, freeze backbone.
-DEFAULTS = {
-    "cpu": {"epochs": 5, "batch_size": 4, "lr": "1e-4", "freeze_backbone": True},
-    "gpu": {"epochs": 10, "batch_size": 16, "lr": "1e-4", "freeze_backbone": False},
-}
-MIN_RATINGS = 5
-
-
-def default_out_dir() -> Path:
-    """A fresh run folder under the plugin's cache (``.../napari-pmt-iqa/runs/finetune-<time>``)."""
-    from ..weights import cache_dir
-
-    return cache_dir() / "runs" / time.strftime("finetune-%Y%m%d-%H%M%S")
-
 
 def prewarm_imports() -> None:
     """Import what training needs now, on the GUI thread, while the widget opens.
 
     Imports hold the GIL for long stretches (loading scipy's extension modules, first needed by
-    the first validation, holds it for about 0.3 s): done on the trainer thread they would stall
-    the GUI in the middle of training.
+    the first held-out measurement, holds it for about 0.3 s): done on the trainer thread they
+    would stall the GUI in the middle of training.
     """
     guard_triton()
     import safetensors.torch  # noqa: F401
+    import scipy.optimize  # noqa: F401
     import scipy.stats  # noqa: F401
+    import torch._dynamo  # noqa: F401  (the first optimiser imports it: about 2 s of GIL)
 
     from ..training import data as _data  # noqa: F401
-    from ..training import trainer as _trainer  # noqa: F401
+    from ..training import finetune as _finetune  # noqa: F401
+    from ..training import heads_fit as _heads_fit  # noqa: F401
 
 
-def _real_train() -> Callable[..., Any]:
+def _real_finetune() -> Callable[..., Any]:
     guard_triton()
-    from ..training import train
+    from ..training.finetune import finetune
 
-    return train
+    return finetune
 
 
 # --------------------------------------------------------------------------- widget
 class FinetuneWidget(QWidget):
-    """Fine-tune PMT-IQA on a data set or on ratings given in the viewer, in the background.
+    """Fine-tune PMT-IQA on ratings given in the viewer (or a data set), in the background.
 
     Parameters
     ----------
     napari_viewer
         The viewer (napari passes it).
     train_fn
-        The trainer, ``train(config, listeners=[...], control=Control())``; by default
-        :func:`napari_pmt_iqa.training.train` (tests may pass another callable with that contract).
+        The trainer, ``fn(config, listeners=[...], control=Control())``; by default
+        :func:`napari_pmt_iqa.training.finetune` (tests may pass another callable with that
+        contract).
     """
 
     #: Emitted with the new :class:`State` whenever it changes.
@@ -142,120 +105,21 @@ class FinetuneWidget(QWidget):
         self.config = None
         self.outcome: Outcome | None = None
         self.published_path: Path | None = None
+        self.announced = False
         self.last_error = ""
-        self.last_checkpoint = ""
-        self.events: list = []
         self.rss_before: float | None = None
         self.rss_after: float | None = None
         self._closing = False
         prewarm_imports()
-        self._reset_progress()
         self._build()
         self._connect()
-        self.refresh_rating_count()
-        self._apply_device_defaults()
         self._set_state(State.IDLE)
 
     # ------------------------------------------------------------------ UI
     def _build(self) -> None:
-        from ..devices import available_devices  # imports torch (after guard_triton)
-        from ..weights import DEFAULT_MODEL, list_models
-
         lay = QVBoxLayout(self)
-
-        data_box = QGroupBox("Training data")
-        dl = QVBoxLayout(data_box)
-        self.ratings_radio = QRadioButton("Ratings in this viewer")
-        self.ratings_count = QLabel()
-        self.folder_radio = QRadioButton("Data set (folder or CSV)")
-        grp = QButtonGroup(self)
-        grp.addButton(self.ratings_radio)
-        grp.addButton(self.folder_radio)
-        self.ratings_radio.setChecked(True)
-        self.data_edit = QLineEdit()
-        self.data_edit.setPlaceholderText("folder of a data set, or a CSV image,mos")
-        self.data_browse = QPushButton("...")
-        self.data_browse.setFixedWidth(30)
-        self.layout_combo = QComboBox()
-        self.layout_combo.addItems(LAYOUTS)
-        self.layout_combo.setToolTip("csv: image,mos[,split]; livec: ChallengeDB_release; biq2021")
-        r1 = QHBoxLayout()
-        r1.addWidget(self.ratings_radio)
-        r1.addWidget(self.ratings_count, 1)
-        dl.addLayout(r1)
-        dl.addWidget(self.folder_radio)
-        r2 = QHBoxLayout()
-        r2.addWidget(self.data_edit, 1)
-        r2.addWidget(self.data_browse)
-        r2.addWidget(self.layout_combo)
-        dl.addLayout(r2)
-        lay.addWidget(data_box)
-
-        form = QFormLayout()
-        self.init_combo = QComboBox()
-        self.init_combo.setToolTip(
-            "Fine-tune a trained model (best with few images) or start from an ImageNet backbone."
-        )
-        try:
-            models = list_models()
-        except Exception:
-            models = {}
-        for name, desc in models.items():
-            self.init_combo.addItem(Path(name).name if Path(name).suffix else name, f"model:{name}")
-            self.init_combo.setItemData(
-                self.init_combo.count() - 1, desc or name, Qt.ItemDataRole.ToolTipRole
-            )
-        for label, bb in BACKBONES:
-            self.init_combo.addItem(label, f"backbone:{bb}")
-        self.init_combo.addItem(CHOOSE_FILE, None)
-        i = self.init_combo.findData(f"model:{DEFAULT_MODEL}")
-        self.init_combo.setCurrentIndex(
-            i if i >= 0 else self.init_combo.findData("backbone:efficientnet_lite0")
-        )
-        self._last_init = self.init_combo.currentIndex()
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 1000)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 512)
-        self.lr_combo = QComboBox()
-        self.lr_combo.setEditable(True)
-        self.lr_combo.addItems(LEARNING_RATES)
-        self.lr_combo.setToolTip(
-            "Backbone learning rate; the heads use 10x (divided by 10 every 6 epochs)"
-        )
-        self.freeze_check = QCheckBox(
-            "Freeze backbone (train the heads only: faster, fewer images)"
-        )
-        self.progressive_check = QCheckBox(
-            "Progressive schedule (classification first, then regression)"
-        )
-        self.progressive_check.setChecked(True)
-        self.out_edit = QLineEdit(str(default_out_dir()))
-        self.out_edit.setToolTip(
-            "The run folder: best.safetensors, last.safetensors and state.pt go here"
-        )
-        self.out_browse = QPushButton("...")
-        self.out_browse.setFixedWidth(30)
-        self.name_edit = QLineEdit("my-finetuned-model")
-        self.name_edit.setToolTip(
-            "Name of the model in the model lists (a copy goes to your models folder)"
-        )
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_edit, 1)
-        out_row.addWidget(self.out_browse)
-        form.addRow("Start from", self.init_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Epochs", self.epochs_spin)
-        form.addRow("Batch size", self.batch_spin)
-        form.addRow("Learning rate", self.lr_combo)
-        form.addRow(self.freeze_check)
-        form.addRow(self.progressive_check)
-        form.addRow("Output folder", out_row)
-        form.addRow("Model name", self.name_edit)
-        lay.addLayout(form)
-
+        self.form = FinetuneForm(self.viewer, self)
+        lay.addWidget(self.form)
         b1 = QHBoxLayout()
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
@@ -275,23 +139,22 @@ class FinetuneWidget(QWidget):
         b2.addWidget(self.resume_ckpt_button)
         b2.addWidget(self.use_button)
         lay.addLayout(b2)
-
-        self.epoch_bar = QProgressBar()
-        self.epoch_bar.setFormat("epoch %v / %m")
-        self.batch_bar = QProgressBar()
-        self.batch_bar.setFormat("batch %v / %m")
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
-        self.plot = CurvesPlot(self)
-        self.result_label = QLabel()
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        lay.addWidget(self.epoch_bar)
-        lay.addWidget(self.batch_bar)
-        lay.addWidget(self.status_label)
-        lay.addWidget(self.plot)
-        lay.addWidget(self.result_label)
+        self.run_view = RunView(self)
+        lay.addWidget(self.run_view)
         lay.addStretch(1)
+        # the controls tests and scripts reach for
+        f, r = self.form, self.run_view
+        self.ratings_radio, self.ratings_count = f.ratings_radio, f.ratings_count
+        self.folder_radio, self.data_edit, self.layout_combo = (
+            f.folder_radio,
+            f.data_edit,
+            f.layout_combo,
+        )
+        self.init_combo, self.device_combo = f.init_combo, f.device_combo
+        self.epochs_spin, self.seed_spin = f.epochs_spin, f.seed_spin
+        self.out_edit, self.name_edit = f.out_edit, f.name_edit
+        self.epoch_bar, self.batch_bar = r.epoch_bar, r.batch_bar
+        self.status_label, self.plot, self.result_label = r.status_label, r.plot, r.result_label
 
     def _connect(self) -> None:
         self.start_button.clicked.connect(self.start)
@@ -299,10 +162,6 @@ class FinetuneWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.resume_ckpt_button.clicked.connect(self.resume_from_checkpoint)
         self.use_button.clicked.connect(self.use_in_scorer)
-        self.device_combo.currentTextChanged.connect(self._apply_device_defaults)
-        self.init_combo.activated.connect(self._on_init_activated)
-        self.data_browse.clicked.connect(self._browse_data)
-        self.out_browse.clicked.connect(self._browse_out)
         self.out_edit.textChanged.connect(lambda *_: self._update_buttons())
         self.ratings_radio.toggled.connect(lambda *_: self._update_buttons())
         ratings_changed.connect(self.refresh_rating_count)
@@ -332,141 +191,31 @@ class FinetuneWidget(QWidget):
             except Exception:
                 pass
 
-    # ------------------------------------------------------------------ settings
-    def _apply_device_defaults(self, *_: Any) -> None:
-        """Sensible settings for a CPU (few epochs, small batches, frozen backbone) or a GPU."""
-        dev = self.device_combo.currentText()
-        kind = (
-            "gpu"
-            if dev.startswith(("cuda", "mps")) or (dev == "auto" and self.device_combo.count() > 2)
-            else "cpu"
-        )
-        d = DEFAULTS[kind]
-        self.epochs_spin.setValue(d["epochs"])
-        self.batch_spin.setValue(d["batch_size"])
-        self.lr_combo.setCurrentText(d["lr"])
-        self.freeze_check.setChecked(d["freeze_backbone"])
+    @property
+    def events(self) -> list:
+        """The events of the current (or last) run."""
+        return self.run_view.events
 
     def set_init(self, kind: str, value: str) -> None:
         """Choose the starting model: ``("backbone", name)`` or ``("model", name_or_path)``."""
-        i = self.init_combo.findData(f"{kind}:{value}")
-        if i < 0:
-            if kind != "model":
-                raise ValueError(f"Unknown backbone {value!r}.")
-            i = self.init_combo.count() - 1
-            self.init_combo.insertItem(i, Path(value).name, f"{kind}:{value}")
-        self.init_combo.setCurrentIndex(i)
-        self._last_init = i
+        self.form.set_init(kind, value)
 
-    def _on_init_activated(self, index: int) -> None:
-        if self.init_combo.itemData(index) is not None:
-            self._last_init = index
-            return
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Start from a checkpoint", "", "Checkpoints (*.safetensors);;All files (*)"
-        )
-        self.init_combo.setCurrentIndex(self._last_init)
-        if path:
-            self.set_init("model", path)
-
-    def _browse_data(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Data set folder")
-        if path:
-            self.data_edit.setText(path)
-            self.folder_radio.setChecked(True)
-
-    def _browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Output folder")
-        if path:
-            self.out_edit.setText(path)
+    def make_config(self, resume: str | Path | None = None):
+        """The :class:`~napari_pmt_iqa.training.FinetuneConfig` of the current settings."""
+        return self.form.make_config(resume)
 
     def refresh_rating_count(self, *_: Any) -> None:
         if self._closing:
             return
-        n = sum(len(get_ratings(ly)) for ly in self.viewer.layers)
         try:
-            self.ratings_count.setText(f"({n} rated)")
+            self.form.refresh_count()
         except RuntimeError:  # the Qt side was deleted with its viewer, without a close event
             self._closing = True
             self._disconnect()
-            return
-        self.ratings_count.setToolTip(
-            f"Rate at least {MIN_RATINGS} images or planes with the rating widget (keys 1-5)."
-        )
-
-    def learning_rate(self) -> float:
-        text = self.lr_combo.currentText().strip()
-        try:
-            lr = float(text)
-        except ValueError as exc:
-            raise ValueError(f"The learning rate {text!r} is not a number (e.g. 1e-4).") from exc
-        if not 0 < lr < 1:
-            raise ValueError(f"The learning rate must be between 0 and 1; got {lr}.")
-        return lr
-
-    def make_config(self, resume: str | Path | None = None):
-        """The :class:`TrainConfig` of the current settings.
-
-        Raises
-        ------
-        ValueError
-            Too few or constant ratings, no data folder, a bad learning rate.
-        """
-        from ..score_scale import ScoreScale
-        from ..training import TrainConfig
-
-        kw: dict[str, Any] = {}
-        if self.ratings_radio.isChecked():
-            pairs = rated_pairs(self.viewer.layers)
-            if len(pairs) < MIN_RATINGS:
-                raise ValueError(
-                    f"{len(pairs)} images are rated; rate at least {MIN_RATINGS} (better a few dozen) "
-                    "with the rating widget (keys 1-5), or choose a data set folder."
-                )
-            if len({s for _, s in pairs}) < 2:
-                raise ValueError(
-                    "All ratings are equal: give better and worse images different scores."
-                )
-            kw["data"] = pairs
-            kw["score_scale"] = ScoreScale(SCALE_LOW, SCALE_HIGH, True, SCALE_NAME)
-            data_desc = f"{len(pairs)} planes rated in napari"
-        else:
-            path = self.data_edit.text().strip()
-            if not path:
-                raise ValueError(
-                    "Choose a data set folder (or a CSV image,mos), or train on ratings."
-                )
-            kw["data"] = path
-            kw["layout"] = self.layout_combo.currentText()
-            data_desc = f"{path} (layout {kw['layout']})"
-        choice = self.init_combo.currentData()
-        if choice is None:
-            raise ValueError("Choose a starting model.")
-        kind, _, value = str(choice).partition(":")
-        if kind == "backbone":
-            kw["init"], kw["backbone"] = None, value
-        else:
-            kw["init"] = value
-        out = self.out_edit.text().strip()
-        if not out:
-            raise ValueError("Choose an output folder.")
-        cfg = TrainConfig(
-            out_dir=str(Path(out).expanduser()),
-            epochs=int(self.epochs_spin.value()),
-            batch_size=int(self.batch_spin.value()),
-            lr=self.learning_rate(),
-            freeze_backbone=self.freeze_check.isChecked(),
-            progressive=self.progressive_check.isChecked(),
-            device=self.device_combo.currentText(),
-            resume=str(resume) if resume else None,
-            **kw,
-        )
-        self._data_desc = data_desc
-        return cfg
 
     # ------------------------------------------------------------------ actions
     def start(self, resume: str | Path | None = None) -> bool:
-        """Start training with the current settings (on a worker thread); False if it cannot."""
+        """Start fine-tuning with the current settings (on a worker thread); False if it cannot."""
         if self.state.busy:
             return False
         try:
@@ -477,23 +226,21 @@ class FinetuneWidget(QWidget):
         return self.start_with(config)
 
     def start_with(self, config: Any) -> bool:
-        """Start training ``config`` (a ready :class:`TrainConfig`)."""
+        """Start the run of ``config`` (a ready :class:`~napari_pmt_iqa.training.FinetuneConfig`)."""
         from napari.qt.threading import create_worker
 
         from ..training.events import Control
 
         if self.state.busy:
             return False
-        train_fn = self.train_fn or _real_train()
+        train_fn = self.train_fn or _real_finetune()
         self.config = config
         self.control = Control()
         self.outcome = None
         self.published_path = None
+        self.announced = False
         self.last_error = ""
-        self.events = []
-        self._reset_progress()
-        self.plot.clear(getattr(config, "epochs", 1))
-        self.result_label.setText("")
+        self.run_view.reset(getattr(config, "epochs", None) or 1)
         self.rss_before = rss_mb()
         name = self.name_edit.text().strip() or "finetuned"
         info = self._training_info(None)
@@ -503,11 +250,7 @@ class FinetuneWidget(QWidget):
             if not best or not Path(best).exists():
                 return None
             extra = dict(info)
-            extra.update(
-                epochs_done=int(getattr(res, "epochs_done", 0) or 0),
-                stopped=bool(getattr(res, "stopped", False)),
-                best_val=_jsonable(getattr(res, "best_val", None) or {}),
-            )
+            extra.update(self._training_info(res))
             return publish_model(best, name, extra, emit=False)
 
         worker = create_worker(
@@ -531,13 +274,13 @@ class FinetuneWidget(QWidget):
         return True
 
     def toggle_pause(self) -> None:
-        """Pause (at the next batch) or resume a paused run."""
+        """Pause (at the next step) or resume a paused run."""
         if self.control is None:
             return
         if self.state == State.TRAINING:
             self.control.pause()
             self.pause_button.setEnabled(False)
-            self.status_label.setText("Pausing at the next batch...")
+            self.status_label.setText("Pausing at the next step...")
         elif self.state == State.PAUSED:
             self.control.resume()
             self.pause_button.setEnabled(False)
@@ -551,11 +294,11 @@ class FinetuneWidget(QWidget):
             self.toggle_pause()
 
     def stop(self) -> None:
-        """Stop at the next batch; the best checkpoint so far is kept and published."""
+        """Stop at the next step; the best model so far is kept and published."""
         if self.control is not None and self.state.busy:
             self.control.request_stop()
             self._set_state(State.STOPPING)
-            self.status_label.setText("Stopping at the next batch...")
+            self.status_label.setText("Stopping at the next step...")
 
     def state_file(self) -> Path | None:
         """The ``state.pt`` a stopped run can continue from (None if there is none)."""
@@ -563,8 +306,8 @@ class FinetuneWidget(QWidget):
         cand = getattr(res, "state_path", None)
         if cand and Path(cand).exists():
             return Path(cand)
-        out = self.out_edit.text().strip()
-        p = Path(out).expanduser() / "state.pt" if out else None
+        out = self.form.out_dir()
+        p = out / "state.pt" if out is not None else None
         return p if p is not None and p.exists() else None
 
     def resume_from_checkpoint(self) -> bool:
@@ -584,110 +327,58 @@ class FinetuneWidget(QWidget):
         return self.start(resume=st)  # a run of an earlier session: the current settings
 
     def use_in_scorer(self) -> bool:
-        """Announce the trained model again (``model_trained``): the score widget selects it."""
+        """Announce the trained model (``model_trained``): the score widget selects it."""
         if self.published_path is None or not Path(self.published_path).exists():
             self._report_error(
                 "No trained model yet: train (or stop a run after its first epoch) first."
             )
             return False
+        self._announce()
+        return True
+
+    def _announce(self) -> None:
         from ..weights import read_metadata
 
         model_trained.emit(str(self.published_path), read_metadata(self.published_path))
-        return True
+        self.announced = True
+        self.model_ready.emit(str(self.published_path))
+
+    def ask_use_anyway(self, text: str) -> bool:
+        """Ask whether a model that did not improve should replace the current one in the scorer.
+
+        Tests replace this method; a real session shows a question dialog.
+        """
+        answer = QMessageBox.question(
+            self,
+            "The fine-tuned model did not improve",
+            text + "\n\nUse it in the scorer anyway?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     # ------------------------------------------------------------------ worker callbacks
-    def _reset_progress(self) -> None:
-        self._epochs = 1
-        self._start_epoch = 0
-        self._batches = 1
-        self._done_batches = 0
-        self._total_batches = 1
-        self._t0 = time.perf_counter()
-        self._paused_s = 0.0
-        self._pause_t: float | None = None
-        self._speed = 0.0
-
     def _on_events(self, events: list) -> None:
         if not events:
             return
-        self.events.extend(events)
         for ev in events:
             kind = type(ev).__name__
-            handler = getattr(self, f"_ev_{kind}", None)
-            if handler is not None:
-                handler(ev)
-        self._update_progress_text()
-        self.plot.update()
+            if kind == "DataIssue":
+                from napari.utils.notifications import show_warning
 
-    def _ev_Preparing(self, ev) -> None:  # noqa: N802
-        self.batch_bar.setRange(0, max(1, int(ev.total)))
-        self.batch_bar.setValue(int(ev.done))
-        self.status_label.setText(f"Preparing the images ({ev.stage}): {ev.done}/{ev.total}")
-
-    def _ev_DataIssue(self, ev) -> None:  # noqa: N802
-        from napari.utils.notifications import show_warning
-
-        show_warning(f"Fine-tuning: {ev.message}")
-
-    def _ev_CheckpointSaved(self, ev) -> None:  # noqa: N802
-        self.last_checkpoint = ev.path
-
-    def _ev_Started(self, ev) -> None:  # noqa: N802
-        self._epochs = int(ev.epochs)
-        self._start_epoch = int(ev.start_epoch)
-        self._batches = max(1, int(ev.batches_per_epoch))
-        self._total_batches = max(1, (self._epochs - self._start_epoch) * self._batches)
-        self._t0 = time.perf_counter()
-        self.plot.clear(self._epochs)
-        self.epoch_bar.setRange(0, self._epochs)
-        self.epoch_bar.setValue(self._start_epoch)
-        self.batch_bar.setRange(0, self._batches)
-        self.batch_bar.setValue(0)
-        self._device = ev.device
-        self._n = (ev.n_train, ev.n_val)
-
-    def _ev_BatchEnd(self, ev) -> None:  # noqa: N802
-        self._done_batches += 1
-        self._speed = float(ev.images_per_s)
-        self.batch_bar.setRange(0, max(1, int(ev.batches)))
-        self.batch_bar.setValue(int(ev.batch) + 1)
-        self.epoch_bar.setValue(int(ev.epoch))
-        self.plot.add("batch loss", ev.epoch + (ev.batch + 1) / max(1, ev.batches), ev.loss)
-
-    def _ev_EpochEnd(self, ev) -> None:  # noqa: N802
-        self.epoch_bar.setValue(int(ev.epoch) + 1)
-        self.plot.add("train loss", ev.epoch + 1, ev.train_loss)
-        val = ev.val or {}
-        self.plot.add("val SRCC", ev.epoch + 1, float(val.get("srcc", np.nan)))
-        self.plot.add("val PLCC", ev.epoch + 1, float(val.get("plcc", np.nan)))
-
-    def _ev_Paused(self, ev) -> None:  # noqa: N802
-        if self.state != State.STOPPING:
-            self._pause_t = time.perf_counter()
-            self._set_state(State.PAUSED)
-
-    def _ev_Resumed(self, ev) -> None:  # noqa: N802
-        if self._pause_t is not None:
-            self._paused_s += time.perf_counter() - self._pause_t
-            self._pause_t = None
-        if self.state != State.STOPPING:
-            self._set_state(State.TRAINING)
-
-    def _update_progress_text(self) -> None:
+                show_warning(f"Fine-tuning: {ev.message}")
+            elif kind == "Paused" and self.state != State.STOPPING:
+                self.run_view.paused()
+                self._set_state(State.PAUSED)
+            elif kind == "Resumed":
+                self.run_view.resumed()
+                if self.state != State.STOPPING:
+                    self._set_state(State.TRAINING)
+        self.run_view.on_events(events, show_progress=self.state == State.TRAINING)
         if self.state == State.PAUSED:
             self.status_label.setText(
-                "Paused. Resume to go on, Stop to end and keep the best model."
+                "Paused. Resume to go on, Stop to end and keep the best model so far."
             )
-            return
-        if self.state == State.STOPPING or not self._done_batches:
-            return
-        elapsed = time.perf_counter() - self._t0 - self._paused_s
-        left = estimate_time_left(elapsed, self._done_batches, self._total_batches)
-        ep = self.epoch_bar.value()
-        self.status_label.setText(
-            f"Epoch {min(ep + 1, self._epochs)}/{self._epochs}, batch {self.batch_bar.value()}/"
-            f"{self.batch_bar.maximum()} · {self._speed:.1f} img/s · about {format_seconds(left)} left"
-        )
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -710,36 +401,42 @@ class FinetuneWidget(QWidget):
             self.result_label.setText(msg)
             return
         stopped = bool(getattr(res, "stopped", False))
-        best = getattr(res, "best_path", None)
         text = []
         if outcome.publish_error is not None:
             self._report_error(
                 user_message(outcome.publish_error, "Check that the models folder is writable.")
             )
+        if getattr(res, "start_val", None) or getattr(res, "best_val", None):
+            text.append(before_after(res))
         if outcome.published is not None:
             self.published_path = Path(outcome.published)
-            text.append(f"Best model: {best}\nAdded to your models as {self.published_path}")
-            from ..weights import read_metadata
-
-            model_trained.emit(str(self.published_path), read_metadata(self.published_path))
-            self.model_ready.emit(str(self.published_path))
+            text.append(f"Saved to your models as {self.published_path.name}.")
         elif outcome.publish_error is None:
-            text.append("Stopped before the first epoch ended: no checkpoint was saved.")
-        bv = getattr(res, "best_val", None) or {}
-        if bv:
-            text.append(
-                "Best validation: "
-                + ", ".join(f"{k.upper()} {v:.3f}" for k, v in bv.items() if isinstance(v, float))
-            )
+            text.append("Stopped before the first epoch ended: no model was saved.")
         self.result_label.setText("\n".join(text))
         self._set_state(State.STOPPED if stopped else State.DONE)
+        use = False
+        if self.published_path is not None:
+            use = bool(getattr(res, "improved", True)) or self.ask_use_anyway(
+                before_after(res)
+                + ": the fine-tuned model did not beat the starting model on the held-out "
+                "ratings (rating more images, over the whole range, helps)."
+            )
+            if use:
+                self._announce()
+            else:
+                text.append(
+                    "Not used in the scorer: it did not improve on the held-out ratings "
+                    "('Use in scorer' selects it anyway)."
+                )
+                self.result_label.setText("\n".join(text))
         from napari.utils.notifications import show_info
 
         show_info(
             ("Fine-tuning stopped" if stopped else "Fine-tuning finished")
             + (
-                f": the model is in the score widget's list ({Path(self.published_path).name})."
-                if self.published_path
+                f": the model is in the score widget's list ({self.published_path.name})."
+                if use and self.published_path
                 else "."
             )
         )
@@ -760,26 +457,31 @@ class FinetuneWidget(QWidget):
             self._closing = True
 
     def _existing(self, name: str) -> str:
-        out = self.out_edit.text().strip()
-        p = Path(out).expanduser() / name if out else None
+        out = self.form.out_dir()
+        p = out / name if out is not None else None
         return str(p) if p is not None and p.exists() else ""
 
     def _training_info(self, res: Any = None) -> dict:
         cfg = self.config
-        return {
-            "data": getattr(self, "_data_desc", ""),
-            "init": str(getattr(cfg, "init", None) or f"ImageNet {getattr(cfg, 'backbone', '')}"),
-            "epochs_done": int(getattr(res, "epochs_done", 0) or 0),
-            "epochs": int(getattr(cfg, "epochs", 0) or 0),
-            "batch_size": int(getattr(cfg, "batch_size", 0) or 0),
-            "lr": float(getattr(cfg, "lr", 0.0) or 0.0),
-            "freeze_backbone": bool(getattr(cfg, "freeze_backbone", False)),
-            "progressive": bool(getattr(cfg, "progressive", True)),
+        init = getattr(cfg, "init", None)
+        backbone = getattr(cfg, "backbone", None)
+        info = {
+            "data": self.form.data_desc,
+            "init": str(init) if init else (f"ImageNet {backbone}" if backbone else "default"),
+            "recipe": "few-shot",
             "device": str(getattr(cfg, "device", "")),
-            "stopped": bool(getattr(res, "stopped", False)),
-            "best_val": _jsonable(getattr(res, "best_val", None) or {}),
+            "seed": int(getattr(cfg, "seed", 0) or 0),
             "run_dir": str(getattr(cfg, "out_dir", "")),
         }
+        if res is not None:
+            info.update(
+                epochs_done=int(getattr(res, "epochs_done", 0) or 0),
+                stopped=bool(getattr(res, "stopped", False)),
+                holdout_before=_jsonable(getattr(res, "start_val", None) or {}),
+                holdout_after=_jsonable(getattr(res, "best_val", None) or {}),
+                improved=bool(getattr(res, "improved", False)),
+            )
+        return info
 
     def _report_error(self, msg: str) -> None:
         from napari.utils.notifications import show_error
@@ -815,24 +517,7 @@ class FinetuneWidget(QWidget):
             not busy and s != State.DONE and self.state_file() is not None
         )
         self.use_button.setEnabled(not busy and self.published_path is not None)
-        for w in (
-            self.ratings_radio,
-            self.folder_radio,
-            self.data_edit,
-            self.data_browse,
-            self.layout_combo,
-            self.init_combo,
-            self.device_combo,
-            self.batch_spin,
-            self.lr_combo,
-            self.freeze_check,
-            self.progressive_check,
-            self.out_edit,
-            self.out_browse,
-            self.name_edit,
-        ):
-            w.setEnabled(not busy)
-        self.epochs_spin.setEnabled(not busy)
+        self.form.set_enabled(not busy)
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self, timeout_s: float = 30.0) -> None:

@@ -17,24 +17,23 @@ could not train on images held in the viewer without copying them, and would dou
 paths for errors. ``docs/finetune.md`` records the CPU numbers measured here.
 
 This module imports neither Qt nor torch at import time. It also holds :data:`model_trained`, the
-psygnal signal the score widget listens to, to swap a freshly trained model in without a restart.
+psygnal signal the score widget listens to, to swap a freshly trained model in without a restart
+(:func:`~napari_pmt_iqa._widgets.publishing.publish_model`, which copies a trained model into the
+user models folder, is re-exported here).
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
 import queue
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from psygnal import Signal
@@ -294,72 +293,4 @@ def user_message(error: BaseException | str, hint: str = "") -> str:
     return msg
 
 
-# --------------------------------------------------------------------------- result
-def _safe_name(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
-    return name or "finetuned"
-
-
-def publish_model(
-    checkpoint: str | os.PathLike,
-    name: str,
-    extra: dict | None = None,
-    dest_dir: str | os.PathLike | None = None,
-    emit: bool = True,
-) -> Path:
-    """Copy a trained checkpoint into the user models folder with enriched metadata; announce it.
-
-    The copy goes to ``weights.user_models_dir()`` (listed by ``weights.list_models()`` in later
-    sessions) as ``<name>.safetensors`` (a number is appended rather than overwriting a different
-    model). Its metadata gets ``description`` and ``training["napari"]`` (``extra``). The tensors are
-    copied as they are; nothing is unpickled.
-
-    Parameters
-    ----------
-    checkpoint
-        The trainer's ``best.safetensors``.
-    name
-        The model's name (also its file name, sanitised).
-    extra
-        Added to the metadata under ``training["napari"]`` (data used, settings, run folder).
-    dest_dir
-        Where to put it instead of the user models folder.
-    emit
-        Emit :data:`model_trained` with the new path.
-
-    Returns
-    -------
-    Path
-        The published checkpoint.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save
-
-    from ..atomic import atomic_write_bytes
-    from ..weights import META_KEY, read_metadata, user_models_dir
-
-    src = Path(checkpoint)
-    meta = read_metadata(src)
-    tensors = {}
-    with safe_open(str(src), framework="pt") as f:
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
-    meta = dict(meta)
-    training = dict(meta.get("training") or {})
-    training["napari"] = dict(extra or {})
-    meta["training"] = training
-    meta["name"] = name
-    meta["description"] = f"{name} (fine-tuned in napari)"
-    folder = Path(dest_dir) if dest_dir is not None else user_models_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    base = _safe_name(name)
-    dest = folder / f"{base}.safetensors"
-    i = 2
-    while dest.exists() and dest.resolve() != src.resolve():
-        dest = folder / f"{base}-{i}.safetensors"
-        i += 1
-    atomic_write_bytes(dest, save(tensors, metadata={META_KEY: json.dumps(meta)}))
-    del tensors
-    if emit:
-        model_trained.emit(str(dest), meta)
-    return dest
+from .publishing import publish_model  # noqa: E402,F401  (re-exported)

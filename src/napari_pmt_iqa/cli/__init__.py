@@ -1,4 +1,5 @@
-"""The ``pmt-iqa`` command line: one module per verb (``score``, ``train``, ``eval``, ``protocol``).
+"""The ``pmt-iqa`` command line: one module per verb (``score``, ``train``, ``finetune``, ``eval``,
+``protocol``).
 
 What several verbs share lives in :mod:`._common`. Entry point: ``napari_pmt_iqa.cli:main`` (also
 ``python -m napari_pmt_iqa ...`` and ``torchrun -m napari_pmt_iqa train ...``). torch is imported only
@@ -24,12 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_score(sub)
     try:
         from .eval import add_subcommands as add_eval
+        from .finetune import add_subcommands as add_finetune
         from .protocol import add_subcommands as add_protocol
         from .train import add_subcommands as add_train
     except ImportError:  # training CLI not available
         pass
     else:
         add_train(sub)
+        add_finetune(sub)
         add_eval(sub)
         add_protocol(sub)
     return parser

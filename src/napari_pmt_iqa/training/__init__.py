@@ -2,6 +2,11 @@
 
 >>> from napari_pmt_iqa.training import TrainConfig, train
 >>> result = train(TrainConfig(data="~/iqa-data/ChallengeDB_release", out_dir="runs/x"))  # doctest: +SKIP
+
+Fine-tuning on a few hundred ratings (the fine-tune widget's recipe):
+
+>>> from napari_pmt_iqa.training import FinetuneConfig, finetune
+>>> result = finetune(FinetuneConfig(data="ratings.csv", out_dir="runs/mine"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,15 +26,23 @@ _LAZY = {
 }
 
 __all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
     "ProtocolResult",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "distributed_score_files",
     "evaluate",
+    "finetune",
     "run_protocol",
     "train",
 ]
+
+# Imported at once (no torch): the function ``finetune`` shares its name with its module, and a lazy
+# name would lose to the submodule once that is imported (``training.finetune`` is the function;
+# the module's other names: ``from napari_pmt_iqa.training.finetune import ...``).
+from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig, TrainResult

@@ -1,0 +1,177 @@
+"""Cached backbone features for training the heads of a frozen PMT-IQA model.
+
+With the backbone frozen, everything a crop contributes to the loss passes through the pooled stage
+maps of its window, which do not change during training. :func:`window_features` runs the
+backbone **once** per image (the fast path of :func:`napari_pmt_iqa.scoring.score`: whole-image
+stage maps, tiled within a memory budget, every 224-window of the 32-pixel lattice pooled out of
+them) and keeps the pooled *raw* stage maps of the windows; :func:`heads_from_features` then runs
+the rest of the network (the tap convolutions, the tap layers, the trunk and both heads) on them.
+
+The 1 x 1 tap convolutions have no bias, so pooling and convolving commute: heads applied to the
+cached features give the scores of :func:`~napari_pmt_iqa.scoring.score` (``method="fast"``) up to
+float rounding, and the mean over all windows of an image is its score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class FeatureLayout:
+    """How the four pooled stage maps of a window are laid out in one feature row.
+
+    ``shapes`` are ``(C, g, g)`` of the four taps; a row is their flattened concatenation.
+    """
+
+    shapes: tuple[tuple[int, int, int], ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [c * g * h for c, g, h in self.shapes]
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes)
+
+    @classmethod
+    def of(cls, model) -> FeatureLayout:
+        """The layout of ``model`` (a :class:`~napari_pmt_iqa.model.PMTIQA`)."""
+        from ..model.network import TAP_GRIDS
+
+        chans = model.backbone.spec.channels
+        return cls(tuple((int(c), int(g), int(g)) for c, g in zip(chans, TAP_GRIDS)))
+
+
+def window_positions(h: int, w: int, crop: int, lattice: int = 32) -> tuple[int, int]:
+    """``(ny, nx)``: windows per column and row of a prepared ``h`` x ``w`` plane."""
+    return (h - crop) // lattice + 1, (w - crop) // lattice + 1
+
+
+def window_features(
+    model,
+    image: np.ndarray,
+    max_windows: int | None = None,
+    seed: int = 0,
+    memory_mb: float = 1024,
+    precision: str = "fp32",
+):
+    """Pooled raw stage maps of the lattice windows of one image (the backbone runs once).
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_pmt_iqa.model.PMTIQA` (its backbone is used in eval mode, no gradients).
+    image
+        ``(H, W, 3)`` uint8 (both sides at least one crop, as :class:`~.data.ImageStore` gives).
+    max_windows
+        Keep at most this many windows, a seeded random choice (``None``: all of them).
+    seed
+        Seed of that choice.
+    memory_mb
+        Memory budget of one backbone pass (larger images are processed in tiles with a margin of
+        context, as scoring does).
+    precision
+        Precision of the backbone pass.
+
+    Returns
+    -------
+    (torch.Tensor, int)
+        ``(k, D)`` float32 features (``D`` = :attr:`FeatureLayout.dim`) and the number of windows
+        of the whole image (``k`` is all of them unless ``max_windows`` is smaller).
+    """
+    import torch
+
+    from ..devices import autocast
+    from ..scoring import LATTICE, TILE_HALO, _prepare, _tile_size, _tile_to_float
+
+    dev = next(model.parameters()).device
+    crop = model.config.crop_size
+    prep = _prepare(image, crop)
+    rgb = prep.rgb
+    H, W = rgb.shape[:2]
+    ny, nx = window_positions(H, W, crop, LATTICE)
+    n = ny * nx
+    keep = np.arange(n)
+    if max_windows is not None and n > max_windows:
+        keep = np.sort(np.random.default_rng((seed, 31337, H, W)).choice(n, max_windows, False))
+    wanted = np.zeros(n, dtype=bool)
+    wanted[keep] = True
+    rows: dict[int, torch.Tensor] = {}
+    T = _tile_size(model.config.backbone, memory_mb, crop)
+    if H <= T and W <= T:
+        per, halo = max(ny, nx), 0
+    else:
+        halo = TILE_HALO
+        per = max(1, (T - 2 * halo - crop) // LATTICE + 1)
+    was_training = model.backbone.training
+    model.backbone.eval()
+    try:
+        with torch.inference_mode(), autocast(dev, precision):
+            for i0 in range(0, ny, per):
+                for j0 in range(0, nx, per):
+                    i1, j1 = min(ny, i0 + per), min(nx, j0 + per)
+                    idx = (np.arange(i0, i1)[:, None] * nx + np.arange(j0, j1)[None, :]).ravel()
+                    if not wanted[idx].any():
+                        continue
+                    y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
+                    y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
+                    x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
+                    tile = np.ascontiguousarray(_tile_to_float(rgb[y0:y1, x0:x1]))
+                    x = torch.from_numpy(tile).to(dev).permute(2, 0, 1)[None]
+                    maps = model.backbone(model.normalize(x))
+                    pooled, tny, tnx = model.window_pooled(maps)
+                    flat = torch.cat([p.float().flatten(1) for p in pooled], dim=1).cpu()
+                    flat = flat.view(tny, tnx, -1)
+                    oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
+                    block = flat[oi : oi + i1 - i0, oj : oj + j1 - j0].reshape(len(idx), -1)
+                    for r, k in enumerate(idx):
+                        if wanted[k]:
+                            rows[int(k)] = block[r].clone()
+    finally:
+        model.backbone.train(was_training)
+    feats = torch.stack([rows[int(k)] for k in keep])
+    return feats, n
+
+
+def heads_from_features(model, feats, layout: FeatureLayout | None = None):
+    """Window scores and class logits of ``model`` from cached features (with gradients).
+
+    Parameters
+    ----------
+    model
+        The model whose tap convolutions, tap layers, trunk and heads are applied.
+    feats
+        ``(N, D)`` rows of :func:`window_features`.
+    layout
+        The row layout (default: that of ``model``).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        Scores ``(N,)`` on the internal 0-100 scale and logits ``(N, num_classes)``.
+    """
+    import torch
+
+    layout = layout or FeatureLayout.of(model)
+    parts = feats.split(layout.sizes, dim=1)
+    pooled = [p.reshape(-1, *s) for p, s in zip(parts, layout.shapes)]
+    if model.config.multiscale:
+        # the 1 x 1 tap convolutions as matrix products (convolution kernels are slow on these
+        # small grids, forwards and backwards)
+        pooled = [
+            torch.einsum("nchw,oc->nohw", pooled[i], model.reduce[i].weight.flatten(1))
+            for i in range(3)
+        ] + [pooled[3]]
+    taps = model.taps_from_pooled(pooled)
+    return model.heads(taps)
+
+
+__all__ = [
+    "FeatureLayout",
+    "heads_from_features",
+    "window_features",
+    "window_positions",
+]

@@ -1,0 +1,226 @@
+"""Training the heads of a frozen PMT-IQA model on cached window features (the few-shot loop).
+
+Pieces of :mod:`napari_pmt_iqa.training.finetune`, free of events and files so that they can be
+tested and benchmarked on their own:
+
+* :class:`FeaturePack`: the cached window features of a list of images in one tensor, with their
+  targets (internal 0-100 scale); :meth:`FeaturePack.batch` samples a few windows per image.
+* :func:`image_scores`: the score of every image of a pack (mean over its windows, as
+  :func:`~napari_pmt_iqa.scoring.score` does), no gradients.
+* :func:`batch_loss`: regression of the image scores on the ratings, a margin ranking loss on every
+  pair of images of the batch rated differently (ratings are ordinal), the class head's
+  cross-entropy on the windows, and an L2 pull towards the starting weights (L2-SP).
+* :func:`calibrate_regression`: the affine map of the starting model's scores onto the ratings,
+  folded into its (linear) regression head.
+* :func:`epoch_batches`: the seeded order of one epoch, every image once, in near-equal batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class FeaturePack:
+    """Window features of several images, packed.
+
+    Parameters
+    ----------
+    feats
+        One ``(k_i, D)`` float tensor per image (:func:`~.features.window_features`).
+    targets
+        One target per image on the internal 0-100 scale.
+    """
+
+    def __init__(self, feats: Sequence, targets: Sequence[float]) -> None:
+        import torch
+
+        if len(feats) != len(targets):
+            raise ValueError(f"{len(feats)} feature blocks but {len(targets)} targets")
+        counts = np.array([int(f.shape[0]) for f in feats], dtype=np.int64)
+        self.rows = torch.cat(list(feats)).float() if len(feats) else torch.empty(0, 0)
+        self.counts = counts
+        self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.targets = torch.tensor(np.asarray(targets, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def batch(self, images: Sequence[int], per_image: int | None, rng: np.random.Generator):
+        """Rows of ``per_image`` random windows of each image (all where ``None``) and their image.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            ``(R, D)`` features and ``(R,)`` the position in ``images`` of each row's image.
+        """
+        import torch
+
+        rows, seg = [], []
+        for b, i in enumerate(images):
+            k = int(self.counts[i])
+            if per_image is None or k <= per_image:
+                pick = np.arange(k)
+            else:
+                pick = np.sort(rng.choice(k, per_image, replace=False))
+            rows.append(self.offsets[i] + pick)
+            seg.append(np.full(len(pick), b))
+        idx = torch.from_numpy(np.concatenate(rows))
+        return self.rows[idx], torch.from_numpy(np.concatenate(seg))
+
+
+def segment_mean(values, seg, n: int):
+    """Mean of ``values`` per segment id ``seg`` (``0..n-1``)."""
+    import torch
+
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, seg, values)
+    cnt = torch.bincount(seg, minlength=n).to(values.dtype)
+    return sums / cnt.clamp_min(1)
+
+
+def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray:
+    """Internal scores of every image of ``pack`` (mean over its cached windows)."""
+    import torch
+
+    from .features import FeatureLayout, heads_from_features
+
+    if len(pack) == 0:
+        return np.empty(0)
+    layout = FeatureLayout.of(model)
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for k in range(0, pack.rows.shape[0], chunk_rows):
+            s, _ = heads_from_features(model, pack.rows[k : k + chunk_rows].to(dev), layout)
+            out.append(s.float().cpu())
+    s = torch.cat(out)
+    seg = torch.from_numpy(np.repeat(np.arange(len(pack)), pack.counts))
+    return segment_mean(s.double(), seg, len(pack)).numpy()
+
+
+def head_parameters(model) -> list:
+    """The parameters the few-shot recipe trains: everything but the backbone."""
+    return [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+
+
+def ranking_hinge(pred, target, margin: float):
+    """Margin ranking loss over every pair of a batch rated differently.
+
+    For each pair with ``target[i] > target[j]``: ``relu(margin * (target[i] - target[j]) -
+    (pred[i] - pred[j]))``, averaged over those pairs (0 when there are none). ``margin`` is the
+    share of the rated difference the predicted difference should reach.
+    """
+    import torch
+
+    dt = target[:, None] - target[None, :]
+    dp = pred[:, None] - pred[None, :]
+    mask = dt > 0
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return torch.relu(margin * dt - dp)[mask].mean()
+
+
+def batch_loss(
+    model,
+    pack: FeaturePack,
+    images: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    windows: int | None,
+    reg_weight: float,
+    rank_weight: float,
+    rank_margin: float,
+    cls_weight: float,
+    anchor: float,
+    start_params: Sequence | None,
+    layout=None,
+):
+    """The few-shot loss of one batch of images (see the module docstring).
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        The loss (with gradients) and its parts as floats (``reg``, ``rank``, ``ce``, ``anchor``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..model.losses import score_to_class
+    from .features import heads_from_features
+
+    dev = next(model.parameters()).device
+    rows, seg = pack.batch(images, windows, rng)
+    rows, seg = rows.to(dev), seg.to(dev)
+    s, logits = heads_from_features(model, rows, layout)
+    t = pack.targets[torch.as_tensor(list(images))].to(dev)
+    p = segment_mean(s.float(), seg, len(images))
+    reg = F.smooth_l1_loss(p, t, beta=5.0)
+    rank = ranking_hinge(p, t, rank_margin)
+    ce = F.cross_entropy(logits.float(), score_to_class(t[seg], model.config.num_classes))
+    pull = torch.zeros((), device=dev)
+    if anchor > 0 and start_params is not None:
+        pull = sum(((q - q0) ** 2).sum() for q, q0 in zip(head_parameters(model), start_params))
+    loss = reg_weight * reg + rank_weight * rank + cls_weight * ce + anchor * pull
+    parts = {
+        "reg": float(reg.detach()),
+        "rank": float(rank.detach()),
+        "ce": float(ce.detach()),
+        "anchor": float(pull.detach()),
+    }
+    return loss, parts
+
+
+def calibrate_regression(
+    model, scores: np.ndarray, targets: np.ndarray, max_gain: float = 10.0
+) -> tuple[float, float]:
+    """Fold the least-squares map ``a * score + b`` of ``scores`` onto ``targets`` into the model.
+
+    The regression head is linear, so the map is exact: the calibrated model scores
+    ``a * s + b`` where the model scored ``s``. Where the fit is no use (scores that do not
+    vary, or fall as the targets rise) or would amplify the model's float rounding (a gain
+    beyond ``max_gain``: scores that barely vary, e.g. new random heads), only the mean is
+    moved (``a = 1``).
+
+    Returns
+    -------
+    (float, float)
+        ``(a, b)``.
+    """
+    import torch
+
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    if s.size == 0:
+        return 1.0, 0.0
+    a, b = 1.0, float(np.mean(t - s))
+    if s.size >= 2 and np.ptp(s) > 0:
+        fa, fb = np.polyfit(s, t, 1)
+        if np.isfinite(fa) and np.isfinite(fb) and 0 < fa <= max_gain:
+            a, b = float(fa), float(fb)
+    head = model.reg_head
+    with torch.no_grad():
+        head.weight.mul_(a)
+        head.bias.mul_(a).add_(b)
+    return a, b
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, phase: int = 0) -> list:
+    """Every image once, in a seeded order, cut into ``ceil(n / batch_size)`` near-equal batches."""
+    if n == 0:
+        return []
+    perm = np.random.default_rng((seed, 4711, phase, epoch)).permutation(n)
+    nb = max(1, -(-n // max(1, batch_size)))
+    return [b.tolist() for b in np.array_split(perm, nb) if len(b)]
+
+
+__all__ = [
+    "FeaturePack",
+    "batch_loss",
+    "calibrate_regression",
+    "epoch_batches",
+    "head_parameters",
+    "image_scores",
+    "ranking_hinge",
+    "segment_mean",
+]
