@@ -32,7 +32,7 @@ from .atomic import _suppress, atomic_write_bytes
 META_KEY = "napari_pmt_iqa"
 FORMAT_VERSION = 1
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "pmt-lite0-livec-biq"
+DEFAULT_MODEL = "pmt-lite0-v2"
 
 
 class CheckpointError(ValueError):
@@ -253,7 +253,7 @@ class WeightsEntry:
     Attributes
     ----------
     name
-        Registry name, e.g. ``"pmt-lite0-livec-biq"``.
+        Registry name, e.g. ``"pmt-lite0-v2"``.
     sha256
         Hex digest the file must have.
     file
