@@ -26,4 +26,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # pin torch/torchvision here (pyproject.toml only declares ranges)
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 "napari[pyqt6]" -e ".[testing,baselines]"
+"$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 "napari[pyqt6]" -e ".[testing,baselines,backbones]"

@@ -261,7 +261,9 @@ def test_overlays_are_never_counted_among_the_rated_images(
         name="rated quality map",
         metadata={OVERLAY_KEY: {"source": "rated", "key": "quality", "what": "quality"}},
     )
-    set_rating(overlay, (), 50.0)  # e.g. rated by mistake while the map was the active layer
+    with pytest.raises(ValueError, match="cannot be rated"):
+        set_rating(overlay, (), 50.0)  # the rating widget refuses a map ...
+    overlay.metadata["pmt_iqa_ratings"] = {(): 50.0}  # ... but a rating may come with the layer
     labels = viewer.add_labels(np.zeros((4, 4), np.int32), name="labels")
     labels.metadata["pmt_iqa_ratings"] = {(): 10.0}
     assert rated_images(viewer.layers) == [layer]

@@ -148,7 +148,8 @@ def test_gui_responsive_and_worker_full_speed(qtbot, viewer_widget):
     from qtpy.QtCore import QTimer
 
     viewer, widget = viewer_widget
-    img = np.random.default_rng(2).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    # large enough that the worker runs for a while (the tiny model scores 1200 px in ~0.06 s)
+    img = np.random.default_rng(2).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)
     layer = viewer.add_image(img, name="big")
     widget.chooser.memory_spin.setValue(128)
     widget.maps_check.setChecked(False)

@@ -83,10 +83,13 @@ def trained_parts(training: Any) -> list[dict] | None:
 
     Returns a list of ``{"name", "part", "split_seed"}`` (names lower-case, e.g. ``livec``,
     ``biq2021``; ``part`` ``train``, ``test`` or ``all``), or None when the metadata does not say.
-    Two descriptions are read: a list of such entries under ``data`` (the current one), and the
+    Two descriptions are read: a list of such entries under ``data`` (the current one; the
+    registry's summary of a model holds that list itself), and the
     older counts per part (``{"livec_train": 832, "livec_val": 92, "livec_split_seed": 0, ...}``,
     under ``data`` or at the top), where the validation part was drawn from the training part.
     """
+    if isinstance(training, list):  # the registry's summary holds the list itself
+        training = {"data": training}
     if not isinstance(training, dict):
         return None
     data = training.get("data", training)

@@ -85,7 +85,8 @@ def window_features(
     import torch
 
     from ..devices import autocast
-    from ..scoring import LATTICE, TILE_HALO, _prepare, _tile_size, _tile_to_float
+    from ..receptive_field import tile_halo
+    from ..scoring import LATTICE, _prepare, _tile_size, _tile_to_float
 
     dev = next(model.parameters()).device
     crop = model.config.crop_size
@@ -104,7 +105,7 @@ def window_features(
     if H <= T and W <= T:
         per, halo = max(ny, nx), 0
     else:
-        halo = TILE_HALO
+        halo = tile_halo(model.config.backbone)
         per = max(1, (T - 2 * halo - crop) // LATTICE + 1)
     was_training = model.backbone.training
     model.backbone.eval()
