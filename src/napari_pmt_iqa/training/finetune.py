@@ -148,6 +148,10 @@ class FinetuneConfig:
         Fold the affine map of the starting scores onto the ratings into the regression head first.
     refit
         Train the final model on every rating (training and held-out images).
+    min_refit_steps
+        The refit runs the selected number of epochs, but at least this many optimiser steps: a
+        small held-out part often peaks early by chance, and the heads need about 50 steps to
+        reach their plateau (learning curves of 100 LIVE-C ratings, docs/results.md section 8).
     memory_mb, precision
         Memory budget and precision of the backbone passes.
     head_threads
@@ -191,6 +195,7 @@ class FinetuneConfig:
     anchor: float = 0.0
     calibrate: bool = True
     refit: bool = True
+    min_refit_steps: int = 60
     memory_mb: float = 1024
     precision: str = "fp32"
     head_threads: int | None = 1
@@ -652,6 +657,7 @@ class _Run:
             "best_epoch": self.best[1],
             "epochs_done": len(self.history),
             "refit_on_all": bool(refit),
+            "refit_epochs": getattr(self, "refit_epochs", None) if refit else None,
             "feature_seconds": round(self.feature_seconds, 3),
             "seconds": round(time.time() - self.t0, 3),
             "best_path": str(self.best_path) if self.best_path else None,
@@ -756,7 +762,10 @@ class _Run:
                 self.calibration = calibrate_regression(
                     model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)
                 )
-            if not self._refit(model, all_pack, int(self.best[1]) + 1):
+            steps_per_epoch = max(1, -(-len(all_pack) // max(1, int(c.batch_size))))
+            epochs = max(int(self.best[1]) + 1, -(-int(c.min_refit_steps) // steps_per_epoch))
+            self.refit_epochs = epochs
+            if not self._refit(model, all_pack, epochs):
                 # continue later from the end of the selection run (the refit starts over)
                 self._save_state(model, self._opt, len(self.history), 0, [0.0] * 4)
                 return self._stop_result()
