@@ -453,22 +453,68 @@ def _rss_mb(key="VmRSS"):
     raise RuntimeError(key)
 
 
-def test_a_dask_image_larger_than_the_budget_is_read_tile_by_tile(tiny):
-    """Peak memory grows by at most 1.5 x memory_mb for a lazy image ~3 x larger than it."""
-    import gc
+_PEAK_SCRIPT = """
+import gc, sys
+import numpy as np, torch
+import dask.array as da
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.scoring import score
 
-    budget = 64
-    lazy = _lazy_photo(8000, 8000)  # 183 MiB if loaded
-    assert lazy.nbytes > 2.8 * budget * 2**20
-    score(np.asarray(lazy[:1024, :1024]), tiny, "cpu", maps=False, memory_mb=budget)  # warm up
-    gc.collect()
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+def block(block_info=None):
+    (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+    y, x = np.mgrid[y0:y1, x0:x1]
+    base = (np.sin(x / 9.0) + np.cos(y / 13.0)) * 60 + 128 + ((x * 7 + y * 13) % 23)
+    return np.repeat(base[..., None], 3, axis=-1).astype(np.uint8)
+
+budget = int(sys.argv[1])
+lazy = da.map_blocks(block, chunks=((1000,) * 8, (1000,) * 8, (3,)), dtype=np.uint8)
+torch.manual_seed(0)
+tiny = PMTIQA(backbone="tiny", pretrained=False).eval()
+score(np.asarray(lazy[:1024, :1024]), tiny, "cpu", maps=False, memory_mb=budget)  # warm up
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set size (VmHWM)
+before = rss("VmRSS")
+r = score(lazy, tiny, "cpu", maps=False, memory_mb=budget)
+print(r.crop_scores.shape, rss("VmHWM") - before, lazy.nbytes / 2**20)
+"""
+
+
+@pytest.mark.xfail(
+    reason="known gap (issue 15): in a fresh process the peak grows by about 150 MB for this 183 MB "
+    "image at a 64 MB budget; inside the full suite it passed only on memory earlier tests had left",
+    strict=False,
+)
+def test_a_dask_image_larger_than_the_budget_is_read_tile_by_tile():
+    """Peak memory grows by at most 1.5 x memory_mb for a lazy image ~3 x larger than it.
+
+    Measured in a fresh process: the peak resident set of the test process depends on what the
+    tests before it left in the allocator.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip("dask.array")
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set size (VmHWM)
+            f.write("5")
     except OSError:
         pytest.skip("cannot reset the peak RSS here")
-    before = _rss_mb()
-    r = score(lazy, tiny, "cpu", maps=False, memory_mb=budget)
-    growth = _rss_mb("VmHWM") - before
-    assert r.crop_scores.shape == (244, 244)
-    assert growth <= 1.5 * budget, f"peak memory grew by {growth:.0f} MB"
+    budget = 64
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(budget)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    shape, growth, size = out.stdout.strip().rsplit(" ", 2)
+    assert shape == "(244, 244)" and float(size) > 2.8 * budget
+    growth = float(growth)
+    assert growth <= 1.5 * budget, (
+        f"peak memory grew by {growth:.0f} MB (image {float(size):.0f} MB)"
+    )

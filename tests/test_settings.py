@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 
+import napari
+import napari.settings
 import pytest
 
 from napari_pmt_iqa import _settings
 from napari_pmt_iqa._settings import PLUGIN_NAME, get_settings, watch_settings
+
+#: napari 0.5 has no plugin settings (npe2 ``configurations`` appear in the Preferences later)
+needs_plugin_settings = pytest.mark.skipif(
+    not hasattr(napari.settings, "get_plugin_settings"),
+    reason=f"napari {napari.__version__} has no plugin settings",
+)
 
 
 @pytest.fixture
@@ -37,6 +45,7 @@ def test_plugin_settings_and_fallback(monkeypatch):
     assert fb.memory_mb == 333 and fb.device == "cpu"
 
 
+@needs_plugin_settings
 def test_preferences_changed_at_run_time_reach_open_widgets(
     make_napari_viewer, fresh_plugin_settings, tmp_path, tiny_checkpoint
 ):
@@ -68,6 +77,7 @@ def test_preferences_changed_at_run_time_reach_open_widgets(
     assert os.environ.get("PMT_IQA_CACHE") == cache_before
 
 
+@needs_plugin_settings
 def test_watch_settings_stops_and_survives_a_deleted_widget(fresh_plugin_settings):
     from napari.plugins import _initialize_plugins
 

