@@ -3,7 +3,7 @@
 The model always regresses on an internal scale of 0 (worst) to 100 (best). A data set's own units
 (LIVE-C's MOS 0-100, BIQ2021's 0-1, a DMOS where lower is better, ...) are mapped onto it by a
 :class:`ScoreScale`, which a checkpoint keeps so that scores come back in the units of its data
-(``ScoreScale`` and ``INTERNAL_MAX`` live in :mod:`napari_pmt_iqa.score_scale`).
+(``ScoreScale`` and ``INTERNAL_MAX`` live in the package's ``score_scale`` module).
 """
 
 from __future__ import annotations
