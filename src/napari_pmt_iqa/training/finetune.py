@@ -790,7 +790,7 @@ class _Run:
 
         from ..metrics import iqa_metrics
         from .features import FeatureLayout
-        from .heads_fit import batch_loss, epoch_batches, head_parameters, image_scores
+        from .heads_fit import epoch_batches, head_parameters, image_scores
 
         c = self.cfg
         params = head_parameters(model)
@@ -853,23 +853,9 @@ class _Run:
                     return True
                 t_b = time.perf_counter()
                 rng = np.random.default_rng((int(c.seed), 7, epoch, bi))
-                loss, parts = batch_loss(
-                    model,
-                    train_pack,
-                    batches[bi],
-                    rng,
-                    windows=c.windows_per_step,
-                    reg_weight=c.reg_weight,
-                    rank_weight=c.rank_weight,
-                    rank_margin=c.rank_margin,
-                    cls_weight=c.cls_weight,
-                    anchor=c.anchor,
-                    start_params=start_params,
-                    layout=layout,
+                loss, parts = self._step(
+                    model, opt, train_pack, batches[bi], rng, start_params, layout
                 )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     raise TrainingError(
@@ -946,11 +932,36 @@ class _Run:
                 )
         return False
 
+    def _step(self, model, opt, pack, batch, rng, start_params, layout):
+        """One optimiser step of the heads on ``batch`` of ``pack`` (the selection run and the
+        refit share it); returns ``(loss, parts)`` of :func:`heads_fit.batch_loss`."""
+        from .heads_fit import batch_loss
+
+        c = self.cfg
+        loss, parts = batch_loss(
+            model,
+            pack,
+            batch,
+            rng,
+            windows=c.windows_per_step,
+            reg_weight=c.reg_weight,
+            rank_weight=c.rank_weight,
+            rank_margin=c.rank_margin,
+            cls_weight=c.cls_weight,
+            anchor=c.anchor,
+            start_params=start_params,
+            layout=layout,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss, parts
+
     def _refit(self, model, pack, epochs: int) -> bool:
         import torch
 
         from .features import FeatureLayout
-        from .heads_fit import batch_loss, epoch_batches, head_parameters
+        from .heads_fit import epoch_batches, head_parameters
 
         c = self.cfg
         params = head_parameters(model)
@@ -969,23 +980,7 @@ class _Run:
                     model.eval()
                     return False
                 rng = np.random.default_rng((int(c.seed), 8, epoch, bi))
-                loss, _ = batch_loss(
-                    model,
-                    pack,
-                    b,
-                    rng,
-                    windows=c.windows_per_step,
-                    reg_weight=c.reg_weight,
-                    rank_weight=c.rank_weight,
-                    rank_margin=c.rank_margin,
-                    cls_weight=c.cls_weight,
-                    anchor=c.anchor,
-                    start_params=start_params,
-                    layout=layout,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                self._step(model, opt, pack, b, rng, start_params, layout)
                 done += 1
                 self.emit(Refitting(done, total, epochs, len(pack)))
         model.eval()
