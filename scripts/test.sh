@@ -8,6 +8,10 @@
 #                                       (Python 3.10, every lower bound pyproject.toml claims) and
 #                                       `newest` (Python 3.12, the newest release of everything);
 #                                       a table of each step's result and time at the end
+#   bash scripts/test.sh --all --lean   the same, for a clean clone on a machine short of disk (what
+#                                       .ci/run runs): no pip cache, and each environment is deleted
+#                                       once its tests ran (.venv included), so at most one holds
+#                                       disk at a time (each is 6-7 GB: torch from PyPI carries CUDA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PMT_IQA_OFFLINE=1 QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-xcb}
@@ -15,6 +19,12 @@ export PMT_IQA_OFFLINE=1 QT_QPA_PLATFORM=${QT_QPA_PLATFORM:-xcb}
 if [ "${1:-}" != "--all" ]; then
   bash scripts/setup.sh
   exec .venv/bin/python -m pytest -q "$@"
+fi
+
+LEAN=0
+if [ "${2:-}" = "--lean" ]; then
+  LEAN=1
+  export PIP_NO_CACHE_DIR=1
 fi
 
 TOX_VERSION=4.67.15
@@ -62,6 +72,17 @@ find_python() {  # find_python 3.10: the newest installed 3.10.x interpreter (py
   return 1
 }
 
+free_disk() {  # free_disk WHERE: the free space of this folder's file system, for the log
+  echo "free disk ($1): $(df -h --output=avail . | tail -1 | tr -d ' ')"
+}
+
+drop() {  # drop PATH...: with --lean, delete an environment whose tests ran
+  if [ "$LEAN" = 1 ]; then
+    rm -rf "$@"
+    free_disk "after removing $*"
+  fi
+}
+
 tox_runner() {  # tox itself, in its own small venv (not in .venv, whose pins it must not move)
   { [ -x .tox/_runner/bin/python ] || python3 -m venv .tox/_runner; } &&
     .tox/_runner/bin/python -m pip install -q "tox==$TOX_VERSION"
@@ -75,11 +96,14 @@ tox_env() {  # tox_env NAME PHASE: PHASE "install" builds the environment, "test
   fi
 }
 
+free_disk start
 step "setup pinned (.venv)" bash scripts/setup.sh
+free_disk "after the pinned setup"
 step "lint: ruff check" .venv/bin/ruff check .
 step "lint: ruff format --check" .venv/bin/ruff format --check .
 step "test pinned (.venv)" .venv/bin/python -m pytest -q -p no:cacheprovider \
   --junitxml="$REPORTS/pinned.xml"
+drop .venv
 step "setup tox" tox_runner
 if PMT_IQA_PY310=$(find_python 3.10) && PMT_IQA_PY312=$(find_python 3.12); then
   export PMT_IQA_PY310 PMT_IQA_PY312
@@ -91,7 +115,9 @@ if PMT_IQA_PY310=$(find_python 3.10) && PMT_IQA_PY312=$(find_python 3.12); then
   export PATH="$PWD/.tox/_pythons:$PATH"
   for env in oldest newest; do
     step "setup $env" tox_env "$env" install
+    free_disk "after the $env setup"
     step "test $env" tox_env "$env" test
+    drop ".tox/$env"
   done
 else
   steps+=("find Python 3.10 and 3.12") results+=("FAILED") seconds+=(0) cpu+=(0)
@@ -105,7 +131,7 @@ for i in "${!steps[@]}"; do
   printf '%-28s %-18s %7ss %7ss\n' "${steps[$i]}" "${results[$i]}" "${seconds[$i]}" "${cpu[$i]}"
   [ "${results[$i]}" = ok ] || failed=1
 done
-.venv/bin/python - "$REPORTS" <<'EOF'
+python3 - "$REPORTS" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
