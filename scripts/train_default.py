@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--lr-schedule", choices=("step", "cosine"), default="cosine")
     ap.add_argument("--margin", type=float, default=3.0, help="ranking margin per level (0-100)")
+    ap.add_argument("--cross", type=float, default=0.0, help="share of cross-region ranking pairs")
     ap.add_argument("--synthetic-weight", type=float, default=1.0)
     ap.add_argument(
         "--synthetic-schedule", choices=("progressive", "constant"), default="progressive"
@@ -200,6 +201,7 @@ def main(argv=None) -> int:
         synthetic_top=args.top,
         synthetic_pairs=args.pairs,
         synthetic_margin=args.margin,
+        synthetic_cross=args.cross,
         synthetic_weight=args.synthetic_weight,
         synthetic_schedule=args.synthetic_schedule,
         synthetic_floor=args.synthetic_floor,

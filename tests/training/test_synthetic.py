@@ -10,10 +10,13 @@ import torch
 from PIL import Image
 
 from _iqa_data import make_dataset, make_image
+from napari_pmt_iqa.data.degradations import CONTEXT
 from napari_pmt_iqa.training import TrainConfig, train
 from napari_pmt_iqa.training import events as E
+from napari_pmt_iqa.training.errors import TrainingError
 from napari_pmt_iqa.training.synthetic import (
     PairDataset,
+    SyntheticTask,
     SyntheticValidation,
     pristine_samples,
     ranking_loss,
@@ -71,6 +74,30 @@ def test_pairs_are_deterministic_and_the_first_version_is_less_degraded():
             continue  # a shared second degradation: both differ from the clean crop
         d0, d1 = np.abs(pair[0] - clean).mean(), np.abs(pair[1] - clean).mean()
         assert d0 < d1
+
+
+def test_cross_region_pairs_set_a_clean_crop_against_another_degraded_one():
+    store = _Store(_photos(2, 400))
+    plain = PairDataset(store, [0, 1], length=40, crop_size=96, seed=3)
+    ds = PairDataset(store, [0, 1], length=40, crop_size=96, seed=3, cross=0.5)
+    specs = [ds.spec(i, (400, 400)) for i in range(40)]
+    cross = [s for s in specs if s.y2 is not None]
+    assert 8 <= len(cross) <= 32  # about half
+    for i, s in enumerate(specs):
+        if s.y2 is None:  # the other pairs are those of a run without cross-region pairs
+            assert s == plain.spec(i, (400, 400))
+            continue
+        assert s.low == 0 and 3 <= s.high <= 5 and not s.extra
+        img = store.get(ds.photo_index(i))
+        pair = ds.make(img, s)
+        c = CONTEXT
+        first = img[s.y + c : s.y + c + 96, s.x + c : s.x + c + 96]
+        first = first[:, ::-1] if s.flip else first
+        assert np.array_equal(pair[0], first)  # level 0: the clean crop itself
+        x, steps = ds[i]
+        assert steps.item() == pytest.approx(0.5 * s.high)
+    with pytest.raises(TrainingError, match="synthetic_cross must be in"):
+        SyntheticTask(TrainConfig(synthetic="x", synthetic_cross=1.5), None, 96)
 
 
 def test_synthetic_validation_counts_ordered_pairs():

@@ -244,6 +244,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--synthetic-margin", type=float, default=3.0, help="margin per level (0-100 scale)"
     )
+    g.add_argument(
+        "--synthetic-cross",
+        type=float,
+        default=0.0,
+        help="share of cross-region pairs (a clean crop against another crop of the photo, degraded)",
+    )
     g.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the ranking loss")
     g.add_argument(
         "--synthetic-schedule",
@@ -310,6 +316,7 @@ def config_from_args(args):
         synthetic_kinds=tuple(args.synthetic_kinds) if args.synthetic_kinds else None,
         synthetic_pairs=args.synthetic_pairs,
         synthetic_margin=args.synthetic_margin,
+        synthetic_cross=args.synthetic_cross,
         synthetic_weight=args.synthetic_weight,
         synthetic_schedule=args.synthetic_schedule,
         synthetic_floor=args.synthetic_floor,

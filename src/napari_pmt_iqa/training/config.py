@@ -93,6 +93,9 @@ class TrainConfig:
     synthetic_pairs, synthetic_margin, synthetic_stack
         Pairs per step (over all processes); margin per level; probability of a second, shared
         degradation under the graded one.
+    synthetic_cross
+        Share of cross-region pairs: a clean crop of a photo against another crop of the same
+        photo at level 3-5, so that a defect outranks the content of a place (quality maps).
     synthetic_weight, synthetic_schedule, synthetic_floor
         Weight of the ranking loss next to the human-score losses: ``"progressive"`` (the easy,
         synthetic task first, in the spirit of PMT) goes linearly from ``synthetic_weight`` at the
@@ -148,6 +151,7 @@ class TrainConfig:
     synthetic_pairs: int = 8
     synthetic_margin: float = 3.0
     synthetic_stack: float = 0.3
+    synthetic_cross: float = 0.0
     synthetic_weight: float = 1.0
     synthetic_schedule: str = "progressive"
     synthetic_floor: float = 0.3

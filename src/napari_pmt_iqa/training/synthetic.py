@@ -5,7 +5,10 @@ ourselves are an unlimited, perfectly labelled task. A *pair* is two versions of
 pristine photo, degraded by the same kind at two levels ``a < b`` of
 :mod:`napari_pmt_iqa.data.degradations` (sometimes over a shared second degradation): the less
 degraded version must score higher, by at least ``margin * (b - a)`` points of the internal 0-100
-scale (:func:`ranking_loss`). The trainer mixes these pairs into every batch of human-scored crops
+scale (:func:`ranking_loss`). A share of the pairs (``cross``) are *cross-region* pairs: the clean
+version is one crop of the photo and the clearly degraded one (level 3-5) another crop of the same
+photo, so the score learns to rank a defect above the content of the place, which is what a
+quality map asks of it (one degraded quarter of an image must be its worst quarter). The trainer mixes these pairs into every batch of human-scored crops
 (``TrainConfig.synthetic``), weighted by its own schedule: high first (the easy task), lower as the
 human scores take over, in the spirit of PMT.
 
@@ -128,6 +131,8 @@ class PairSpec:
     extra_first: bool
     flip: bool
     noise_seed: int
+    y2: int | None = None  # a cross-region pair: where the worse version is cut
+    x2: int | None = None
 
 
 class PairDataset:
@@ -151,6 +156,10 @@ class PairDataset:
     stack
         Probability that a second degradation (level 1-3, the same on both versions) lies under
         the graded one.
+    cross
+        Probability that a pair is a cross-region pair: a clean crop against another crop of the
+        same photo at level 3-5 (its ``steps`` count half the level difference, as the two places
+        differ in content too).
     """
 
     def __init__(
@@ -163,6 +172,7 @@ class PairDataset:
         stack: float = 0.3,
         flip: bool = True,
         seed: int = 0,
+        cross: float = 0.0,
     ) -> None:
         if not indices:
             raise ValueError("A pair data set needs at least one photo.")
@@ -174,6 +184,7 @@ class PairDataset:
         self.stack = float(stack)
         self.flip = flip
         self.seed = int(seed)
+        self.cross = float(cross)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,6 +208,12 @@ class PairDataset:
         others = [k for k in self.kinds if k != kind and not (k in _TONE and kind in _TONE)]
         if others and rng.random() < self.stack:
             extra = ((others[int(rng.integers(len(others)))], int(rng.integers(1, 4))),)
+        y2 = x2 = None
+        cross = np.random.default_rng((self.seed, 4243, self.epoch, int(i)))  # its own stream:
+        if self.cross > 0 and cross.random() < self.cross:  # the other pairs stay as without it
+            low, high, extra = 0, int(cross.integers(3, 6)), ()
+            y2 = int(cross.integers(0, max(1, h - region + 1)))
+            x2 = int(cross.integers(0, max(1, w - region + 1)))
         return PairSpec(
             photo,
             y,
@@ -208,22 +225,29 @@ class PairDataset:
             bool(rng.random() < 0.5),
             bool(self.flip and rng.random() < 0.5),
             int(rng.integers(2**31)),
+            y2,
+            x2,
         )
 
     def photo_index(self, i: int) -> int:
         rng = np.random.default_rng((self.seed, 31337, self.epoch, int(i)))
         return self.indices[int(rng.integers(len(self.indices)))]
 
-    def make(self, img: np.ndarray, s: PairSpec) -> np.ndarray:
-        """The two versions ``(2, S, S, 3)`` of pair ``s`` cut from photo ``img``."""
+    def _region(self, img: np.ndarray, y: int, x: int) -> np.ndarray:
         region = self.crop_size + 2 * D.CONTEXT
-        r = np.ascontiguousarray(img[s.y : s.y + region, s.x : s.x + region])
+        r = np.ascontiguousarray(img[y : y + region, x : x + region])
         if r.shape[0] < region or r.shape[1] < region:  # a photo smaller than the region
             r = np.pad(
                 r, ((0, region - r.shape[0]), (0, region - r.shape[1]), (0, 0)), mode="reflect"
             )
+        return r
+
+    def make(self, img: np.ndarray, s: PairSpec) -> np.ndarray:
+        """The two versions ``(2, S, S, 3)`` of pair ``s`` cut from photo ``img``."""
+        first = self._region(img, s.y, s.x)
+        second = first if s.y2 is None else self._region(img, s.y2, s.x2)
         out = []
-        for level in (s.low, s.high):
+        for r, level in ((first, s.low), (second, s.high)):
             steps = [(s.kind, level)]
             if s.extra:
                 steps = list(s.extra) + steps if s.extra_first else steps + list(s.extra)
@@ -243,7 +267,8 @@ class PairDataset:
         s = self.spec(i, img.shape[:2])
         pair = self.make(img, s)
         x = torch.from_numpy(np.ascontiguousarray(pair.transpose(0, 3, 1, 2)))
-        return x, torch.tensor(float(s.high - s.low))
+        steps = float(s.high - s.low) * (0.5 if s.y2 is not None else 1.0)
+        return x, torch.tensor(steps)
 
 
 class SyntheticValidation:
@@ -333,6 +358,8 @@ class SyntheticTask:
         self.kinds = check_kinds(c.synthetic_kinds)
         if int(c.synthetic_pairs) < 1:
             raise TrainingError(f"synthetic_pairs must be at least 1; got {c.synthetic_pairs}.")
+        if not 0 <= float(c.synthetic_cross) <= 1:
+            raise TrainingError(f"synthetic_cross must be in [0, 1]; got {c.synthetic_cross}.")
         if not 0 <= float(c.synthetic_top) < 1:
             raise TrainingError(f"synthetic_top must be in [0, 1); got {c.synthetic_top}.")
         if c.synthetic_schedule not in ("progressive", "constant"):
@@ -407,6 +434,7 @@ class SyntheticTask:
             c.synthetic_stack,
             c.flip,
             c.seed,
+            c.synthetic_cross,
         )
         ds.set_epoch(epoch)
         return ds
@@ -430,6 +458,7 @@ class SyntheticTask:
             "pairs_per_step": int(c.synthetic_pairs),
             "margin_per_level": float(c.synthetic_margin),
             "stack": float(c.synthetic_stack),
+            "cross_region": float(c.synthetic_cross),
             "weight": float(c.synthetic_weight),
             "schedule": c.synthetic_schedule,
             "floor": float(c.synthetic_floor),
