@@ -455,6 +455,7 @@ def _rss_mb(key="VmRSS"):
 
 _PEAK_SCRIPT = """
 import gc, sys
+import dask
 import numpy as np, torch
 import dask.array as da
 from napari_pmt_iqa.model import PMTIQA
@@ -465,13 +466,19 @@ def rss(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
 
-def block(block_info=None):
+def block(block_info=None):  # a chunk costs about its own size, as a chunk read from a store
     (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    y, x = np.mgrid[y0:y1, x0:x1]
-    base = (np.sin(x / 9.0) + np.cos(y / 13.0)) * 60 + 128 + ((x * 7 + y * 13) % 23)
-    return np.repeat(base[..., None], 3, axis=-1).astype(np.uint8)
+    y, x = np.arange(y0, y1), np.arange(x0, x1)
+    base = np.add.outer(np.cos(y / 13.0).astype(np.float32), np.sin(x / 9.0).astype(np.float32))
+    base *= 60
+    base += np.add.outer((y * 13) % 23 + 128, (x * 7) % 23).astype(np.float32)
+    out = np.empty(base.shape + (3,), np.uint8)
+    out[..., 0] = base
+    out[..., 1:] = out[..., :1]
+    return out
 
 budget = int(sys.argv[1])
+dask.config.set(scheduler=sys.argv[2])
 lazy = da.map_blocks(block, chunks=((1000,) * 8, (1000,) * 8, (3,)), dtype=np.uint8)
 torch.manual_seed(0)
 tiny = PMTIQA(backbone="tiny", pretrained=False).eval()
@@ -484,16 +491,13 @@ print(r.crop_scores.shape, rss("VmHWM") - before, lazy.nbytes / 2**20)
 """
 
 
-@pytest.mark.xfail(
-    reason="known gap (issue 15): in a fresh process the peak grows by about 150 MB for this 183 MB "
-    "image at a 64 MB budget; inside the full suite it passed only on memory earlier tests had left",
-    strict=False,
-)
 def test_a_dask_image_larger_than_the_budget_is_read_tile_by_tile():
     """Peak memory grows by at most 1.5 x memory_mb for a lazy image ~3 x larger than it.
 
-    Measured in a fresh process: the peak resident set of the test process depends on what the
-    tests before it left in the allocator.
+    Measured in a fresh process (the peak resident set of the test process depends on what the
+    tests before it left in the allocator), with dask's synchronous scheduler: with its default
+    thread pool, dask decodes several chunks at once, which is the data source's memory, not the
+    scorer's (docs/results.md gives both figures).
     """
     import subprocess
     import sys
@@ -506,7 +510,7 @@ def test_a_dask_image_larger_than_the_budget_is_read_tile_by_tile():
         pytest.skip("cannot reset the peak RSS here")
     budget = 64
     out = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(budget)],
+        [sys.executable, "-c", _PEAK_SCRIPT, str(budget), "synchronous"],
         capture_output=True,
         text=True,
         timeout=600,

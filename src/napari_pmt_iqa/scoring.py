@@ -320,6 +320,18 @@ def _prepare(
     )
 
 
+def _normalize_(model, t):
+    """``model.normalize(t)`` computed in place (the same numbers, one tile of memory less)."""
+    import torch
+
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if mean is None or std is None:
+        return model.normalize(t)
+    m = torch.tensor(mean, device=t.device, dtype=t.dtype).view(1, 3, 1, 1)
+    sd = torch.tensor(std, device=t.device, dtype=t.dtype).view(1, 3, 1, 1)
+    return t.sub_(m).div_(sd)
+
+
 def _use_channels_last(model) -> None:
     """Store the weights of a model this module loaded channels-last (once): convolutions over
     whole images run faster in that layout (oneDNN on CPUs, cuDNN on GPUs); results are unchanged
@@ -412,6 +424,7 @@ def _window_outputs(
     import torch
 
     from .devices import autocast
+    from .memory import release_free_memory
     from .receptive_field import tile_halo
 
     dev = next(model.parameters()).device
@@ -422,9 +435,11 @@ def _window_outputs(
 
     def to_tensor(a):
         # (H, W, 3) -> (1, 3, H, W) is already channels-last in memory: no copy needed
-        t = torch.from_numpy(np.ascontiguousarray(_tile_to_float(a, rule)))
-        t = t.to(dev).permute(2, 0, 1)[None]
-        return model.normalize(t).contiguous(memory_format=torch.channels_last)
+        arr = np.ascontiguousarray(_tile_to_float(a, rule))
+        if isinstance(a, np.ndarray) and np.shares_memory(arr, a):
+            arr = arr.copy()  # normalised in place below: never write into the caller's plane
+        t = torch.from_numpy(arr).to(dev).permute(2, 0, 1)[None]
+        return _normalize_(model, t).contiguous(memory_format=torch.channels_last)
 
     _use_channels_last(model)
     with torch.inference_mode(), autocast(dev, precision):
@@ -469,6 +484,9 @@ def _window_outputs(
                 oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
                 t = t.view(tny, tnx, -1)[oi : oi + i1 - i0, oj : oj + j1 - j0]
                 taps[i0:i1, j0:j1] = t
+                del maps, pooled, t
+                if len(tiles) > 1:  # freed tile buffers go back to the system, not kept by malloc
+                    release_free_memory()
                 if progress:
                     progress(k + 1, len(tiles))
         else:
@@ -476,13 +494,30 @@ def _window_outputs(
     return taps.view(ny * nx, -1), ny, nx
 
 
+#: Windows per call of the heads (their hidden layers for all windows of a huge image at once
+#: would cost more memory than the taps themselves).
+HEADS_CHUNK = 8192
+
+
+def _run_heads(model, parts):
+    """``model.heads`` over windows in chunks of :data:`HEADS_CHUNK`: (scores, logits) on CPU."""
+    import torch
+
+    s, logits = [], []
+    for k in range(0, len(parts[0]), HEADS_CHUNK):
+        a, b = model.heads([p[k : k + HEADS_CHUNK] for p in parts])
+        s.append(a.float().cpu())
+        logits.append(b.float().cpu())
+    return torch.cat(s), torch.cat(logits)
+
+
 def _heads(model, taps):
     import torch
 
     with torch.inference_mode():
         parts = list(taps.to(next(model.parameters()).device).split(model.config.tap_dim, dim=1))
-        s, logits = model.heads(parts)
-    return s.float().cpu(), logits.float().cpu(), parts
+        s, logits = _run_heads(model, parts)
+    return s, logits, parts
 
 
 def _score_plane(
@@ -536,11 +571,11 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
         sign = (scale.high - scale.low) / 100.0 * (1 if scale.higher_is_better else -1)
         contrib = []
         with torch.inference_mode():
-            for i in range(4):
-                alt = [p.clone() for p in parts]
+            for i in range(4):  # tap i replaced by its mean over the plane (no copies)
+                alt = list(parts)
                 alt[i] = parts[i].mean(dim=0, keepdim=True).expand_as(parts[i])
-                s_alt, _ = model.heads(alt)
-                contrib.append(((s - s_alt.float().cpu()).numpy() * sign).reshape(ny, nx))
+                s_alt, _ = _run_heads(model, alt)
+                contrib.append(((s - s_alt).numpy() * sign).reshape(ny, nx))
         conf, cls = probs.max(dim=1)
         # the cells of the crop grid start half a crop (less half a cell) inside the prepared
         # plane; edge cells are repeated outwards until they reach the image borders

@@ -24,7 +24,6 @@ user models folder, is re-exported here).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import queue
@@ -221,11 +220,9 @@ def release_memory(full_gc: bool = False) -> dict:
                 out["cuda_reserved_mb"] = torch.cuda.memory_reserved() / 2**20
         except Exception:  # never fail a clean-up
             pass
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    from ..memory import release_free_memory
+
+    release_free_memory()
     out["rss_mb"] = rss_mb()
     return out
 
