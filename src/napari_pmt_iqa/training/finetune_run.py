@@ -1,0 +1,740 @@
+"""The few-shot fine-tuning run behind :func:`napari_pmt_iqa.training.finetune` (its recipe is
+described there): checks, the backbone cache, the selection run, the refit, checkpoints and the
+report. Internal: use :func:`~napari_pmt_iqa.training.finetune`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TrainingError
+from .events import (
+    BatchEnd,
+    CheckpointSaved,
+    Control,
+    DataIssue,
+    EpochEnd,
+    Event,
+    Finished,
+    Paused,
+    Preparing,
+    Resumed,
+    Started,
+    Stopped,
+)
+from .finetune_config import (
+    RECIPE,
+    Baseline,
+    FinetuneConfig,
+    FinetuneResult,
+    Refitting,
+    _describe_data,
+    holdout_split,
+    is_ratings_csv,
+    ratings_scale,
+)
+
+
+class _Emitter:
+    def __init__(self, listeners: Iterable[Callable[[Event], None]]) -> None:
+        self.listeners = list(listeners or [])
+        self._warned: set[int] = set()
+
+    def __call__(self, event: Event) -> None:
+        for fn in self.listeners:
+            try:
+                fn(event)
+            except Exception as exc:  # a broken listener must not kill the run
+                if id(fn) not in self._warned:
+                    self._warned.add(id(fn))
+                    warnings.warn(
+                        f"A fine-tuning listener failed: {exc!r}", RuntimeWarning, stacklevel=2
+                    )
+
+
+class _Run:
+    def __init__(self, cfg: FinetuneConfig, emit: _Emitter, control: Control) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.control = control
+        self.best_path: Path | None = None
+        self._best_state: dict | None = None
+        self._best_dirty = False
+        self.t0 = time.time()
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self) -> None:
+        from ..devices import PRECISIONS
+
+        c = self.cfg
+        ints = ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows")
+        for name in ints:
+            v = getattr(c, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise TrainingError(f"{name} must be a whole number of at least 1; got {v!r}.")
+        if c.epochs is not None and (not isinstance(c.epochs, (int, np.integer)) or c.epochs < 1):
+            raise TrainingError(
+                f"epochs must be at least 1 (or None: automatic); got {c.epochs!r}."
+            )
+        if not 0 <= c.holdout_fraction < 1:
+            raise TrainingError(f"holdout_fraction must be in [0, 1); got {c.holdout_fraction}.")
+        if not (c.lr > 0 and math.isfinite(c.lr)):
+            raise TrainingError(f"The learning rate must be a positive number; got {c.lr}.")
+        for name in ("reg_weight", "rank_weight", "rank_margin", "cls_weight", "anchor"):
+            v = getattr(c, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise TrainingError(f"{name} must be a number of at least 0; got {v}.")
+        if c.precision not in PRECISIONS:
+            raise TrainingError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}."
+            )
+        if c.init is not None and c.backbone is not None:
+            raise TrainingError(
+                "Give either init (a model to fine-tune) or backbone (an ImageNet backbone with "
+                "new heads), not both."
+            )
+
+    # ------------------------------------------------------------------ data
+    def _dataset(self):
+        from .config import TrainConfig
+        from .prepare import resolve_dataset
+
+        c = self.cfg
+        init_scale = getattr(self.start_model, "score_scale", None) if c.backbone is None else None
+        scale = c.score_scale
+        if scale is None and is_ratings_csv(c.data):
+            scale = ratings_scale()
+        return resolve_dataset(
+            TrainConfig(
+                data=c.data, layout=c.layout, score_scale=scale, seed=c.seed, limit=c.limit
+            ),
+            init_scale,
+        )
+
+    def _prepare(self) -> None:
+        from .data import ImageStore
+
+        c = self.cfg
+        ds = self._dataset()
+        usable = [s for s in ds.samples if s.split != "test"]
+        n_test = len(ds.samples) - len(usable)
+        store = ImageStore(usable, min_side=self.crop, budget_mb=c.cache_mb)
+        bad = store.check(threads=2, progress=lambda a, b: self.emit(Preparing(a, b)))
+        skipped = list(getattr(ds, "skipped", []) or []) + [r for _, r in bad]
+        n_all = len(usable) + len(getattr(ds, "skipped", []) or [])
+        if skipped:
+            if len(skipped) > c.max_bad_fraction * max(n_all, 1):
+                raise TrainingError(
+                    f"{len(skipped)} of {n_all} images cannot be used, e.g. "
+                    + "; ".join(skipped[:3])
+                    + ".",
+                    "Fix the paths or files (or remove them from the list) and start again.",
+                )
+            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(
+                skipped[:10]
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self.emit(DataIssue(msg, tuple(skipped)))
+        bad_idx = {i for i, _ in bad}
+        good = [i for i in range(len(usable)) if i not in bad_idx]
+        if len(good) < c.min_ratings:
+            why = f" ({n_test} rows are split=test and never used)" if n_test else ""
+            raise TrainingError(
+                f"{len(good)} usable rated images{why}: the few-shot recipe needs at least "
+                f"{c.min_ratings}, so that the held-out part can say whether the fine-tune helped.",
+                f"Rate at least {c.min_ratings} images (about 100 give a clear gain), with scores "
+                "that use the whole range.",
+            )
+        mos = [usable[i].mos for i in good]
+        if len(set(mos)) < 2:
+            raise TrainingError(
+                f"All {len(mos)} ratings are equal ({mos[0]:g}): nothing can be learnt from them.",
+                "Rate better and worse images with different scores.",
+            )
+        samples = [usable[i] for i in good]
+        marked = [k for k, s in enumerate(samples) if s.split in ("val", "valid", "validation")]
+        if marked:
+            hold = marked
+        else:
+            hold = holdout_split(samples, c.holdout_fraction, c.min_holdout, c.seed)
+        hold_set = set(hold)
+        self.train_idx = [good[k] for k in range(len(samples)) if k not in hold_set]
+        self.hold_idx = [good[k] for k in hold]
+        self.ds, self.store, self.samples = ds, store, usable
+        self.scale = ds.scale
+        self.skipped = skipped
+        if len(self.train_idx) < 2:
+            raise TrainingError(
+                f"Only {len(self.train_idx)} images are left to train on after the held-out part.",
+                "Rate more images, or lower holdout_fraction.",
+            )
+
+    # ------------------------------------------------------------------ model
+    def _start_model(self):
+        import torch
+
+        from ..model import PMTIQA
+        from ..weights import load_model
+
+        c = self.cfg
+        torch.manual_seed(int(c.seed))
+        if c.backbone is not None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = PMTIQA(backbone=c.backbone, pretrained=True)
+            for w in caught:
+                self.emit(DataIssue(str(w.message)))
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            self.init_desc = f"ImageNet {c.backbone} with new heads"
+        else:
+            model = load_model(c.init, device="cpu")
+            self.init_desc = str(c.init) if c.init is not None else "the default model"
+        return model.float().eval()
+
+    def _features(self, model, idx: list[int], cap: int, done0: int, total: int) -> list | None:
+        from .features import window_features
+
+        out = []
+        for k, i in enumerate(idx):
+            if self._interrupted():
+                return None
+            f, _ = window_features(
+                model,
+                self.store.get(i),
+                max_windows=cap,
+                seed=(int(self.cfg.seed) * 1_000_003 + i) % 2**32,
+                memory_mb=self.cfg.memory_mb,
+                precision=self.cfg.precision,
+            )
+            out.append(f)
+            self.emit(Preparing(done0 + k + 1, total, "features"))
+        return out
+
+    def _interrupted(self) -> bool:
+        if self.control.paused and not self.control.stop_requested:
+            self.control.wait_if_paused()
+        return self.control.stop_requested
+
+    # ------------------------------------------------------------------ files
+    def _fingerprint(self) -> dict:
+        c = self.cfg
+        return {
+            "recipe": RECIPE,
+            "init": str(c.init) if c.backbone is None else f"imagenet:{c.backbone}",
+            "n_train": len(self.train_idx),
+            "n_holdout": len(self.hold_idx),
+            "seed": int(c.seed),
+            "epochs": int(self.epochs),
+            "batch_size": int(c.batch_size),
+        }
+
+    def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
+        from ..weights import build_metadata
+
+        c = self.cfg
+        training = {
+            "data": {
+                "name": self.ds.name,
+                "root": str(self.ds.root) if self.ds.root else None,
+                "n_train": len(self.train_idx),
+                "n_holdout": len(self.hold_idx),
+                "n_skipped": len(self.skipped),
+                "score_scale": self.scale.to_dict(),
+            },
+            "init": self.init_desc,
+            "recipe": c.recipe(),
+            "epochs_done": int(epochs_done),
+            "refit_on_all": bool(refit),
+            "calibration": list(self.calibration),
+        }
+        desc = c.description or (
+            f"PMT-IQA ({model.config.backbone}) fine-tuned on {len(self.train_idx) + len(self.hold_idx)} "
+            f"ratings ({self.ds.name})"
+        )
+        return build_metadata(
+            model,
+            score_scale=self.scale,
+            training=training,
+            metrics={"holdout": _jsonable(val), "start_holdout": _jsonable(self.start_val)},
+            description=desc,
+        )
+
+    def _save_best(self, model, val: dict, epochs_done: int, refit: bool, epoch: int) -> None:
+        from ..weights import save_checkpoint
+
+        path = self.out / "best.safetensors"
+        save_checkpoint(path, model, self._metadata(model, val, epochs_done, refit))
+        self.best_path = path
+        self.emit(CheckpointSaved(str(path), epoch, "best", float(val.get("srcc", math.nan))))
+
+    def _save_state(self, model, opt, epoch: int, batch: int, sums: list[float]) -> None:
+        import io
+
+        import torch
+
+        from ..atomic import atomic_write_bytes
+        from .state import STATE_FORMAT
+
+        st = {
+            "format": STATE_FORMAT,
+            "model": model.state_dict(),
+            "optim": opt.state_dict(),
+            "epoch": int(epoch),
+            "batch": int(batch),
+            "sums": [float(v) for v in sums],
+            "best_key": float(self.best[0]) if self.best[0] is not None else None,
+            "best_epoch": self.best[1],
+            "best_val": json.dumps(_jsonable(self.best[2])),
+            "history": json.dumps(self.history),
+            "check": json.dumps(self._fingerprint()),
+        }
+        buf = io.BytesIO()
+        torch.save(st, buf)
+        atomic_write_bytes(self.state_path, buf.getvalue())
+        self.emit(CheckpointSaved(str(self.state_path), epoch, "state"))
+
+    def _write_report(self, refit: bool) -> Path:
+        from ..atomic import atomic_write_text
+
+        c = self.cfg
+        report = {
+            "recipe": c.recipe(),
+            "init": self.init_desc,
+            "data": _describe_data(c.data),
+            "score_scale": self.scale.to_dict(),
+            "n_train": len(self.train_idx),
+            "n_holdout": len(self.hold_idx),
+            "n_skipped": len(self.skipped),
+            "holdout_before": _jsonable(self.start_val),
+            "holdout_after": _jsonable(self.best[2] or {}),
+            "improved": self._improved(),
+            "best_epoch": self.best[1],
+            "epochs_done": len(self.history),
+            "refit_on_all": bool(refit),
+            "refit_epochs": getattr(self, "refit_epochs", None) if refit else None,
+            "feature_seconds": round(self.feature_seconds, 3),
+            "seconds": round(time.time() - self.t0, 3),
+            "best_path": str(self.best_path) if self.best_path else None,
+        }
+        path = self.out / "report.json"
+        atomic_write_text(path, json.dumps(report, indent=2))
+        return path
+
+    def _improved(self) -> bool:
+        after = (self.best[2] or {}).get("srcc", math.nan)
+        before = self.start_val.get("srcc", math.nan)
+        if not math.isfinite(after):
+            return False
+        return not math.isfinite(before) or after > before
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> FinetuneResult:
+
+        from ..devices import resolve_device
+        from ..metrics import iqa_metrics
+        from .heads_fit import FeaturePack, calibrate_regression, image_scores
+
+        c = self.cfg
+        self._validate()
+        self.device = resolve_device(c.device)
+        out = Path(c.out_dir).expanduser() if c.out_dir else None
+        if out is None:
+            from ..weights import cache_dir
+
+            out = cache_dir() / "runs" / time.strftime("finetune-%Y%m%d-%H%M%S")
+        if out.exists() and not out.is_dir():
+            raise TrainingError(
+                f"The output folder {out} is an existing file.",
+                "Choose a folder for the checkpoints (it is created if missing).",
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.state_path = out, out / "state.pt"
+        self.start_model = self._start_model()
+        self.crop = self.start_model.config.crop_size
+        self._prepare()
+        model = self.start_model.to(self.device)
+        self.epochs = c.epochs_for(len(self.train_idx))
+        resume_state = None
+        if c.resume:
+            from .state import load_state
+
+            resume_state, rpath = load_state(Path(c.resume).expanduser(), self._fingerprint())
+            self.resumed_from = str(rpath)
+        else:
+            self.resumed_from = ""
+
+        # features: the backbone runs once per image
+        t_feat = time.time()
+        all_idx = self.train_idx + self.hold_idx
+        total = len(all_idx)
+        self.emit(Preparing(0, total, "features"))
+        tr_f = self._features(model, self.train_idx, c.windows_per_image, 0, total)
+        ho_f = (
+            self._features(model, self.hold_idx, c.holdout_windows, len(self.train_idx), total)
+            if tr_f is not None
+            else None
+        )
+        self.feature_seconds = time.time() - t_feat
+        self.history: list[dict] = []
+        self.best: list = [None, None, {}]
+        self.start_val: dict = {}
+        self.calibration = (1.0, 0.0)
+        if tr_f is None or ho_f is None:
+            return self._stopped_before_training()
+        to_int = self.scale.to_internal
+        t_tr = [float(to_int(self.samples[i].mos)) for i in self.train_idx]
+        t_ho = [float(to_int(self.samples[i].mos)) for i in self.hold_idx]
+        train_pack = FeaturePack(tr_f, t_tr)
+        hold_pack = FeaturePack(ho_f, t_ho)
+        del tr_f, ho_f
+
+        start_scores = image_scores(model, hold_pack)
+        self.start_val = iqa_metrics(start_scores, t_ho) if len(t_ho) else {}
+        self.emit(Baseline(dict(self.start_val), len(t_ho)))
+        uncalibrated = copy.deepcopy(model.state_dict())
+        if c.calibrate:
+            self.calibration = calibrate_regression(
+                model, image_scores(model, train_pack), np.asarray(t_tr)
+            )
+        with _cpu_threads(c.head_threads if self.device.type == "cpu" else None):
+            return self._train(model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho)
+
+    def _train(self, model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho):
+        from .heads_fit import FeaturePack, calibrate_regression, image_scores
+
+        c = self.cfg
+        if self._select(model, train_pack, hold_pack, resume_state):
+            return self._stop_result()
+        refit = bool(c.refit and len(self.hold_idx) and self.best[1] is not None)
+        if refit:
+            model.load_state_dict(uncalibrated)
+            all_pack = FeaturePack(
+                [*_rows_of(train_pack), *_rows_of(hold_pack, c.windows_per_image, c.seed)],
+                t_tr + t_ho,
+            )
+            if c.calibrate:
+                self.calibration = calibrate_regression(
+                    model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)
+                )
+            steps_per_epoch = max(1, -(-len(all_pack) // max(1, int(c.batch_size))))
+            epochs = max(int(self.best[1]) + 1, -(-int(c.min_refit_steps) // steps_per_epoch))
+            self.refit_epochs = epochs
+            if not self._refit(model, all_pack, epochs):
+                # continue later from the end of the selection run (the refit starts over)
+                self._save_state(model, self._opt, len(self.history), 0, [0.0] * 4)
+                return self._stop_result()
+        self._save_best(model, self.best[2] or {}, len(self.history), refit, self.best[1] or 0)
+        self._best_dirty = False
+        report = self._write_report(refit)
+        if self.state_path.exists():  # a finished run has nothing to resume
+            self.state_path.unlink()
+        self.emit(
+            Finished(
+                best_path=str(self.best_path) if self.best_path else "",
+                best_val_srcc=float((self.best[2] or {}).get("srcc", math.nan)),
+                epochs_done=len(self.history),
+                seconds=time.time() - self.t0,
+            )
+        )
+        return self._result(False, refit, report)
+
+    def _select(self, model, train_pack, hold_pack, resume_state) -> bool:
+        """The selection run (the model ends with its best epoch); True when it was stopped."""
+        import torch
+
+        from ..metrics import iqa_metrics
+        from .features import FeatureLayout
+        from .heads_fit import epoch_batches, head_parameters, image_scores
+
+        c = self.cfg
+        params = head_parameters(model)
+        start_params = [p.detach().clone() for p in params]  # the pull goes towards these
+        opt = torch.optim.Adam(params, lr=c.lr)
+        self._opt = opt
+        layout = FeatureLayout.of(model)
+        patience = c.patience_for(self.epochs)
+        has_holdout = len(hold_pack) > 0
+        start_epoch, start_batch, sums0 = 0, 0, [0.0] * 4
+        if resume_state is not None:
+            model.load_state_dict(resume_state["model"])
+            opt.load_state_dict(resume_state["optim"])
+            start_epoch, start_batch = int(resume_state["epoch"]), int(resume_state["batch"])
+            sums0 = list(resume_state["sums"])
+            self.best = [
+                resume_state["best_key"],
+                resume_state["best_epoch"],
+                json.loads(resume_state["best_val"]),
+            ]
+            self.history = json.loads(resume_state["history"])
+            best_file = self.out / "best.safetensors"
+            if self.best[1] is not None and best_file.exists():
+                from ..weights import load_checkpoint
+
+                self.best_path = best_file
+                self._best_state = load_checkpoint(best_file).state_dict()
+        n_batches = len(epoch_batches(len(train_pack), c.batch_size, c.seed, 0))
+        self.emit(
+            Started(
+                epochs=self.epochs,
+                batches_per_epoch=n_batches,
+                n_train=len(train_pack),
+                n_val=len(hold_pack),
+                start_epoch=start_epoch,
+                device=str(self.device),
+                start_batch=start_batch,
+                resumed_from=self.resumed_from,
+            )
+        )
+        stale = 0
+        if self.history and self.best[1] is not None:
+            stale = len(self.history) - 1 - int(self.best[1])
+        for epoch in range(start_epoch, self.epochs):
+            if has_holdout and self.best[1] is not None and stale >= patience:
+                break
+            t_ep = time.time()
+            batches = epoch_batches(len(train_pack), c.batch_size, c.seed, epoch)
+            b0 = start_batch if epoch == start_epoch else 0
+            sums = list(sums0) if epoch == start_epoch else [0.0] * 4
+            model.train()
+            model.backbone.eval()
+            for bi in range(b0, len(batches)):
+                if self.control.paused and not self.control.stop_requested:
+                    self.emit(Paused(epoch, bi))
+                    self.control.wait_if_paused()
+                    self.emit(Resumed(epoch, bi))
+                if self.control.stop_requested:
+                    self._save_state(model, opt, epoch, bi, sums)
+                    return True
+                t_b = time.perf_counter()
+                rng = np.random.default_rng((int(c.seed), 7, epoch, bi))
+                loss, parts = self._step(
+                    model, opt, train_pack, batches[bi], rng, start_params, layout
+                )
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise TrainingError(
+                        f"The loss became {lv} at epoch {epoch}, batch {bi}.",
+                        "Lower the learning rate (lr).",
+                    )
+                nb = len(batches[bi])
+                sums[0] += lv * nb
+                sums[1] += parts["reg"] * nb
+                sums[2] += parts["ce"] * nb
+                sums[3] += nb
+                dt = time.perf_counter() - t_b
+                self.emit(
+                    BatchEnd(
+                        epoch,
+                        bi,
+                        len(batches),
+                        lv,
+                        parts["reg"],
+                        parts["ce"],
+                        images_per_s=nb / max(dt, 1e-9),
+                        step_s=dt,
+                    )
+                )
+            model.eval()
+            val = (
+                iqa_metrics(
+                    image_scores(model, hold_pack), hold_pack.targets.numpy(), logistic=False
+                )
+                if has_holdout
+                else {}
+            )
+            key = val.get("srcc", math.nan)
+            key = key if math.isfinite(key) else -math.inf
+            # without a held-out part there is nothing to select on: the last epoch is kept
+            is_best = (not has_holdout) or self.best[0] is None or key > self.best[0]
+            if is_best:
+                self.best = [key if has_holdout else None, epoch, dict(val)]
+                self._best_state = copy.deepcopy(model.state_dict())
+                self._best_dirty = True
+                stale = 0
+            else:
+                stale += 1
+            rec = {
+                "epoch": epoch,
+                "train_loss": sums[0] / max(sums[3], 1),
+                "train_reg": sums[1] / max(sums[3], 1),
+                "train_ce": sums[2] / max(sums[3], 1),
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": time.time() - t_ep,
+                "is_best": is_best,
+            }
+            self.history.append(rec)
+            self.emit(
+                EpochEnd(
+                    epoch=epoch,
+                    epochs=self.epochs,
+                    w_reg=c.reg_weight,
+                    w_cls=c.cls_weight,
+                    train_loss=rec["train_loss"],
+                    train_l1=rec["train_reg"],
+                    train_ce=rec["train_ce"],
+                    val=val,
+                    lr=c.lr,
+                    seconds=rec["seconds"],
+                    is_best=is_best,
+                )
+            )
+        if self._best_state is not None:
+            model.load_state_dict(self._best_state)
+            if has_holdout:  # the full metrics (with the logistic PLCC) of the selected epoch
+                self.best[2] = iqa_metrics(
+                    image_scores(model, hold_pack), hold_pack.targets.numpy()
+                )
+        return False
+
+    def _step(self, model, opt, pack, batch, rng, start_params, layout):
+        """One optimiser step of the heads on ``batch`` of ``pack`` (the selection run and the
+        refit share it); returns ``(loss, parts)`` of :func:`heads_fit.batch_loss`."""
+        from .heads_fit import batch_loss
+
+        c = self.cfg
+        loss, parts = batch_loss(
+            model,
+            pack,
+            batch,
+            rng,
+            windows=c.windows_per_step,
+            reg_weight=c.reg_weight,
+            rank_weight=c.rank_weight,
+            rank_margin=c.rank_margin,
+            cls_weight=c.cls_weight,
+            anchor=c.anchor,
+            start_params=start_params,
+            layout=layout,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss, parts
+
+    def _refit(self, model, pack, epochs: int) -> bool:
+        import torch
+
+        from .features import FeatureLayout
+        from .heads_fit import epoch_batches, head_parameters
+
+        c = self.cfg
+        params = head_parameters(model)
+        start_params = [p.detach().clone() for p in params]
+        opt = torch.optim.Adam(params, lr=c.lr)
+        layout = FeatureLayout.of(model)
+        plan = [epoch_batches(len(pack), c.batch_size, c.seed, e, phase=1) for e in range(epochs)]
+        total = sum(len(b) for b in plan)
+        done = 0
+        model.train()
+        model.backbone.eval()
+        self.emit(Refitting(0, total, epochs, len(pack)))
+        for epoch, batches in enumerate(plan):
+            for bi, b in enumerate(batches):
+                if self._interrupted():
+                    model.eval()
+                    return False
+                rng = np.random.default_rng((int(c.seed), 8, epoch, bi))
+                self._step(model, opt, pack, b, rng, start_params, layout)
+                done += 1
+                self.emit(Refitting(done, total, epochs, len(pack)))
+        model.eval()
+        return True
+
+    # ------------------------------------------------------------------ endings
+    def _stopped_before_training(self) -> FinetuneResult:
+        self.emit(Stopped(0, 0, "", ""))
+        return self._result(True, False, None)
+
+    def _stop_result(self) -> FinetuneResult:
+        """After a stop: the best epoch so far goes to ``best.safetensors`` (if not there yet)."""
+        if self._best_state is not None and self._best_dirty:
+            model = copy.deepcopy(self.start_model)
+            model.load_state_dict(self._best_state)
+            self._save_best(model, self.best[2], len(self.history), False, int(self.best[1]))
+            self._best_dirty = False
+        self.emit(
+            Stopped(
+                len(self.history),
+                0,
+                str(self.best_path) if self.best_path else "",
+                str(self.state_path) if self.state_path.exists() else "",
+            )
+        )
+        return self._result(True, False, None)
+
+    def _result(self, stopped: bool, refit: bool, report: Path | None) -> FinetuneResult:
+        bp = self.out / "best.safetensors"
+        return FinetuneResult(
+            best_path=str(bp) if bp.exists() and self.best_path else None,
+            state_path=str(self.state_path) if self.state_path.exists() else None,
+            report_path=str(report) if report else None,
+            out_dir=str(self.out),
+            start_val=dict(self.start_val),
+            best_val=dict(self.best[2] or {}),
+            improved=self._improved(),
+            history=list(self.history),
+            stopped=stopped,
+            epochs_done=len(self.history),
+            best_epoch=self.best[1],
+            refit=refit,
+            n_train=len(self.train_idx),
+            n_holdout=len(self.hold_idx),
+            skipped=list(self.skipped),
+            seconds=time.time() - self.t0,
+            feature_seconds=getattr(self, "feature_seconds", 0.0),
+        )
+
+
+def _rows_of(pack, cap: int | None = None, seed: int = 0) -> list:
+    """The per-image feature blocks of a pack (at most ``cap`` windows each, a seeded choice)."""
+    import torch
+
+    out = []
+    for i in range(len(pack)):
+        f = pack.rows[pack.offsets[i] : pack.offsets[i] + pack.counts[i]]
+        if cap is not None and f.shape[0] > cap:
+            pick = np.sort(np.random.default_rng((int(seed), 99, i)).choice(f.shape[0], cap, False))
+            f = f[torch.from_numpy(pick)]
+        out.append(f)
+    return out
+
+
+class _cpu_threads:
+    """Set torch's CPU thread count for a block (``None``: leave it), then restore it."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+        self.old: int | None = None
+
+    def __enter__(self):
+        import torch
+
+        if self.n is not None and int(self.n) >= 1:
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(int(self.n))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.old is not None:
+            torch.set_num_threads(self.old)
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in dict(d or {}).items():
+        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+            v = float(v)
+            out[str(k)] = None if not math.isfinite(v) else v
+        else:
+            out[str(k)] = v if isinstance(v, (str, bool)) or v is None else str(v)
+    return out
