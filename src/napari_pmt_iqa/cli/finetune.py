@@ -72,6 +72,13 @@ def add_subcommands(sub) -> None:
         help=f"share of the ratings held out to select and report on (default {d.holdout_fraction})",
     )
     p.add_argument(
+        "--windows-per-image",
+        type=int,
+        default=d.windows_per_image,
+        help=f"224-px windows of each training image kept for the head training "
+        f"(default {d.windows_per_image})",
+    )
+    p.add_argument(
         "--no-refit",
         action="store_true",
         help="keep the selection run's model instead of refitting on every rating",
@@ -100,6 +107,7 @@ def config_from_args(args):
         seed=args.seed,
         epochs=args.epochs,
         holdout_fraction=args.holdout,
+        windows_per_image=args.windows_per_image,
         refit=not args.no_refit,
         resume=args.resume,
         description=args.name,
