@@ -275,6 +275,18 @@ def test_overlays_are_never_counted_among_the_rated_images(
     w.close()
 
 
+def test_the_rated_count_is_what_the_fine_tune_gets(make_napari_viewer, qtbot, tmp_path, cache):
+    viewer, layer = _rated_viewer(make_napari_viewer)
+    layer.metadata["pmt_iqa_ratings"][(N_RATED + 5,)] = 50.0  # a plane that is not there
+    w = FinetuneWidget(viewer)
+    qtbot.addWidget(w)
+    w.refresh_rating_count()
+    assert f"({N_RATED} rated)" in w.ratings_count.text()  # the stale rating is not counted
+    with pytest.warns(UserWarning, match="Dropped 1 rating"):
+        assert len(w.make_config().data) == N_RATED
+    w.close()
+
+
 # --------------------------------------------------------------------------- state machine (fake)
 def test_state_machine_with_an_injected_trainer(
     make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint

@@ -30,8 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .overlays import OVERLAY_KEY
-from .rating_widget import get_ratings, rated_pairs
+from .rating_widget import rated_layers, rated_pairs, rated_plane_count
 
 BACKBONES = [
     ("ImageNet EfficientNet-Lite0 (new heads)", "efficientnet_lite0"),
@@ -52,23 +51,14 @@ def default_out_dir() -> Path:
     return cache_dir() / "runs" / time.strftime("finetune-%Y%m%d-%H%M%S")
 
 
-def is_overlay(layer: Any) -> bool:
-    """True for a layer this plugin made over an image (a quality map, a class map, ...)."""
-    return OVERLAY_KEY in (getattr(layer, "metadata", None) or {})
-
-
 def rated_images(layers: Iterable[Any]) -> list[Any]:
     """The Image layers that carry ratings, overlays of this plugin left out."""
-    return [
-        ly
-        for ly in layers
-        if type(ly).__name__ == "Image" and not is_overlay(ly) and get_ratings(ly)
-    ]
+    return rated_layers(layers)
 
 
 def rating_count(layers: Iterable[Any]) -> int:
-    """Number of rated planes over :func:`rated_images`."""
-    return sum(len(get_ratings(ly)) for ly in rated_images(layers))
+    """Number of rated planes the fine-tune would use (the same count as :func:`rated_pairs`)."""
+    return rated_plane_count(layers)
 
 
 class FinetuneForm(QWidget):

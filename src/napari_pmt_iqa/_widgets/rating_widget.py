@@ -208,6 +208,23 @@ def clear_rating(layer: Any, key: Sequence[int]) -> bool:
     return found
 
 
+def stale_ratings(layer: Any) -> list[tuple[int, ...]]:
+    """Keys of the ratings whose planes no longer exist in ``layer`` (nothing is changed)."""
+    shape = tuple(_level0(layer).shape)
+    lead = len(shape) - (3 if getattr(layer, "rgb", False) else 2)
+    return [
+        k
+        for k in get_ratings(layer)
+        if len(k) != lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
+    ]
+
+
+def rated_plane_count(layers: Iterable[Any]) -> int:
+    """How many planes :func:`rated_pairs` would give: ratings of existing planes of the rated
+    Image layers (stale ones are not counted, and not dropped either)."""
+    return sum(len(get_ratings(ly)) - len(stale_ratings(ly)) for ly in rated_layers(layers))
+
+
 def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
     """Drop the ratings of planes that no longer exist; returns their keys.
 
@@ -215,15 +232,11 @@ def prune_stale_ratings(layer: Any) -> list[tuple[int, ...]]:
     replaced by a smaller stack after rating, those planes are gone and so is what was rated.
     A warning (a notification in napari) names what was dropped.
     """
-    shape = tuple(_level0(layer).shape)
-    lead = len(shape) - (3 if getattr(layer, "rgb", False) else 2)
     ratings = get_ratings(layer)
-    stale = [
-        k
-        for k in ratings
-        if len(k) != lead or any(not 0 <= int(i) < shape[a] for a, i in enumerate(k))
-    ]
+    stale = stale_ratings(layer)
     if stale:
+        shape = tuple(_level0(layer).shape)
+        lead = len(shape) - (3 if getattr(layer, "rgb", False) else 2)
         import warnings
 
         layer.metadata[RATINGS_KEY] = {k: v for k, v in ratings.items() if k not in stale}
