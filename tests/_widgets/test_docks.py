@@ -123,3 +123,17 @@ def test_four_widgets_fit_a_1600_x_1000_screen(qtbot, four):
     assert scorer.result is not None and scorer.class_plot.isVisibleTo(scorer)
     widgets["Rate image quality"].star_buttons[3].click()
     _check(window, widgets, "after a result")
+
+
+def test_a_long_layer_name_does_not_push_a_widget_past_its_dock(qtbot, four):
+    viewer, widgets = four
+    viewer.add_image(
+        np.zeros((64, 64), np.uint8),
+        name="a very long layer name, as a microscope's export gives it: "
+        "2026-11-30_slide-04_region-12_channel-DAPI_maximum-projection_stitched.ome.tif",
+    )
+    QApplication.processEvents()
+    for name, w in widgets.items():
+        area = w.findChild(QScrollArea, SCROLL_AREA_NAME)
+        need = area.widget().minimumSizeHint().width()
+        assert need <= area.viewport().width(), (name, need, area.viewport().width())

@@ -8,7 +8,7 @@ import re
 import threading
 from pathlib import Path
 
-from qtpy.QtCore import QSize, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -229,6 +229,25 @@ def for_viewer(text: str) -> str:
     for pattern, replacement in _FOR_VIEWER:
         text = re.sub(pattern, replacement, text)
     return text
+
+
+#: Characters of a layer name shown in a widget's labels (longer names are cut in the middle).
+NAME_CHARS = 32
+
+
+def shown_name(name: str, limit: int = NAME_CHARS) -> str:
+    """A layer name as a dock's labels show it: at most ``limit`` characters.
+
+    File names of microscopes and scanners run to 80 characters without a space; a label cannot
+    wrap such a name, and one long word would make the dock wider than the screen's share of it.
+    Longer names keep their start and end (``2026-11-30_slide-04…stitched.ome.tif``); the layer
+    list shows them whole.
+    """
+    name = str(name)
+    if len(name) <= limit:
+        return name
+    tail = max(4, (limit - 1) // 2)
+    return name[: limit - 1 - tail] + "\u2026" + name[-tail:]
 
 
 def error_text(exc: BaseException) -> str:
@@ -468,6 +487,53 @@ class _ScrollContents(QWidget):
         low = super().minimumSizeHint()
         return QSize(low.width(), max(low.height(), self.sizeHint().height()))
 
+    def event(self, ev) -> bool:  # noqa: D102
+        out = super().event(ev)
+        if ev.type() == QEvent.Type.LayoutRequest:  # the contents changed: a new minimum width?
+            width = self.minimumSizeHint().width()
+            if width != getattr(self, "_last_min_width", None):
+                self._last_min_width = width
+                area = self.parentWidget().parentWidget() if self.parentWidget() else None
+                if isinstance(area, QScrollArea):
+                    area.updateGeometry()  # only then: other changes stay inside the area
+        return out
+
+
+class _ScrollArea(QScrollArea):
+    """A vertical scroll area whose minimum width is always that of its contents (plus the bar).
+
+    Fixed once when the widget is built, it would be too small as soon as the contents grow: Qt
+    polishes the fonts and styles of a widget only when it is first shown, and a widget's texts
+    change later; the right part of the contents would then be cut off.
+    """
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        low = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return low
+        bar = self.verticalScrollBar().sizeHint().width()
+        width = inner.minimumSizeHint().width() + bar + 2 * self.frameWidth()
+        return QSize(width, max(low.height(), self.minimumHeight()))
+
+
+#: Characters a combo box asks room for, whatever its items (longer ones are elided).
+COMBO_MIN_CHARS = 12
+
+
+def compact_combos(widget: QWidget, chars: int = COMBO_MIN_CHARS) -> None:
+    """Make every combo box in ``widget`` ask for room for ``chars`` characters, not its longest item.
+
+    A combo box's preferred width is, by default, that of its longest item: one layer with a long
+    name opened after the widget was docked would make the widget wider than its dock, and its
+    right part would be cut off (the scroll area does not scroll sideways). Items are then shown
+    elided when the dock is narrow; the popup list still shows them whole.
+    """
+    policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(policy)
+        combo.setMinimumContentsLength(chars)
+
 
 def make_scrollable(widget: QWidget, min_height: int = DOCK_MIN_HEIGHT) -> QScrollArea:
     """Move ``widget``'s contents into a vertical scroll area inside ``widget`` itself.
@@ -504,14 +570,13 @@ def make_scrollable(widget: QWidget, min_height: int = DOCK_MIN_HEIGHT) -> QScro
     inner = _ScrollContents()
     inner.setObjectName("pmt_iqa_scroll_contents")
     inner.setLayout(layout)  # Qt moves the layout and its widgets from ``widget`` to ``inner``
-    area = QScrollArea(widget)
+    compact_combos(inner)
+    area = _ScrollArea(widget)
     area.setObjectName(SCROLL_AREA_NAME)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(inner)
-    bar = area.verticalScrollBar().sizeHint().width()
-    area.setMinimumWidth(inner.minimumSizeHint().width() + bar)
     area.setMinimumHeight(min_height)
     area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     outer = QVBoxLayout(widget)

@@ -46,6 +46,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._common import shown_name
 from .overlays import is_plugin_overlay, overlay_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -601,7 +602,7 @@ class RatingWidget(QWidget):
             self.rating_label.setText("-")
         else:
             where = f", {plane_text(key)}" if key else ""
-            self.target_label.setText(f"'{layer.name}'{where}")
+            self.target_label.setText(f"'{shown_name(layer.name)}'{where}")
             r = get_rating(layer, key)
             if r is None:
                 self.rating_label.setText("not rated")

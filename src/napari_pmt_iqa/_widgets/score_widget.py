@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, error_text, shown_name
 from .charts import BarPlot, LinePlot
 from .overlays import (
     METADATA_KEY,
@@ -291,7 +291,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             )
         if self._scored_layer is not None and layer == self._scored_layer:
             self._clear_result(
-                f"No score: the scored layer '{html.escape(layer.name)}' was deleted."
+                f"No score: the scored layer '{html.escape(shown_name(layer.name))}' was deleted."
             )
         self._pending_overlays = [item for item in self._pending_overlays if item[1] != layer]
         self._refresh_layers()
@@ -314,7 +314,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self._layer = layer
         self._request = request
         self._partial: list[float] = []
-        self._clear_result(f"Scoring '{layer.name}'…")
+        self._clear_result(f"Scoring '{shown_name(layer.name)}'…")
         self._start_job(
             score_job,
             request,
@@ -324,7 +324,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.maps_check.isChecked(),
             on_yield=self._on_yielded,
             on_return=self._on_returned,
-            text=f"Scoring '{layer.name}'…",
+            text=f"Scoring '{shown_name(layer.name)}'…",
         )
 
     def cancel(self, reason: str = "Scoring was cancelled.") -> None:
@@ -397,7 +397,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         layer.metadata[METADATA_KEY] = meta
         prefix = f"Mean of {len(result.planes)} planes: " if hasattr(result, "planes") else ""
         self.score_label.setText(
-            f"'{html.escape(layer.name)}': <b>{prefix}{score_meaning(result)}</b>"
+            f"'{html.escape(shown_name(layer.name))}': <b>{prefix}{score_meaning(result)}</b>"
         )
         probs = (
             np.mean([p.class_probs for p in result.planes], axis=0)
@@ -419,7 +419,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.stack_plot.setVisible(False)
         if first.maps is not None:
             self.add_overlays(result, layer)
-        self.status.setText(f"Scored '{layer.name}' in {self.last_seconds:.2f} s.")
+        self.status.setText(f"Scored '{shown_name(layer.name)}' in {self.last_seconds:.2f} s.")
 
     def add_overlays(self, result, layer) -> None:
         """Put the maps of ``result`` over ``layer``, one layer per turn of the event loop.
