@@ -73,29 +73,17 @@ class _Run:
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:
         from ..devices import PRECISIONS
+        from . import checks
 
         c = self.cfg
-        ints = ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows")
-        for name in ints:
-            v = getattr(c, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise TrainingError(f"{name} must be a whole number of at least 1; got {v!r}.")
-        if c.epochs is not None and (not isinstance(c.epochs, (int, np.integer)) or c.epochs < 1):
-            raise TrainingError(
-                f"epochs must be at least 1 (or None: automatic); got {c.epochs!r}."
-            )
-        if not 0 <= c.holdout_fraction < 1:
-            raise TrainingError(f"holdout_fraction must be in [0, 1); got {c.holdout_fraction}.")
-        if not (c.lr > 0 and math.isfinite(c.lr)):
-            raise TrainingError(f"The learning rate must be a positive number; got {c.lr}.")
+        for name in ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows"):
+            checks.whole_number(name, getattr(c, name))
+        checks.whole_number("epochs", c.epochs, optional=True)
+        checks.fraction("holdout_fraction", c.holdout_fraction)
+        checks.positive("lr (the learning rate)", c.lr)
         for name in ("reg_weight", "rank_weight", "rank_margin", "cls_weight", "anchor"):
-            v = getattr(c, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise TrainingError(f"{name} must be a number of at least 0; got {v}.")
-        if c.precision not in PRECISIONS:
-            raise TrainingError(
-                f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}."
-            )
+            checks.non_negative(name, getattr(c, name))
+        checks.one_of("precision", c.precision, PRECISIONS)
         if c.init is not None and c.backbone is not None:
             raise TrainingError(
                 "Give either init (a model to fine-tune) or backbone (an ImageNet backbone with "

@@ -348,6 +348,7 @@ class SyntheticTask:
     """
 
     def __init__(self, config, data, crop_size: int, emit=None) -> None:
+        from . import checks
         from .data import ImageStore
         from .errors import TrainingError
         from .events import DataIssue, Preparing
@@ -356,17 +357,10 @@ class SyntheticTask:
         emit = emit or (lambda ev: None)
         self.cfg = c
         self.kinds = check_kinds(c.synthetic_kinds)
-        if int(c.synthetic_pairs) < 1:
-            raise TrainingError(f"synthetic_pairs must be at least 1; got {c.synthetic_pairs}.")
-        if not 0 <= float(c.synthetic_cross) <= 1:
-            raise TrainingError(f"synthetic_cross must be in [0, 1]; got {c.synthetic_cross}.")
-        if not 0 <= float(c.synthetic_top) < 1:
-            raise TrainingError(f"synthetic_top must be in [0, 1); got {c.synthetic_top}.")
-        if c.synthetic_schedule not in ("progressive", "constant"):
-            raise TrainingError(
-                f"synthetic_schedule must be 'progressive' or 'constant'; got "
-                f"{c.synthetic_schedule!r}."
-            )
+        checks.whole_number("synthetic_pairs", c.synthetic_pairs)
+        checks.fraction("synthetic_cross", c.synthetic_cross, closed=True)
+        checks.fraction("synthetic_top", c.synthetic_top)
+        checks.one_of("synthetic_schedule", c.synthetic_schedule, ("progressive", "constant"))
         try:
             given = pristine_samples(c.synthetic)
         except ValueError as exc:

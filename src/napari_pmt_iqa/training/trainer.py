@@ -159,24 +159,17 @@ class _Run:
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
         from ..devices import PRECISIONS
+        from . import checks
 
         c = self.cfg
-        if int(c.epochs) < 1:
-            raise TrainingError(f"epochs must be at least 1; got {c.epochs}.")
-        if int(c.batch_size) < 1:
-            raise TrainingError(f"batch_size must be at least 1; got {c.batch_size}.")
-        if int(c.crops_per_image) < 1:
-            raise TrainingError(f"crops_per_image must be at least 1; got {c.crops_per_image}.")
-        if not (c.lr > 0) or (c.head_lr is not None and not c.head_lr > 0):
-            raise TrainingError(
-                f"Learning rates must be positive; got lr={c.lr}, head_lr={c.head_lr}."
-            )
-        if not 0 <= c.val_fraction < 1:
-            raise TrainingError(f"val_fraction must be in [0, 1); got {c.val_fraction}.")
-        if c.precision not in PRECISIONS:
-            raise TrainingError(
-                f"precision must be one of {', '.join(PRECISIONS)}; got {c.precision!r}."
-            )
+        for name in ("epochs", "batch_size", "crops_per_image"):
+            checks.whole_number(name, getattr(c, name))
+        checks.whole_number("max_batches", c.max_batches, optional=True)
+        checks.positive("lr (the learning rate)", c.lr)
+        checks.positive("head_lr (the heads' learning rate)", c.head_lr, optional=True)
+        checks.fraction("val_fraction", c.val_fraction)
+        checks.one_of("precision", c.precision, PRECISIONS)
+        checks.one_of("lr_schedule", c.lr_schedule, ("step", "cosine"))
         if c.precision == "fp16" and self.device.type != "cuda":
             raise TrainingError(
                 "precision 'fp16' needs a CUDA GPU.", "Use --precision bf16 on a CPU."
@@ -186,10 +179,6 @@ class _Run:
                 f"batch_size ({c.batch_size}) is the number of images per step over all "
                 f"{self.d.world} processes and must be a multiple of it."
             )
-        if c.max_batches is not None and c.max_batches < 1:
-            raise TrainingError(f"max_batches must be at least 1; got {c.max_batches}.")
-        if c.lr_schedule not in ("step", "cosine"):
-            raise TrainingError(f"lr_schedule must be 'step' or 'cosine'; got {c.lr_schedule!r}.")
         if c.synthetic is not None and int(c.synthetic_pairs) % self.d.world:
             raise TrainingError(
                 f"synthetic_pairs ({c.synthetic_pairs}) is the number of pairs per step over all "
