@@ -4,7 +4,8 @@
   row per image (``kind = image``), per plane of a stack (``plane``) and per crop (``crop``, with
   its position, size, score and most likely class); :func:`read_scores_csv` reads it back.
 * :func:`write_table_csv`: any table of rows (the data-set widget's predictions and MOS, the
-  folder triage's table).
+  folder triage's table, ``pmt-iqa score``'s and ``pmt-iqa eval``'s CSVs, the rating widget's
+  ratings): the one CSV writer of the package (:func:`table_csv_text` gives the text).
 * :func:`write_map`: a quality-map layer (its data and the ``pmt_iqa_overlay`` metadata the score
   widget gives it) as a CSV of cells or a float32 TIFF whose description holds the geometry and
   units as JSON; :func:`write_maps_csv` writes several maps of one grid as one CSV, a column each.
@@ -68,7 +69,8 @@ class ExportError(ValueError):
 
 
 # --------------------------------------------------------------------------- tables
-def _csv_text(fields: Sequence[str], rows: Iterable[dict]) -> str:
+def table_csv_text(fields: Sequence[str], rows: Iterable[dict]) -> str:
+    """``rows`` (dicts; missing keys are empty cells) as CSV text with columns ``fields``."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
     w.writeheader()
@@ -95,7 +97,7 @@ def write_table_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterab
     Floats keep their full precision (``repr``), NaN is an empty cell. Atomic.
     """
     path = Path(path)
-    atomic_write_text(path, _csv_text(fields, rows))
+    atomic_write_text(path, table_csv_text(fields, rows))
     return path
 
 
@@ -329,7 +331,7 @@ def maps_csv_text(maps: Sequence[tuple[np.ndarray, dict]]) -> str:
         f"# napari-pmt-iqa quality map of '{info0.get('source', '')}'; cells in image pixels "
         f"(corner convention: pixel p spans [p, p+1)); values: {units}\n"
     )
-    return header + _csv_text(fields, rows)
+    return header + table_csv_text(fields, rows)
 
 
 def read_map_csv(path: str | os.PathLike) -> list[dict]:

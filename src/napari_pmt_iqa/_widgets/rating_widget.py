@@ -310,7 +310,6 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
     ValueError
         No rated image among ``layers``.
     """
-    from ..atomic import atomic_write_text
 
     csv_path = Path(csv_path)
     if csv_path.is_dir():
@@ -345,13 +344,9 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
                     "plane": "-".join(str(k) for k in key),
                 }
             )
-    import io
+    from ..export import write_table_csv
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "mos", "layer", "plane"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(csv_path, buf.getvalue())
+    write_table_csv(csv_path, ("image", "mos", "layer", "plane"), rows)
     return csv_path, len(rows)
 
 

@@ -36,7 +36,6 @@ the command warns and scores everything in this one process.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import os
 import sys
@@ -226,17 +225,12 @@ def _save_maps(maps_dir: Path, path: Path, result, used: set[str]) -> None:
 
 def write_csv(rows: list[dict], out: Path | None) -> None:
     """Write the result rows as CSV to ``out`` (atomically) or to stdout."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in CSV_FIELDS})
-    if out is None:
-        sys.stdout.write(buf.getvalue())
-    else:
-        from ..atomic import atomic_write_text
+    from ..export import table_csv_text, write_table_csv
 
-        atomic_write_text(out, buf.getvalue())
+    if out is None:
+        sys.stdout.write(table_csv_text(CSV_FIELDS, rows))
+    else:
+        write_table_csv(out, CSV_FIELDS, rows)
 
 
 def score_files(

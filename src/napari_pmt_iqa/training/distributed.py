@@ -10,8 +10,6 @@ gathers the rows and writes one CSV::
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,16 +127,10 @@ def _error_row(path: str, error: str) -> dict:
 def write_rows_csv(
     path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS
 ) -> Path:
-    """Write rows to a CSV file atomically."""
-    from ..atomic import atomic_write_text
+    """Write rows to a CSV file atomically (:func:`napari_pmt_iqa.export.write_table_csv`)."""
+    from ..export import write_table_csv
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
-    return Path(path)
+    return write_table_csv(path, columns, rows)
 
 
 def distributed_score_files(
