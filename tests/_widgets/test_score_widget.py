@@ -412,3 +412,41 @@ def test_a_model_trained_after_the_widget_was_deleted_raises_nothing(
     detached = type(widget)(widget.viewer)
     sip.delete(detached)
     model_trained.emit(str(tiny_checkpoint), {})
+
+
+def test_score_follows_the_image_just_opened_or_selected(qtbot, viewer_widget, tmp_path):
+    from PIL import Image
+
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    for name in ("first", "second"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            tmp_path / f"{name}.png"
+        )
+    viewer._open_or_raise_error([str(tmp_path / "first.png")])  # File > Open
+    run(qtbot, widget)
+    assert widget._scored_layer.name == "first"
+    viewer._open_or_raise_error([str(tmp_path / "second.png")])
+    assert widget.layer_combo.currentText() == "second"  # the new image, as the rating widget
+    run(qtbot, widget)
+    assert widget._scored_layer.name == "second"
+    viewer.layers.selection.active = viewer.layers["first"]  # a click in the layer list
+    assert widget.layer_combo.currentText() == "first"
+    # a map layer selected is not an image to score: the choice stays
+    viewer.layers.selection.active = next(iter(overlays(viewer, "second").values()))
+    assert widget.layer_combo.currentText() == "first"
+
+
+def test_a_small_colour_image_read_as_a_stack_gets_a_message_that_says_so(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    data = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    layer = viewer.add_image(data, name="tiny")  # napari: 20 planes of 20 x 3 pixels
+    assert not layer.rgb
+    widget.score(layer)
+    assert widget.worker is None
+    msg = widget.last_error
+    assert "20 x 20 RGB image" in msg and "20 planes of 20 x 3 pixels" in msg
+    assert "rgb=True" in msg and "File > Open" not in msg  # advice that works
+    # opened as colour, as the message says, it is scored
+    run(qtbot, widget, viewer.add_image(data, name="tiny rgb", rgb=True))
+    assert widget.result is not None

@@ -77,10 +77,13 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
         assert r["score"] == pytest.approx(
             score(read_image(r["path"]), net, "cpu", maps=False).score
         )
-    # sort by score (ascending: the worst first), the unreadable file last
-    widget.table.sortItems(1)
+    # sorted by score from the start (ascending: the worst first), the unreadable file last
     shown = _scores_in_table(widget)
     assert shown[:-1] == sorted(r["score"] for r in ok) and shown[-1] is None
+    # the Error column gives the reason, not the path again (the tooltip has the whole message)
+    err_item = widget.table.item(widget.table.rowCount() - 1, 3)
+    assert err_item.text().startswith("not a readable image") and str(folder) not in err_item.text()
+    assert err_item.toolTip() == bad[0]["error"]
     # filter by score
     mid = float(np.median([r["score"] for r in ok]))
     widget.min_spin.setValue(mid)
@@ -170,3 +173,22 @@ def test_memory_stays_flat_over_many_images(qtbot, viewer_widget, tmp_path):
     assert len(widget.rows) == 150 and not any(r.get("error") for r in widget.rows)
     # 130 more decoded images would be about 100 MB: at most a few images' worth may stay
     assert grown < 30, f"memory grew by {grown:.0f} MB over 130 images"
+
+
+def test_a_small_colour_image_opens_as_colour(qtbot, viewer_widget, tmp_path):
+    """napari shows a (20, 20, 3) array as 20 planes of 20 x 3 pixels unless told it is RGB."""
+    from PIL import Image
+
+    viewer, widget = viewer_widget
+    folder = tmp_path / "small"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    widget.score_folder(str(folder))
+    wait(qtbot, widget)
+    assert not widget.rows[0].get("error")
+    widget.open_row(0)
+    qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
+    layer = next(lay for lay in viewer.layers if TRIAGE_KEY in lay.metadata)
+    assert layer.rgb and layer.data.shape == (20, 20, 3)
+    assert sum(1 for lay in viewer.layers if OVERLAY_KEY in lay.metadata) == 7

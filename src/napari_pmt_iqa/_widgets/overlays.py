@@ -58,6 +58,9 @@ def check_image_layer(layer: Any) -> None:
         )
     if is_plugin_overlay(layer):
         raise LayerError(overlay_message(layer, "scored"))
+    note = misread_rgb_message(layer)
+    if note:
+        raise LayerError(note)
 
 
 def is_plugin_overlay(layer: Any) -> bool:
@@ -144,6 +147,37 @@ def score_meaning(result: Any) -> str:
     return (
         f"{result.score:.2f} {result.units} (range {lo:g} to {hi:g}, "
         f"{direction_word(result.higher_is_better)})"
+    )
+
+
+def looks_like_misread_rgb(data_shape: Sequence[int], rgb: bool) -> bool:
+    """Whether an image of this shape, shown with ``rgb``, is a colour image napari read as a stack.
+
+    napari shows a ``(H, W, 3)`` or ``(H, W, 4)`` array as colour only when both sides are large
+    enough (30 pixels in napari 0.9); a smaller one becomes ``H`` planes of ``W x 3`` pixels. Planes
+    3 or 4 pixels wide can never be scored, so such a layer can only mean a small colour image.
+    """
+    return not rgb and len(data_shape) == 3 and int(data_shape[-1]) in (3, 4)
+
+
+def misread_rgb_message(layer: Any) -> str:
+    """What to tell the user about a small colour image napari shows as a stack ("" otherwise)."""
+    shape = (
+        tuple(int(v) for v in np.shape(layer.data))
+        if not getattr(layer, "multiscale", False)
+        else ()
+    )
+    if not looks_like_misread_rgb(shape, bool(getattr(layer, "rgb", False))):
+        return ""
+    h, w, c = shape
+    kind = "RGB" if c == 3 else "RGBA"
+    return (
+        f"'{layer.name}' looks like a {h} x {w} {kind} image that napari shows as {h} planes of "
+        f"{w} x {c} pixels (napari reads colour images under 30 pixels a side as stacks, and "
+        f"planes {c} pixels wide cannot be scored). Score the file with the 'Score a folder of "
+        f"images' widget or 'pmt-iqa score FILE', which read it as colour, or open it as colour "
+        f"from napari's console: viewer.add_image(viewer.layers['{layer.name}'].data, rgb=True). (A 224-pixel "
+        "crop sees so small an image enlarged many times.)"
     )
 
 

@@ -227,6 +227,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.events.moved.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._follow_slice)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_layers()
         # models fine-tuned in the GUI (fine-tune widget) are offered and selected at once
         from .training_worker import model_trained
@@ -275,6 +276,19 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def _on_layer_chosen(self, name: str = "") -> None:
         layer = self.selected_layer()
         self.options.set_layer(layer if layer in self._image_layers() else None)
+
+    def _follow_active(self, event=None) -> None:
+        """Offer the image the user selected (or just opened) in the Image list, unless scoring.
+
+        Otherwise Score would go on scoring the first image after a second one was opened, while
+        the rating widget (which follows the selection) rates the new one.
+        """
+        active = self.viewer.layers.selection.active
+        if active is None or self.is_running():
+            return
+        if active.name in [lay.name for lay in self._image_layers()]:
+            if self.layer_combo.currentText() != active.name:
+                self.layer_combo.setCurrentText(active.name)
 
     def selected_layer(self):
         """The layer to score: the one in the combo box, else the viewer's active layer."""

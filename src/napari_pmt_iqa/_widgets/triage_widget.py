@@ -78,6 +78,15 @@ def _summary(result: Any) -> dict:
     }
 
 
+def _reason(message: str, path: str) -> str:
+    """An error message for the Error column: without the file's path (the File column has it)."""
+    if message.startswith(path):
+        message = message[len(path) :].lstrip(" :")
+        if message.startswith("is "):
+            message = message[3:]
+    return message.replace(path, Path(path).name)  # (a library's own message may repeat it)
+
+
 def triage_job(
     root: str,
     recursive: bool,
@@ -228,6 +237,7 @@ class TriageWidget(BackgroundJobs, QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setSortingEnabled(True)
+        self.table.sortItems(1, Qt.SortOrder.AscendingOrder)  # by score, the worst first
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
@@ -304,6 +314,7 @@ class TriageWidget(BackgroundJobs, QWidget):
         self.rows = []
         self.n_files = 0
         self.table.setRowCount(0)
+        self._worst_first = False  # the first score tells which end is the worst
         self.summary_label.setText("")
         self.eta_label.setText("Listing the folder…")
         self._t0 = time.perf_counter()
@@ -351,11 +362,18 @@ class TriageWidget(BackgroundJobs, QWidget):
             cls if ok else None,
             f"{cls + 1} ({row['class_low']:.3g}-{row['class_high']:.3g})" if ok else "",
         )
-        err = QTableWidgetItem(row.get("error", ""))
+        err = QTableWidgetItem(_reason(row.get("error", ""), row["path"]))
         err.setToolTip(row.get("error", ""))
         for c, it in enumerate((name, score_item, cls_item, err)):
             self.table.setItem(r, c, it)
         self.table.setSortingEnabled(sorting)
+        if ok and not getattr(self, "_worst_first", True):
+            self._worst_first = True
+            header = self.table.horizontalHeader()
+            if sorting and header.sortIndicatorSection() == 1:  # still the default: by score
+                better_high = bool(row.get("higher_is_better", True))
+                order = Qt.SortOrder.AscendingOrder if better_high else Qt.SortOrder.DescendingOrder
+                self.table.sortItems(1, order)
         self._filter_row(self.table.row(name))
 
     def _on_done(self, out) -> None:
@@ -457,7 +475,10 @@ class TriageWidget(BackgroundJobs, QWidget):
             TRIAGE_KEY: {"path": path},
             METADATA_KEY: result_metadata(result, self.chooser.current_model() or ""),
         }
-        layer = self.viewer.add_image(image, name=name, metadata=meta)
+        # as the file was scored: a colour image stays colour, however small (napari would show
+        # a (20, 20, 3) array as 20 planes of 20 x 3 pixels)
+        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+        layer = self.viewer.add_image(image, name=name, metadata=meta, rgb=rgb)
         specs = overlay_specs(result, layer.name, layer.scale, layer.translate)
         added = [layer] + [spec.add_to(self.viewer) for spec in specs]
         self._opened.extend(added)
