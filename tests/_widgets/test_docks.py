@@ -137,3 +137,17 @@ def test_a_long_layer_name_does_not_push_a_widget_past_its_dock(qtbot, four):
         area = w.findChild(QScrollArea, SCROLL_AREA_NAME)
         need = area.widget().minimumSizeHint().width()
         assert need <= area.viewport().width(), (name, need, area.viewport().width())
+
+
+def test_a_long_intensity_rule_is_not_cut(qtbot, four):
+    """A 16-bit image's rule takes three lines in the score widget: all of them are shown."""
+    viewer, widgets = four
+    rng = np.random.default_rng(0)
+    layer = viewer.add_image(rng.integers(600, 51000, (256, 256)).astype(np.uint16), name="16-bit")
+    scorer = widgets["Score image quality"]
+    scorer.score(layer)
+    qtbot.waitUntil(
+        lambda: not scorer.is_running() and not scorer.overlays_pending(), timeout=30000
+    )
+    assert "percentile" in scorer.options.rule_label.text()
+    _check(viewer.window._qt_window, widgets, "after a 16-bit score")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..multiscale import AUTO_LEVEL_MEGAPIXELS, level_factors, pick_level
 
@@ -57,8 +57,11 @@ class ScoreOptions(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        form = QFormLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
+        outer.addLayout(form)
         self.rule_combo = QComboBox()
         self.rule_combo.addItems([AUTOMATIC, CONTRAST])
         self.rule_combo.setToolTip(RULE_TIP)
@@ -77,7 +80,9 @@ class ScoreOptions(QWidget):
         form.addRow("Intensities", self.rule_combo)
         form.addRow("Level", self.level_combo)
         form.addRow("Planes", self.planes_combo)
-        form.addRow("", self.rule_label)
+        # below the form, not in a row of it: a wrapped label in a QFormLayout row does not get the
+        # height its lines need (three lines were cut at the top and bottom)
+        outer.addWidget(self.rule_label)
         self._form = form
         self._levels: list = []
         self.set_layer(None)

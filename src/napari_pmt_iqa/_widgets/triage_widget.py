@@ -7,6 +7,10 @@ rows, never the images, so memory stays flat for thousands of files. Unreadable 
 their error and the run goes on. Clicking a row opens that image in the viewer with its quality maps
 (scored again with maps, on a second worker); only the image opened last is kept unless "Keep
 opened images" is checked. The table is exported as CSV (:func:`napari_pmt_iqa.export.write_table_csv`).
+
+Scores are computed in fp32, as the score widget computes them, so that an image has the same
+score in the table, in the score widget and in the Python API (``pmt-iqa score`` runs bf16 where
+the hardware has it, within the tolerance stated in its help).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from ._common import BackgroundJobs, JobState, ModelChooser, error_text
 
 TRIAGE_KEY = "pmt_iqa_triage"
 COLUMNS = ("file", "score", "class", "error")
+#: Precision of the table's scores and of an opened image's maps (that of the score widget).
+SCORE_PRECISION = "fp32"
 #: Columns of the exported CSV.
 EXPORT_FIELDS = (
     "path",
@@ -325,7 +331,7 @@ class TriageWidget(BackgroundJobs, QWidget):
             model,
             self.chooser.device(),
             self.chooser.memory_mb(),
-            "auto",
+            SCORE_PRECISION,
             on_yield=self._on_item,
             on_return=self._on_done,
             text=f"Scoring the images of {path}…",
@@ -443,6 +449,7 @@ class TriageWidget(BackgroundJobs, QWidget):
             model,
             self.chooser.device(),
             self.chooser.memory_mb(),
+            SCORE_PRECISION,
             _start_thread=False,
             _ignore_errors=True,
         )
