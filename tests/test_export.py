@@ -28,7 +28,7 @@ def test_scores_csv_round_trip_of_an_image(tiny_model, tmp_path):
     image = [x for x in rows if x["kind"] == "image"]
     crops = [x for x in rows if x["kind"] == "crop"]
     assert len(image) == 1 and image[0]["score"] == r.score
-    assert image[0]["predicted_class"] == r.predicted_class
+    assert image[0]["quality_class"] == r.predicted_class + 1  # CSVs count from 1, as napari
     assert image[0]["source"] == "photo" and image[0]["model"] == "tiny"
     assert image[0]["units"] == r.units and image[0]["higher_is_better"] is True
     assert len(crops) == r.n_crops
@@ -38,7 +38,7 @@ def test_scores_csv_round_trip_of_an_image(tiny_model, tmp_path):
     c = next(c for c in crops if c["row"] == 1 and c["col"] == 2)
     assert (c["y"], c["x"]) == tuple(r.crop_positions[1, 2]) and c["size"] == r.crop_size
     cls = r.maps.crop_grid(r.maps.class_map)[1, 2]
-    assert c["predicted_class"] == cls
+    assert c["quality_class"] == cls + 1  # the class map holds 0-based classes, the CSV 1-based
     assert c["class_low"] == r.class_edges[cls] and c["class_high"] == r.class_edges[cls + 1]
     assert c["probability"] == pytest.approx(float(r.maps.crop_grid(r.maps.confidence)[1, 2]))
 
@@ -54,7 +54,7 @@ def test_scores_csv_of_a_stack_has_every_plane(tiny_model, tmp_path):
     crops = [x for x in rows if x["kind"] == "crop"]
     assert len(crops) == sum(p.n_crops for p in r.planes)
     assert {c["plane"] for c in crops} == {0, 1, 2, 3, 4}
-    assert all(c["predicted_class"] is None for c in crops)  # no maps: no crop classes
+    assert all(c["quality_class"] is None for c in crops)  # no maps: no crop classes
 
 
 def _map_layer(r, key="quality"):

@@ -15,7 +15,9 @@ Every file is written atomically (:mod:`napari_pmt_iqa.atomic`): a reader finds 
 complete new one, and a full disk raises :class:`~napari_pmt_iqa.atomic.DiskFullError` with the
 previous file intact.
 
-Conventions: classes are numbered from 0 (``predicted_class``, as in ``pmt-iqa score``), with their
+Conventions: quality classes are numbered from 1, the worst, as napari shows them (the score
+widget's "class 6 of 10", the class map's labels, the folder triage's table and every CSV's
+``quality_class``; the Python API's ``ScoreResult.predicted_class`` counts from 0), with their
 range in score units beside them (``class_low``, ``class_high``); positions are image pixels of the
 top-left corner (``y``, ``x``; pixel ``p`` spans ``[p, p + 1)``), crop ``size`` in the same pixels.
 """
@@ -50,7 +52,7 @@ SCORE_FIELDS = (
     "score_low",
     "score_high",
     "higher_is_better",
-    "predicted_class",
+    "quality_class",
     "class_low",
     "class_high",
     "probability",
@@ -138,7 +140,7 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
             **common,
             "kind": "image",
             "score": float(result.score),
-            "predicted_class": top,
+            "quality_class": top + 1,
             "class_low": lo,
             "class_high": hi,
             "probability": float(probs[top]),
@@ -156,7 +158,7 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
                     **where,
                     "kind": "plane",
                     "score": float(p.score),
-                    "predicted_class": c,
+                    "quality_class": c + 1,
                     "class_low": lo,
                     "class_high": hi,
                     "probability": float(p.class_probs[c]),
@@ -184,7 +186,7 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
                     c = int(cls[i, j])
                     lo, hi = _class_of(edges, c)
                     row.update(
-                        predicted_class=c,
+                        quality_class=c + 1,
                         class_low=lo,
                         class_high=hi,
                         probability=float(conf[i, j]),
@@ -206,7 +208,7 @@ def write_scores_csv(
     return write_table_csv(path, SCORE_FIELDS, score_rows(result, source, model))
 
 
-_INT_FIELDS = {"plane", "row", "col", "predicted_class"}
+_INT_FIELDS = {"plane", "row", "col", "quality_class"}
 _FLOAT_FIELDS = {"y", "x", "size", "score", "score_low", "score_high", "class_low", "class_high"}
 _FLOAT_FIELDS |= {"probability"}
 

@@ -98,7 +98,7 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
     with open(out, newline="") as f:
         table = list(csv.DictReader(f))
     assert [float(t["score"]) for t in table] == sorted(r["score"] for r in ok)
-    assert {"path", "score", "units", "predicted_class", "error"} <= set(table[0])
+    assert {"path", "score", "units", "quality_class", "error"} <= set(table[0])
     # a click opens the image with its maps; the next click replaces it
     widget.table.cellClicked.emit(0, 0)
     qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)

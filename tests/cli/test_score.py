@@ -54,7 +54,7 @@ def test_score_folder_to_csv(ckpt, images, tmp_path, capsys):
         assert r["error"] == "" and 0 <= float(r["score"]) <= 100
         assert r["units"] == "MOS (test)" and r["n_crops"] == "2"
         assert r["score_low"] == "0.0" and r["higher_is_better"] == "True"
-        assert 0 <= int(r["predicted_class"]) < 10
+        assert 1 <= int(r["quality_class"]) <= 10  # 1 = worst, as napari shows it
     assert "not a readable image" in by_name["broken.png"]["error"]
     assert by_name["broken.png"]["score"] == ""
     err = capsys.readouterr().err

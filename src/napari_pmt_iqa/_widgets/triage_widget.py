@@ -54,7 +54,7 @@ EXPORT_FIELDS = (
     "score_low",
     "score_high",
     "higher_is_better",
-    "predicted_class",
+    "quality_class",
     "class_low",
     "class_high",
     "probability",
@@ -75,7 +75,7 @@ def _summary(result: Any) -> dict:
         "score_low": float(first.score_range[0]),
         "score_high": float(first.score_range[1]),
         "higher_is_better": bool(first.higher_is_better),
-        "predicted_class": c,
+        "quality_class": c + 1,
         "class_low": float(first.class_edges[c]),
         "class_high": float(first.class_edges[c + 1]),
         "probability": float(probs[c]),
@@ -363,10 +363,10 @@ class TriageWidget(BackgroundJobs, QWidget):
         ok = not row.get("error")
         value = row["score"] if ok else None
         score_item = _NumberItem(value, f"{value:.2f}" if ok else "")
-        cls = row.get("predicted_class")
+        cls = row.get("quality_class")
         cls_item = _NumberItem(
             cls if ok else None,
-            f"{cls + 1} ({row['class_low']:.3g}-{row['class_high']:.3g})" if ok else "",
+            f"{cls} ({row['class_low']:.3g}-{row['class_high']:.3g})" if ok else "",
         )
         err = QTableWidgetItem(_reason(row.get("error", ""), row["path"]))
         err.setToolTip(row.get("error", ""))

@@ -7,8 +7,9 @@ Usage::
                   [--method fast|crops] [--maps-dir MAPS] [--memory-mb 1024] [--no-progress]
 
 Every file gets one CSV row (``path, plane, score, units, score_low, score_high, higher_is_better,
-predicted_class, n_crops, error``); the planes of a stack (a multi-page TIFF) get one row each. Files that cannot be read or scored are
-reported on stderr, get a row with an ``error`` and are skipped: the run goes on.
+quality_class, n_crops, error``; ``quality_class`` counts from 1, the worst, as napari shows the
+classes); the planes of a stack (a multi-page TIFF) get one row each. Files that cannot be read or
+scored are reported on stderr, get a row with an ``error`` and are skipped: the run goes on.
 
 Exit status
 -----------
@@ -53,7 +54,7 @@ CSV_FIELDS = (
     "score_low",
     "score_high",
     "higher_is_better",
-    "predicted_class",
+    "quality_class",
     "n_crops",
     "error",
 )
@@ -182,7 +183,7 @@ def _result_rows(path: Path, result) -> list[dict]:
                 score_low=r.score_range[0],
                 score_high=r.score_range[1],
                 higher_is_better=r.higher_is_better,
-                predicted_class=r.predicted_class,
+                quality_class=r.predicted_class + 1,
                 n_crops=r.n_crops,
             )
         )

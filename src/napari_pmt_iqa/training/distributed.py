@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
 
 #: Columns of the rows of :func:`distributed_score_files` (the ``pmt-iqa score`` CSV), in order.
-SCORE_COLUMNS = ("path", "plane", "score", "units", "predicted_class", "n_crops", "error")
+SCORE_COLUMNS = ("path", "plane", "score", "units", "quality_class", "n_crops", "error")
 
 
 def world() -> tuple[int, int]:
@@ -104,7 +104,7 @@ def _rows(path: str, result) -> list[dict]:
                 "plane": k if stack else "",
                 "score": f"{r.score:.4f}",
                 "units": r.units,
-                "predicted_class": r.predicted_class,
+                "quality_class": r.predicted_class + 1,  # 1 = worst, as napari shows it
                 "n_crops": r.n_crops,
                 "error": "",
             }
@@ -118,7 +118,7 @@ def _error_row(path: str, error: str) -> dict:
         "plane": "",
         "score": "",
         "units": "",
-        "predicted_class": "",
+        "quality_class": "",
         "n_crops": "",
         "error": error,
     }
