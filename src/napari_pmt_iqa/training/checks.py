@@ -8,8 +8,11 @@ setting, says what it must be and what it got, so that a bad value is refused be
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Iterable
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 from .errors import TrainingError
@@ -62,3 +65,25 @@ def one_of(name: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
         shown = ", ".join(repr(c) for c in choices)
         raise TrainingError(f"{name} must be one of {shown}; got {value!r}.")
+
+
+def output_folder(out_dir: str | os.PathLike | None, prefix: str) -> Path:
+    """The folder of a run's files: ``out_dir``, or a new ``PREFIX-YYYYmmdd-HHMMSS`` folder under
+    the plugin's cache (``runs/``) when it is None. Not created here.
+
+    Raises
+    ------
+    TrainingError
+        ``out_dir`` is an existing file.
+    """
+    out = Path(out_dir).expanduser() if out_dir else None
+    if out is None:
+        from ..weights import cache_dir
+
+        out = cache_dir() / "runs" / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(
+            f"The output folder {out} is an existing file.",
+            "Choose a folder for the checkpoints (it is created if missing).",
+        )
+    return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import _describe_data  # noqa: F401  (also used by finetune_run)
 from .events import Event
 
 #: Units of ratings given in napari (1-5 stars are 10, 30, 50, 70, 90 on it).
@@ -46,20 +47,6 @@ def is_ratings_csv(data: Any) -> bool:
         return False
     cols = {h.strip().lower() for h in header}
     return {"image", "mos", "layer", "plane"} <= cols
-
-
-def _describe_data(data) -> Any:
-    """The data of a run as the metadata records it (a path, a data set's name and size, ...)."""
-    if data is None:
-        return None
-    if isinstance(data, (str, os.PathLike)):
-        return str(data)
-    if hasattr(data, "samples") and hasattr(data, "name"):
-        return {"dataset": data.name, "root": str(data.root) if data.root else None, "n": len(data)}
-    try:
-        return {"in_memory_pairs": len(data)}
-    except TypeError:
-        return repr(data)[:80]
 
 
 @dataclass

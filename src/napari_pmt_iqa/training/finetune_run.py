@@ -333,16 +333,9 @@ class _Run:
         c = self.cfg
         self._validate()
         self.device = resolve_device(c.device)
-        out = Path(c.out_dir).expanduser() if c.out_dir else None
-        if out is None:
-            from ..weights import cache_dir
+        from .checks import output_folder
 
-            out = cache_dir() / "runs" / time.strftime("finetune-%Y%m%d-%H%M%S")
-        if out.exists() and not out.is_dir():
-            raise TrainingError(
-                f"The output folder {out} is an existing file.",
-                "Choose a folder for the checkpoints (it is created if missing).",
-            )
+        out = output_folder(c.out_dir, "finetune")
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.state_path = out, out / "state.pt"
         self.start_model = self._start_model()

@@ -347,16 +347,9 @@ class _Run:
         torch.manual_seed(c.seed)
         np.random.seed(c.seed % 2**32)  # noqa: NPY002
         random.seed(c.seed)
-        out = Path(c.out_dir).expanduser() if c.out_dir else None
-        if out is None:
-            from ..weights import cache_dir
+        from .checks import output_folder
 
-            out = cache_dir() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
-        if out.exists() and not out.is_dir():
-            raise TrainingError(
-                f"The output folder {out} is an existing file.",
-                "Choose a folder for the checkpoints (it is created if missing).",
-            )
+        out = output_folder(c.out_dir, "run")
         if self.d.main:
             out.mkdir(parents=True, exist_ok=True)
         self.out = out
