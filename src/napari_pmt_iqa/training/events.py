@@ -181,3 +181,29 @@ class EventLog:
 
 
 EmitFn = Callable[[Event], None]
+
+
+class Emitter:
+    """Sends each event to every listener; a listener that raises is warned about once, never
+    allowed to stop the run (the trainer's and the fine-tuning recipe's ``listeners``)."""
+
+    def __init__(self, listeners, enabled: bool = True, what: str = "training") -> None:
+        self.listeners = list(listeners or [])
+        self.enabled = enabled
+        self.what = what
+        self._warned: set[int] = set()
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        for fn in self.listeners:
+            try:
+                fn(event)
+            except Exception as exc:  # a broken listener must not kill the run
+                if id(fn) not in self._warned:
+                    self._warned.add(id(fn))
+                    import warnings
+
+                    warnings.warn(
+                        f"A {self.what} listener failed: {exc!r}", RuntimeWarning, stacklevel=2
+                    )

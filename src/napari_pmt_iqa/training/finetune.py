@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .errors import TrainingError
-from .events import Control, Event, Failed
+from .events import Control, Emitter, Event, Failed
 from .finetune_config import (
     RATINGS_SCALE_ARGS,
     RECIPE,
@@ -58,7 +58,7 @@ from .finetune_config import (
     is_ratings_csv,
     ratings_scale,
 )
-from .finetune_run import _Emitter, _Run
+from .finetune_run import _Run
 
 __all__ = [
     "RATINGS_SCALE_ARGS",
@@ -109,7 +109,7 @@ def finetune(
     >>> res = finetune(FinetuneConfig(data="ratings.csv", out_dir="runs/mine"))  # doctest: +SKIP
     >>> res.start_val["srcc"], res.best_val["srcc"]  # doctest: +SKIP
     """
-    emit = _Emitter(listeners)
+    emit = Emitter(listeners, what="fine-tuning")
     run = None
     try:
         run = _Run(config, emit, control or Control())

@@ -10,7 +10,6 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from .events import (
     CheckpointSaved,
     Control,
     DataIssue,
+    Emitter,
     EpochEnd,
-    Event,
     Finished,
     Paused,
     Preparing,
@@ -43,25 +42,8 @@ from .finetune_config import (
 )
 
 
-class _Emitter:
-    def __init__(self, listeners: Iterable[Callable[[Event], None]]) -> None:
-        self.listeners = list(listeners or [])
-        self._warned: set[int] = set()
-
-    def __call__(self, event: Event) -> None:
-        for fn in self.listeners:
-            try:
-                fn(event)
-            except Exception as exc:  # a broken listener must not kill the run
-                if id(fn) not in self._warned:
-                    self._warned.add(id(fn))
-                    warnings.warn(
-                        f"A fine-tuning listener failed: {exc!r}", RuntimeWarning, stacklevel=2
-                    )
-
-
 class _Run:
-    def __init__(self, cfg: FinetuneConfig, emit: _Emitter, control: Control) -> None:
+    def __init__(self, cfg: FinetuneConfig, emit: Emitter, control: Control) -> None:
         self.cfg = cfg
         self.emit = emit
         self.control = control

@@ -48,6 +48,7 @@ from .events import (
     CheckpointSaved,
     Control,
     DataIssue,
+    Emitter,
     EpochEnd,
     Event,
     Failed,
@@ -61,26 +62,6 @@ from .state import _set_rng_state, load_state, save_state
 
 #: The running sums of an epoch (kept in ``state.pt`` for an exact resume mid-epoch).
 SUMS = ("loss", "l1", "ce", "images", "rank", "rank_acc", "pairs")
-
-
-class _Emitter:
-    def __init__(self, listeners: Iterable[Callable[[Event], None]], enabled: bool = True) -> None:
-        self.listeners = list(listeners or [])
-        self.enabled = enabled
-        self._warned: set[int] = set()
-
-    def __call__(self, event: Event) -> None:
-        if not self.enabled:
-            return
-        for fn in self.listeners:
-            try:
-                fn(event)
-            except Exception as exc:  # a broken listener must not kill the training
-                if id(fn) not in self._warned:
-                    self._warned.add(id(fn))
-                    warnings.warn(
-                        f"A training listener failed: {exc!r}", RuntimeWarning, stacklevel=2
-                    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -112,7 +93,7 @@ def train(
         what to change (after a :class:`~napari_pmt_iqa.training.events.Failed` event).
     """
     d = None
-    emit = _Emitter(listeners, enabled=True)
+    emit = Emitter(listeners)
     runner = None
     try:
         d, device = _setup_distributed(config.device)
@@ -147,7 +128,7 @@ class _Run:
     """One training run (the state of :func:`train`)."""
 
     def __init__(
-        self, config: TrainConfig, emit: _Emitter, control: Control, d: _Dist, device
+        self, config: TrainConfig, emit: Emitter, control: Control, d: _Dist, device
     ) -> None:
         self.cfg = config
         self.emit = emit
