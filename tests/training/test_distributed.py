@@ -41,11 +41,42 @@ def _env():
     return env
 
 
-def _torchrun(args, timeout=300):
+def _torchrun(args, timeout=240, attempts=2):
+    """Run torchrun with 2 processes; a run that hangs is stopped (torchrun stops its workers on
+    SIGTERM) and tried once more: torchrun's rendezvous hung once in CI (a run that normally takes
+    7 s); a hang of our own code would hang both attempts and fail the test."""
+    import signal
+    import tempfile
+
     cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    for attempt in range(attempts):
+        # output to files, not pipes: a worker left behind would keep a pipe open
+        with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+            proc = subprocess.Popen(
+                cmd, stdout=fo, stderr=fe, text=True, env=_env(), start_new_session=True
+            )
+            try:
+                proc.wait(timeout=timeout)
+                hung = False
+            except subprocess.TimeoutExpired:
+                hung = True
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            fo.seek(0)
+            fe.seek(0)
+            out, err = fo.read(), fe.read()
+        if hung:
+            if attempt + 1 < attempts:
+                continue
+            raise AssertionError(
+                f"torchrun hung {attempts} times ({timeout} s each): {out[-2000:]}{err[-2000:]}"
+            )
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
