@@ -124,6 +124,23 @@ def _error_row(path: str, error: str) -> dict:
     }
 
 
+def close_process_group() -> None:
+    """Destroy the default process group, avoiding a deadlock of older torch (2.2) with gloo.
+
+    There ``destroy_process_group`` holds the GIL while it waits for gloo's worker threads, and a
+    worker thread that drops the last reference to a tensor of an earlier collective (from
+    ``all_gather_object``, say) needs the GIL to do it: both wait for ever (seen in CI: one process
+    of two left hanging). Sleeping briefly first releases the GIL, so the worker threads finish.
+    """
+    import time
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        time.sleep(0.2)
+        dist.destroy_process_group()
+
+
 def write_rows_csv(
     path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS
 ) -> Path:
@@ -213,7 +230,4 @@ def distributed_score_files(
         return merged
     finally:
         if d.owns_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            close_process_group()

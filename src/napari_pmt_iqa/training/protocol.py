@@ -182,7 +182,6 @@ def run_protocol(
         return res
     finally:
         if d.owns_group:
-            import torch.distributed as dist
+            from .distributed import close_process_group
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            close_process_group()

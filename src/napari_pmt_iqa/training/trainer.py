@@ -118,10 +118,9 @@ def train(
         raise TrainingError(msg, hint) from exc
     finally:
         if d is not None and d.owns_group:
-            import torch.distributed as dist
+            from .distributed import close_process_group
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            close_process_group()
 
 
 class _Run:
