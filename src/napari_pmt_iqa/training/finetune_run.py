@@ -100,19 +100,9 @@ class _Run:
         bad = store.check(threads=2, progress=lambda a, b: self.emit(Preparing(a, b)))
         skipped = list(getattr(ds, "skipped", []) or []) + [r for _, r in bad]
         n_all = len(usable) + len(getattr(ds, "skipped", []) or [])
-        if skipped:
-            if len(skipped) > c.max_bad_fraction * max(n_all, 1):
-                raise TrainingError(
-                    f"{len(skipped)} of {n_all} images cannot be used, e.g. "
-                    + "; ".join(skipped[:3])
-                    + ".",
-                    "Fix the paths or files (or remove them from the list) and start again.",
-                )
-            msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(
-                skipped[:10]
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            self.emit(DataIssue(msg, tuple(skipped)))
+        from .prepare import report_unusable
+
+        report_unusable(skipped, n_all, c.max_bad_fraction, self.emit)
         bad_idx = {i for i, _ in bad}
         good = [i for i in range(len(usable)) if i not in bad_idx]
         if len(good) < c.min_ratings:

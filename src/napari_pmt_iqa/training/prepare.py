@@ -19,6 +19,25 @@ from .config import TrainConfig, _to_scale
 from .errors import TrainingError
 
 
+def report_unusable(skipped: list[str], n_all: int, max_bad_fraction: float, emit) -> None:
+    """Refuse a run with more than ``max_bad_fraction`` of its ``n_all`` images unusable; otherwise
+    warn about the ``skipped`` ones (their reasons) and emit a :class:`DataIssue`."""
+    from .events import DataIssue
+
+    if not skipped:
+        return
+    if len(skipped) > max_bad_fraction * max(n_all, 1):
+        raise TrainingError(
+            f"{len(skipped)} of {n_all} images cannot be used, e.g. "
+            + "; ".join(skipped[:3])
+            + ".",
+            "Fix the paths or files (or remove them from the list) and start again.",
+        )
+    msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(skipped[:10])
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)  # as from the caller of this helper before
+    emit(DataIssue(msg, tuple(skipped)))
+
+
 def resolve_dataset(config: TrainConfig, init_scale=None):
     """Load ``config.data`` into an :class:`IQADataset` with the right score scale."""
     from ..data.datasets import IQADataset, dataset_from_pairs, load_dataset
@@ -181,7 +200,7 @@ def prepare_training_data(config: TrainConfig, init_scale=None, emit=None) -> Tr
     """
     from ..data.datasets import IQADataset
     from .data import ImageStore
-    from .events import DataIssue, Preparing
+    from .events import Preparing
 
     c = config
     emit = emit or (lambda ev: None)
@@ -207,17 +226,7 @@ def prepare_training_data(config: TrainConfig, init_scale=None, emit=None) -> Tr
     n_all = len(samples) + len(skipped)
     bad_idx = {i for i, _ in bad}
     skipped += [reason for _, reason in bad]
-    if skipped:
-        if len(skipped) > c.max_bad_fraction * max(n_all, 1):
-            raise TrainingError(
-                f"{len(skipped)} of {n_all} images cannot be used, e.g. "
-                + "; ".join(skipped[:3])
-                + ".",
-                "Fix the paths or files (or remove them from the list) and start again.",
-            )
-        msg = f"{len(skipped)} image(s) cannot be used and are left out: " + "; ".join(skipped[:10])
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        emit(DataIssue(msg, tuple(skipped)))
+    report_unusable(skipped, n_all, c.max_bad_fraction, emit)
     sources = []
     for k, (ds, (a, b, e), r) in enumerate(zip(datasets, ranges, repeats)):
         tr = [i for i in range(a, b) if i not in bad_idx]
