@@ -9,6 +9,8 @@ from napari_pmt_iqa._widgets.overlays import (
     cell_extent,
     check_image_layer,
     class_colormap,
+    class_colors,
+    class_contrast_limits,
     map_transform,
     overlay_specs,
     result_metadata,
@@ -51,9 +53,10 @@ def test_overlays_match_crop_grid(tiny_model, rgb_image):
     assert ty + (top + 1) * sy == pytest.approx(5.0 + 2.0 * cy)
     assert tx + (left + 2) * sx == pytest.approx(-3.0 + 2.0 * cx)
     assert sy == pytest.approx(2.0 * LATTICE)
-    # the class map is a labels layer, label = class + 1
+    # the class map: the class numbered from 1, in steps of colour
     c = specs[1]
-    assert c.kind == "labels" and c.data.min() >= 1
+    assert c.kind == "image" and c.data.min() >= 1 and c.data.dtype == np.int32
+    assert c.kwargs["contrast_limits"] == (0.5, 10.5)
     np.testing.assert_array_equal(c.data, res.maps.class_map + 1)
     # scale maps: symmetric limits in score units, named after their tap
     for t, s in enumerate(specs[3:]):
@@ -92,8 +95,16 @@ def test_check_image_layer_rejects_non_images():
         check_image_layer(Image(np.zeros((4, 4)), metadata={OVERLAY_KEY: {"source": "x"}}))
 
 
-def test_class_colormap_background_transparent():
+def test_class_colormap_steps_from_red_to_green():
     cmap = class_colormap(10)
-    assert cmap.color_dict[0][3] == 0
-    worst, best = cmap.color_dict[1], cmap.color_dict[10]
+    lo, hi = class_contrast_limits(10)
+    # each class value falls in the middle of its own colour step
+    values = (np.arange(1, 11) - lo) / (hi - lo)
+    shown = np.asarray(cmap.map(values))
+    np.testing.assert_allclose(shown, class_colors(10), atol=1e-6)
+    assert len({tuple(np.round(c, 4)) for c in shown}) == 10
+    worst, best = shown[0], shown[-1]
     assert worst[0] > worst[1] and best[1] > best[0]  # red for the worst class, green for the best
+    # lower-is-better units: the lowest class is the best one
+    low_first = np.asarray(class_colormap(10, higher_is_better=False).map(values))
+    assert low_first[0][1] > low_first[0][0]

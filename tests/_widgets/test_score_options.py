@@ -119,7 +119,7 @@ def test_a_dask_layer_is_scored(qtbot, viewer_widget, tiny_checkpoint):
     assert layer.metadata[METADATA_KEY]["score"] == pytest.approx(ref.score, rel=1e-5)
 
 
-def test_export_scores_and_class_features(qtbot, viewer_widget, tiny_checkpoint, tmp_path):
+def test_export_scores_and_class_table(qtbot, viewer_widget, tiny_checkpoint, tmp_path):
     from napari_pmt_iqa.export import read_scores_csv
 
     viewer, widget = viewer_widget
@@ -136,16 +136,19 @@ def test_export_scores_and_class_features(qtbot, viewer_widget, tiny_checkpoint,
     assert len(crops) == ref.n_crops == 15
     np.testing.assert_allclose([c["score"] for c in crops], ref.crop_scores.ravel(), rtol=1e-6)
     assert "Saved the scores" in widget.status.text()
-    # the class map says what a label means: hover text and the Features table
+    # the class map says what a value means: its metadata holds the class table, hovering shows
+    # the class number
     cls = overlays(viewer, "photo")["class"]
-    feats = cls.features
-    assert list(feats["index"]) == list(range(1, 11))
-    np.testing.assert_allclose(feats["image probability"], ref.class_probs, rtol=1e-5)
-    cls.visible = True  # napari gives values (and features) of shown layers only
-    label = int(cls.data[0, 0])
+    table = cls.metadata[OVERLAY_KEY]["classes"]
+    assert table["index"] == list(range(1, 11))
+    np.testing.assert_allclose(table["image probability"], ref.class_probs, rtol=1e-5)
+    assert table["score low"][0] == ref.class_edges[0]
+    cls.visible = True  # napari gives values of shown layers only
+    value = int(cls.data[0, 0])
+    assert 1 <= value <= 10
     status = cls.get_status(cls.data_to_world((0, 0)), world=True)
     text = status["coordinates"] if isinstance(status, dict) else str(status)
-    assert f"{label}" in text and "score range" in text
+    assert f"{value}" in text
     # a failed export is a message, not a traceback
     widget.export_scores(str(tmp_path))  # a folder, not a file
     assert "Could not export" in widget.last_error

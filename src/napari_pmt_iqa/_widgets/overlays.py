@@ -215,22 +215,38 @@ def quality_colormap(higher_is_better: bool = True):
     return Colormap(list(colors), name=name)
 
 
-def class_colormap(num_classes: int, higher_is_better: bool = True):
-    """DirectLabelColormap: label ``k + 1`` (class ``k``) coloured from red (worst) to green (best)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
+def class_colors(num_classes: int, higher_is_better: bool = True) -> np.ndarray:
+    """RGBA colours (``num_classes`` x 4) of the quality classes, from the lowest score bin (class
+    1) to the highest, on the quality colormap (red is worse, green better)."""
     cmap = quality_colormap(higher_is_better)
-    colors: dict[int | None, Any] = {0: np.zeros(4, np.float32), None: np.zeros(4, np.float32)}
-    for k in range(num_classes):
-        t = (k + 0.5) / num_classes
-        colors[k + 1] = np.asarray(cmap.map(np.array([t]))[0], np.float32)
-    return DirectLabelColormap(color_dict=colors)
+    t = (np.arange(num_classes) + 0.5) / num_classes
+    return np.asarray(cmap.map(t), np.float32)
+
+
+def class_colormap(num_classes: int, higher_is_better: bool = True):
+    """Stepwise napari Colormap of the class map: value ``k`` (class ``k``, 1 to ``num_classes``)
+    in its class colour, with contrast limits ``(0.5, num_classes + 0.5)``
+    (:func:`class_contrast_limits`)."""
+    from napari.utils.colormaps import Colormap
+
+    name = f"pmt-iqa {num_classes} classes" + ("" if higher_is_better else " (lower better)")
+    return Colormap(
+        class_colors(num_classes, higher_is_better),
+        controls=np.linspace(0.0, 1.0, num_classes + 1),
+        interpolation="zero",
+        name=name,
+    )
+
+
+def class_contrast_limits(num_classes: int) -> tuple[float, float]:
+    """Contrast limits that put class ``k`` (1 to ``num_classes``) in the middle of its colour."""
+    return (0.5, num_classes + 0.5)
 
 
 # --------------------------------------------------------------------------- overlays
 @dataclass
 class OverlaySpec:
-    """One overlay layer to add: ``kind`` is ``"image"`` or ``"labels"``."""
+    """One overlay layer to add: ``kind`` is ``"image"`` (every map) or ``"labels"``."""
 
     key: str
     kind: str
@@ -341,9 +357,11 @@ def overlay_specs(
     Returns
     -------
     list of OverlaySpec
-        Per task: ``quality`` (regression head, Image), ``class`` (classification head, Labels with
-        label = class + 1) and ``confidence`` (its probability, Image); per scale: ``scale0`` to
-        ``scale3`` (contribution of each multi-scale tap, Image).
+        Per task: ``quality`` (regression head), ``class`` (classification head: the class
+        numbered from 1, in steps of colour) and ``confidence`` (its probability); per scale:
+        ``scale0`` to ``scale3`` (contribution of each multi-scale tap). All are Image layers: a
+        Labels layer would cost napari about 20 ms more to add (its painting tools' visuals), a
+        stall of the viewer for tools a map has no use for.
     """
     first = result.planes[0] if hasattr(result, "planes") else result
     if first.maps is None:
@@ -376,6 +394,8 @@ def overlay_specs(
             "origin": [float(v) for v in geom.translate],
             "padding": [int(v) for v in first.maps.padding],
         }
+        if key == "class":
+            info["classes"] = class_table(result)
         return {"metadata": {OVERLAY_KEY: info}}
 
     specs = [
@@ -399,18 +419,20 @@ def overlay_specs(
         ),
         OverlaySpec(
             "class",
-            "labels",
+            "image",
             (_stack(result, "class_map") + 1).astype(np.int32),
             {
                 **base,
-                "name": f"class map, label = class + 1 of {n_cls} [{image_name}]",
+                "name": f"class map, classes 1-{n_cls}, {direction_word(hib)} [{image_name}]",
                 "colormap": class_colormap(n_cls, hib),
+                "contrast_limits": class_contrast_limits(n_cls),
                 "opacity": 0.6,
-                "features": class_features(result),
+                "blending": "translucent",
                 **meta(
                     "class",
-                    "classification head: most likely quality class of each crop",
-                    f"label = class + 1 (classes 0-{n_cls - 1}, worst to best)",
+                    "classification head: most likely quality class of each crop, numbered from 1 "
+                    "(lowest scores)",
+                    f"quality class 1-{n_cls}",
                 ),
             },
         ),
@@ -461,10 +483,10 @@ def overlay_specs(
     return specs
 
 
-def class_features(result: Any) -> dict[str, list]:
-    """The class map's ``features`` table: one row per label (``index`` = class + 1) with the
-    class, its score range and its mean probability over the image (all planes of a stack), so
-    that napari's hover text and Features table say what a label means."""
+def class_table(result: Any) -> dict[str, list]:
+    """What each value of the class map means, kept in its layer metadata: one entry per class
+    (``index`` = class number, from 1) with its score range and its mean probability over the
+    image (all planes of a stack)."""
     first = result.planes[0] if hasattr(result, "planes") else result
     probs = (
         np.mean([p.class_probs for p in result.planes], axis=0)

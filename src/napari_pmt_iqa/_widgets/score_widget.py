@@ -34,7 +34,7 @@ from .overlays import (
     METADATA_KEY,
     OVERLAY_KEY,
     check_image_layer,
-    class_colormap,
+    class_colors,
     class_labels,
     is_overlay_of,
     is_plugin_overlay,
@@ -65,22 +65,6 @@ def _layer_placement(layer) -> tuple:
         scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=n
     )
     return (1.0,) * n, (0.0,) * n, affine @ own.affine_matrix
-
-
-def prewarm_imports() -> None:
-    """Import now, while the widget opens, what the first result would otherwise import.
-
-    napari's Labels layer (the class map) imports pandas for its features table the first time
-    one is made: about 0.4 s that would stall the viewer when the first maps arrive. Each Labels
-    layer also gets a vispy line visual whose dash patterns vispy computes once per process (about
-    45 ms of the first class map's 0.1-0.2 s); they are computed here, while the widget opens.
-    """
-    import importlib
-
-    with contextlib.suppress(ImportError):  # napari depends on pandas; nothing else needs it
-        importlib.import_module("pandas")
-    with contextlib.suppress(Exception):  # vispy's cache of dash patterns (a private module)
-        importlib.import_module("vispy.visuals.line.dash_atlas").DashAtlas()
 
 
 def score_job(
@@ -155,7 +139,6 @@ class ScoreWidget(BackgroundJobs, QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         guard_triton()
         super().__init__()
-        prewarm_imports()
         self.viewer = napari_viewer
         self._init_jobs()
         self.result = None
@@ -419,8 +402,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             else result.class_probs
         )
         labels = class_labels(first.class_edges)
-        cmap = class_colormap(len(probs), first.higher_is_better)
-        self.class_plot.set_values(probs, [cmap.color_dict[k + 1] for k in range(len(probs))])
+        self.class_plot.set_values(probs, list(class_colors(len(probs), first.higher_is_better)))
         self.class_plot.setVisible(True)
         top = int(np.argmax(probs))
         self.class_label.setText(
