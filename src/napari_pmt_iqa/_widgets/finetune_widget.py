@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QEvent, Signal
-from qtpy.QtWidgets import QHBoxLayout, QMessageBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._torch_guard import guard_triton
 from .finetune_form import FinetuneForm, default_out_dir  # noqa: F401  (re-exported)
@@ -43,6 +50,16 @@ from .training_worker import (
     training_events,
     user_message,
 )
+
+
+def _napari_before(version: tuple[int, int]) -> bool:
+    """Whether the installed napari is older than ``version`` (major, minor)."""
+    import napari
+
+    try:
+        return tuple(int(p) for p in napari.__version__.split(".")[:2]) < version
+    except ValueError:  # an unusual version string: assume a recent napari
+        return False
 
 
 def prewarm_imports() -> None:
@@ -168,10 +185,25 @@ class FinetuneWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self.refresh_rating_count)
         self.viewer.layers.events.removed.connect(self.refresh_rating_count)
         # napari < 0.6 neither quits a plugin's workers nor closes its dock widgets when its window
-        # closes: watch the window itself (see eventFilter)
-        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-        if window is not None:
-            window.installEventFilter(self)
+        # closes: the widget watches the main window itself (eventFilter). There it takes
+        # napari's ``window._qt_window`` (deprecated in newer napari); elsewhere it finds the
+        # window among its Qt parents once it is shown.
+        self._watching_window = False
+        if _napari_before((0, 6)):
+            window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+            if window is not None:
+                window.installEventFilter(self)
+                self._watching_window = True
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if not self._watching_window:
+            window = self.parentWidget()
+            while window is not None and not isinstance(window, QMainWindow):
+                window = window.parentWidget()
+            if window is not None:
+                window.installEventFilter(self)  # no Python reference: it would keep the
+                self._watching_window = True  # window (and its viewer) alive
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
         """Shut down when the viewer's window closes: at once on ``viewer.close()``, and after a
