@@ -84,8 +84,9 @@ def test_map_writers_are_in_the_manifest():
     mf = pm.get_manifest("napari-pmt-iqa")
     writers = {(w.command, tuple(w.layer_types)) for w in mf.contributions.writers}
     assert ("napari-pmt-iqa.write_map", ("image",)) in writers
-    assert ("napari-pmt-iqa.write_class_map", ("labels",)) in writers
-    assert ("napari-pmt-iqa.write_maps", ("image*", "labels*")) in writers
+    # every map is an Image layer (the class map too): no Labels writer
+    assert ("napari-pmt-iqa.write_maps", ("image+",)) in writers
+    assert not any("labels" in t for _, types in writers for t in types)
     # plain .tif stays with napari's own writer: the plugin claims .csv and the compound .map.tif
     exts = {e for w in mf.contributions.writers for e in w.filename_extensions}
     assert ".tif" not in exts and {".csv", ".map.tif"} <= exts

@@ -1,6 +1,6 @@
 """npe2 writers for the quality-map layers (File > Save Selected Layers).
 
-* one map (Image or Labels layer made by the score widget): ``.csv`` (one row per cell, with its
+* one map (an Image layer made by the score widget: quality, class, confidence or scale map): ``.csv`` (one row per cell, with its
   extent in image pixels and its value) or ``.map.tif`` (the map as float32/int32 with its geometry
   and units as JSON in the TIFF description);
 * several maps of one image: one ``.csv`` with a value column per map.

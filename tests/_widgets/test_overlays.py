@@ -108,3 +108,6 @@ def test_class_colormap_steps_from_red_to_green():
     # lower-is-better units: the lowest class is the best one
     low_first = np.asarray(class_colormap(10, higher_is_better=False).map(values))
     assert low_first[0][1] > low_first[0][0]
+    # a one-class model still gets a colormap vispy can draw (two colours)
+    one = class_colormap(1)
+    assert len(one.colors) == 2 and np.allclose(one.map(np.array([0.5]))[0], class_colors(1)[0])

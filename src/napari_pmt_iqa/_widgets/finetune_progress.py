@@ -151,8 +151,7 @@ class RunView(QWidget):
         self.batch_bar.setRange(0, max(1, int(ev.total)))
         self.batch_bar.setValue(int(ev.done))
         self.status_label.setText(
-            f"Refitting the selected {ev.epochs} epochs on all {ev.n_images} ratings: step "
-            f"{ev.done}/{ev.total}"
+            f"Refitting on all {ev.n_images} ratings, {ev.epochs} epochs: step {ev.done}/{ev.total}"
         )
 
     def _progress_text(self) -> None:

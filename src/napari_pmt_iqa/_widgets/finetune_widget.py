@@ -186,8 +186,9 @@ class FinetuneWidget(QWidget):
         self.viewer.layers.events.removed.connect(self.refresh_rating_count)
         # napari < 0.6 neither quits a plugin's workers nor closes its dock widgets when its window
         # closes: the widget watches the main window itself (eventFilter). There it takes
-        # napari's ``window._qt_window`` (deprecated in newer napari); elsewhere it finds the
-        # window among its Qt parents once it is shown.
+        # napari's ``window._qt_window`` (deprecated in newer napari, which cancels the workers
+        # itself); elsewhere the widget finds the window among its Qt parents when it is shown or
+        # starts a run (a dock never shown, e.g. a tab never brought to the front, can still train).
         self._watching_window = False
         if _napari_before((0, 6)):
             window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
@@ -195,15 +196,20 @@ class FinetuneWidget(QWidget):
                 window.installEventFilter(self)
                 self._watching_window = True
 
+    def _watch_window(self) -> None:
+        """Install the window-closing filter on the main window, once it is among our parents."""
+        if self._watching_window:
+            return
+        window = self.parentWidget()
+        while window is not None and not isinstance(window, QMainWindow):
+            window = window.parentWidget()
+        if window is not None:
+            window.installEventFilter(self)  # no Python reference: it would keep the window
+            self._watching_window = True  # (and its viewer) alive
+
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)
-        if not self._watching_window:
-            window = self.parentWidget()
-            while window is not None and not isinstance(window, QMainWindow):
-                window = window.parentWidget()
-            if window is not None:
-                window.installEventFilter(self)  # no Python reference: it would keep the
-                self._watching_window = True  # window (and its viewer) alive
+        self._watch_window()
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
         """Shut down when the viewer's window closes: at once on ``viewer.close()``, and after a
@@ -265,6 +271,7 @@ class FinetuneWidget(QWidget):
 
         if self.state.busy:
             return False
+        self._watch_window()
         train_fn = self.train_fn or _real_finetune()
         self.config = config
         self.control = Control()

@@ -230,9 +230,12 @@ def class_colormap(num_classes: int, higher_is_better: bool = True):
     from napari.utils.colormaps import Colormap
 
     name = f"pmt-iqa {num_classes} classes" + ("" if higher_is_better else " (lower better)")
+    colors = class_colors(num_classes, higher_is_better)
+    if num_classes == 1:  # vispy needs two colours: one class is one colour twice
+        colors = np.concatenate([colors, colors])
     return Colormap(
-        class_colors(num_classes, higher_is_better),
-        controls=np.linspace(0.0, 1.0, num_classes + 1),
+        colors,
+        controls=np.linspace(0.0, 1.0, len(colors) + 1),
         interpolation="zero",
         name=name,
     )
@@ -246,7 +249,7 @@ def class_contrast_limits(num_classes: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------- overlays
 @dataclass
 class OverlaySpec:
-    """One overlay layer to add: ``kind`` is ``"image"`` (every map) or ``"labels"``."""
+    """One overlay layer to add (``kind``: ``"image"``, the kind of every map)."""
 
     key: str
     kind: str
@@ -259,15 +262,13 @@ class OverlaySpec:
 
     def add_to(self, viewer: Any):
         """Add this overlay to ``viewer`` and return the new layer."""
-        if self.kind == "labels":
-            return viewer.add_labels(self.data, **self.kwargs)
         return viewer.add_image(self.data, **self.kwargs)
 
     def fits(self, layer: Any) -> bool:
         """Whether :meth:`update` can put this overlay into the existing ``layer``.
 
-        It can when the layer is of the same kind (Image or Labels) with as many dimensions; the
-        shape may differ (the image was replaced by one of another size).
+        It can when the layer is of the same kind (an Image layer; not a Labels class map of an
+        older version of the plugin) with as many dimensions; the shape may differ (the image was replaced by one of another size).
         """
         kind = type(getattr(layer, "__wrapped__", layer)).__name__.lower()
         return kind == self.kind and int(layer.ndim) == self.data.ndim
@@ -298,13 +299,6 @@ def _same_value(current: Any, new: Any) -> bool:
     """Whether a layer property already has the value :meth:`OverlaySpec.update` would set."""
     if isinstance(new, str) or isinstance(current, str):
         return getattr(current, "name", current) == getattr(new, "name", new)
-    if hasattr(new, "color_dict"):  # a label colormap: same colours for the same labels
-        old = getattr(current, "color_dict", None)
-        return (
-            isinstance(old, dict)
-            and set(old) == set(new.color_dict)
-            and all(np.allclose(old[k], new.color_dict[k]) for k in new.color_dict)
-        )
     if hasattr(new, "colors"):  # an image colormap
         old = np.asarray(getattr(current, "colors", []), dtype=float)
         return (
@@ -426,6 +420,7 @@ def overlay_specs(
                 "name": f"class map, classes 1-{n_cls}, {direction_word(hib)} [{image_name}]",
                 "colormap": class_colormap(n_cls, hib),
                 "contrast_limits": class_contrast_limits(n_cls),
+                "interpolation3d": "nearest",  # classes are not to be blended between cells
                 "opacity": 0.6,
                 "blending": "translucent",
                 **meta(
