@@ -1,7 +1,5 @@
 """The data-set widget: load a generic CSV data set, score it, plot predicted vs MOS, jump to images."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -27,20 +25,8 @@ def make_dataset(root, n=6, shape=(232, 240)):
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
-    widget.chooser.add_model(tiny_checkpoint)
-    widget.chooser.device_combo.setCurrentText("cpu")
-    yield viewer, widget
-    t0 = time.perf_counter()
-    widget.cancel()
-    from qtpy.QtWidgets import QApplication
-
-    while widget.is_running() and time.perf_counter() - t0 < 20:
-        QApplication.processEvents()
-        time.sleep(0.01)
-    assert not widget.is_running(), "a worker is still running"
+def viewer_widget(docked_widget):
+    return docked_widget(WIDGET)
 
 
 def wait(qtbot, widget, timeout=30000):

@@ -13,26 +13,8 @@ from .test_score_widget import WIDGET, overlays, run
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
-    widget.chooser.add_model(tiny_checkpoint)
-    widget.chooser.device_combo.setCurrentText("cpu")
-    yield viewer, widget
-    if widget.is_running():
-        widget.cancel()
-        qtbot_wait(widget)
-
-
-def qtbot_wait(widget):
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.perf_counter()
-    while widget.is_running() and time.perf_counter() - t0 < 20:
-        QApplication.processEvents()
-        time.sleep(0.01)
+def viewer_widget(docked_widget):
+    return docked_widget(WIDGET)
 
 
 def _img(h, w, seed=0):

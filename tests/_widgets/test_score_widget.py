@@ -12,21 +12,8 @@ WIDGET = "Score image quality"
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
-    widget.chooser.add_model(tiny_checkpoint)
-    widget.chooser.device_combo.setCurrentText("cpu")
-    yield viewer, widget
-    if widget.is_running():
-        widget.cancel()
-        t0 = time.perf_counter()
-        while widget.is_running() and time.perf_counter() - t0 < 20:
-            from qtpy.QtWidgets import QApplication
-
-            QApplication.processEvents()
-            time.sleep(0.01)
-    assert not widget.is_running(), "a scoring worker is still running"
+def viewer_widget(docked_widget):
+    return docked_widget(WIDGET)
 
 
 def run(qtbot, widget, layer=None, timeout=30000):

@@ -2,7 +2,6 @@
 export; memory stays flat over many images."""
 
 import csv
-import time
 
 import numpy as np
 import pytest
@@ -33,20 +32,8 @@ def make_folder(root, n=6, shape=(240, 256)):
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-pmt-iqa", WIDGET)
-    widget.chooser.add_model(tiny_checkpoint)
-    widget.chooser.device_combo.setCurrentText("cpu")
-    yield viewer, widget
-    widget.cancel()
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.perf_counter()
-    while (widget.is_running() or widget.is_opening()) and time.perf_counter() - t0 < 20:
-        QApplication.processEvents()
-        time.sleep(0.01)
-    assert not widget.is_running() and not widget.is_opening()
+def viewer_widget(docked_widget):
+    return docked_widget(WIDGET)
 
 
 def wait(qtbot, widget, timeout=60000):
