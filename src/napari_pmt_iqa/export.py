@@ -16,7 +16,7 @@ complete new one, and a full disk raises :class:`~napari_pmt_iqa.atomic.DiskFull
 previous file intact.
 
 Conventions: quality classes are numbered from 1, the worst, as napari shows them (the score
-widget's "class 6 of 10", the class map's labels, the folder triage's table and every CSV's
+widget's "class 6 of 10", the class map's values, the folder triage's table and every CSV's
 ``quality_class``; the Python API's ``ScoreResult.predicted_class`` counts from 0), with their
 range in score units beside them (``class_low``, ``class_high``); positions are image pixels of the
 top-left corner (``y``, ``x``; pixel ``p`` spans ``[p, p + 1)``), crop ``size`` in the same pixels.
@@ -349,6 +349,8 @@ def read_map_csv(path: str | os.PathLike) -> list[dict]:
             elif k == "plane_index":
                 row[k] = v
             elif k in ("plane", "row", "col"):
+                row[k] = int(v)
+            elif k == "class" and v.lstrip("-").isdigit():  # the class map: whole classes
                 row[k] = int(v)
             else:  # cell corners and the map values
                 row[k] = float(v)

@@ -159,7 +159,11 @@ def test_save_selected_layers_writes_the_maps(qtbot, viewer_widget, tmp_path):
         assert (data == ov["class"].data).all() and info["key"] == "class"
     viewer.layers.selection = {ov["quality"], ov["confidence"], ov["class"]}
     (both,) = viewer.layers.save(str(tmp_path / "maps.csv"), selected=True)
-    assert {"quality", "confidence", "class"} <= set(read_map_csv(both)[0])
+    rows = read_map_csv(both)
+    assert {"quality", "confidence", "class"} <= set(rows[0])
+    # the class map's values come back as whole classes, as the layer holds them
+    assert [r["class"] for r in rows] == [int(v) for v in ov["class"].data.ravel()]
+    assert all(isinstance(r["class"], int) for r in rows)
     assert ov["quality"].metadata[OVERLAY_KEY]["cell_size"] == [32.0, 32.0]
     # a plain image saved as .tif still goes to napari's own writer
     viewer.layers.selection = {layer}
