@@ -236,11 +236,11 @@ def test_rates_the_selected_layer_never_an_overlay(make_napari_viewer, qtbot, rg
     quality = next(m for m in maps if m.metadata[OVERLAY_KEY]["key"] == "quality")
     viewer.layers.selection.active = quality
     assert not any(b.isEnabled() for b in (*w.star_buttons, w.set_button, w.clear_button))
-    assert "quality map made by PMT-IQA" in w.target_label.text()
+    assert "quality map made by PMT-IQA is not an image" in w.target_label.text()
     assert "'chelsea'" in w.target_label.text()
     _press(viewer, "3")
     assert all(RATINGS_KEY not in m.metadata for m in maps)
-    with pytest.raises(ValueError, match="quality map made by PMT-IQA"):
+    with pytest.raises(ValueError, match="quality map made by PMT-IQA is not an image"):
         set_rating(quality, (), 50.0)
     # maps never count as rated images, even with a rating forced into a map's metadata
     quality.metadata[RATINGS_KEY] = {(): 50.0}

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .names import shown_name
+
 #: Red (bad) to green (good), a colour-blind-tolerant RdYlGn-like ramp.
 QUALITY_COLORS = ("#a50026", "#f46d43", "#fee08b", "#a6d96a", "#1a9850")
 OVERLAY_KEY = "pmt_iqa_overlay"
@@ -82,10 +84,11 @@ def overlay_message(layer: Any, verb: str = "rated") -> str:
     """What to tell a user who picked one of this plugin's maps to be ``verb`` (scored, rated)."""
     info = layer.metadata.get(OVERLAY_KEY) or {}
     source = info.get("source") if isinstance(info, dict) else None
-    which = f" ('{source}')" if source else ""
+    which = f" '{shown_name(str(source))}'" if source else ""
+    # what to do first: napari's notification and a narrow dock cut long messages
     return (
-        f"'{layer.name}' is a quality map made by PMT-IQA, not an image: it cannot be {verb}. "
-        f"Select the image it belongs to{which} in the layer list."
+        f"A quality map made by PMT-IQA is not an image: it cannot be {verb}. Select its "
+        f"image{which} in the layer list (the map: '{shown_name(layer.name)}')."
     )
 
 

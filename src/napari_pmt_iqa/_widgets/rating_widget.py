@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import shown_name
+from .names import shown_name
 from .overlays import is_plugin_overlay, overlay_message
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -28,8 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import BackgroundJobs, JobState, ModelChooser, error_text, shown_name
+from ._common import BackgroundJobs, JobState, ModelChooser, error_text
 from .charts import BarPlot, LinePlot
+from .names import shown_name
 from .overlays import (
     METADATA_KEY,
     OVERLAY_KEY,
