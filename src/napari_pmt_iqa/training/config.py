@@ -183,17 +183,9 @@ class TrainConfig:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "data":
+            if f.name in ("data", "synthetic"):
                 v = _describe_data(v)
-            elif f.name == "synthetic":
-                v = _describe_data(v)
-            elif f.name in ("score_scale", "output_scale") and hasattr(v, "to_dict"):
-                v = v.to_dict()
-            elif isinstance(v, os.PathLike):
-                v = str(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
+            out[f.name] = _json_setting(v)
         out["head_lr"] = self.head_lr if self.head_lr is not None else 10 * self.lr
         return out
 
@@ -214,6 +206,17 @@ class TrainResult:
     n_train: int = 0
     n_val: int = 0
     skipped: list[str] = field(default_factory=list)
+
+
+def _json_setting(v: Any) -> Any:
+    """A setting as plain JSON data: a score scale as its dict, a path as text, a tuple as a list."""
+    if v is not None and hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, os.PathLike):
+        return str(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
 
 
 def _describe_data(data) -> Any:

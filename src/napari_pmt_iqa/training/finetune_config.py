@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import _describe_data  # noqa: F401  (also used by finetune_run)
+from .config import _describe_data, _json_setting  # noqa: F401  (also used by finetune_run)
 from .events import Event
 
 #: Units of ratings given in napari (1-5 stars are 10, 30, 50, 70, 90 on it).
@@ -179,13 +179,7 @@ class FinetuneConfig:
             v = getattr(self, f.name)
             if f.name == "data":
                 v = _describe_data(v)
-            elif f.name == "score_scale" and v is not None and hasattr(v, "to_dict"):
-                v = v.to_dict()
-            elif isinstance(v, os.PathLike):
-                v = str(v)
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
+            out[f.name] = _json_setting(v)
         return out
 
 
