@@ -1,8 +1,8 @@
 """npe2 writers for the quality-map layers (File > Save Selected Layers).
 
-* one map (an Image layer made by the score widget: quality, class, confidence or scale map): ``.csv`` (one row per cell, with its
-  extent in image pixels and its value) or ``.map.tif`` (the map as float32/int32 with its geometry
-  and units as JSON in the TIFF description);
+* one map (an Image layer made by the score widget: quality, class, confidence or scale map):
+  ``.csv`` (one row per cell, with its extent in image pixels and its value) or ``.map.tif``
+  (the map as float32/int32 with its geometry and units as JSON in the TIFF description);
 * several maps of one image: one ``.csv`` with a value column per map.
 
 Plain ``.tif`` stays with napari's own writer (an image saved as ``photo.tif`` is the image), hence

@@ -271,7 +271,8 @@ class OverlaySpec:
         """Whether :meth:`update` can put this overlay into the existing ``layer``.
 
         It can when the layer is of the same kind (an Image layer; not a Labels class map of an
-        older version of the plugin) with as many dimensions; the shape may differ (the image was replaced by one of another size).
+        older version of the plugin) with as many dimensions; the shape may differ (the image
+        was replaced by one of another size).
         """
         kind = type(getattr(layer, "__wrapped__", layer)).__name__.lower()
         return kind == self.kind and int(layer.ndim) == self.data.ndim

@@ -310,7 +310,6 @@ def save_ratings_csv(layers: Iterable[Any], csv_path: str | os.PathLike) -> tupl
     ValueError
         No rated image among ``layers``.
     """
-
     csv_path = Path(csv_path)
     if csv_path.is_dir():
         raise ValueError(f"{csv_path} is a folder: give the name of the CSV file to write in it.")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import _describe_data, _json_setting  # noqa: F401  (also used by finetune_run)
+from .config import _describe_data, _json_setting
 from .events import Event
 
 #: Units of ratings given in napari (1-5 stars are 10, 30, 50, 70, 90 on it).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import _describe_data
 from .errors import TrainingError
 from .events import (
     BatchEnd,
@@ -35,7 +36,6 @@ from .finetune_config import (
     FinetuneConfig,
     FinetuneResult,
     Refitting,
-    _describe_data,
     holdout_split,
     is_ratings_csv,
     ratings_scale,
