@@ -19,7 +19,8 @@ a model fine-tuned with a frozen backbone is scored exactly by its heads on the 
 features (checked against :func:`napari_pmt_iqa.scoring.score` on a few images); a model whose
 backbone changed is scored with :func:`napari_pmt_iqa.training.evaluate`.
 
-Usage (prints a table, writes ``results.json`` into ``--work``)::
+Usage (prints a table; adds its rows to ``results.json`` in ``--work``, replacing earlier rows
+of the same N and seed)::
 
     python benchmarks/bench_finetune.py --livec ~/iqa-data/ChallengeDB_release \\
         --init ~/runs/cmp-lite0/best.safetensors --n 50 100 300 --seeds 0 1 2 --threads 2
@@ -77,6 +78,23 @@ def cached_features(cache: Path, model_key: str, samples, compute):
     np.savez(tmp, rows=np.concatenate(out), start=ends - np.array([len(f) for f in out]), end=ends)
     os.replace(tmp, path)
     return out
+
+
+def save_rows(path: Path, rows: list[dict], args: dict) -> None:
+    """Add ``rows`` to ``path`` (results.json), replacing earlier rows of the same N and seed, so
+    that calls with other seeds in the same ``--work`` add to the file instead of replacing it."""
+    old: list[dict] = []
+    if path.exists():
+        try:
+            old = json.loads(path.read_text()).get("rows", [])
+        except (OSError, ValueError):
+            old = []
+    new_keys = {(r["n"], r["seed"]) for r in rows}
+    merged = [r for r in old if (r.get("n"), r.get("seed")) not in new_keys] + rows
+    merged.sort(key=lambda r: (r["n"], r["seed"]))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": args, "rows": merged}, indent=2))
+    os.replace(tmp, path)
 
 
 def ridge_loo(x_train, y_train, x_test, alphas=np.logspace(-2, 5, 30)):
@@ -267,7 +285,7 @@ def main(argv=None) -> int:
                 f"{row['epochs_done']} epochs; recipe {row['recipe_s']:.0f} s, process {wall:.0f} s)",
                 flush=True,
             )
-    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    save_rows(work / "results.json", rows, vars(args))
 
     def ms(vals):
         v = np.asarray(vals, dtype=np.float64)
