@@ -92,9 +92,9 @@ def save_rows(path: Path, rows: list[dict], args: dict) -> None:
     new_keys = {(r["n"], r["seed"]) for r in rows}
     merged = [r for r in old if (r.get("n"), r.get("seed")) not in new_keys] + rows
     merged.sort(key=lambda r: (r["n"], r["seed"]))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": args, "rows": merged}, indent=2))
-    os.replace(tmp, path)
+    from napari_pmt_iqa.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"args": args, "rows": merged}, indent=2))
 
 
 def ridge_loo(x_train, y_train, x_test, alphas=np.logspace(-2, 5, 30)):
