@@ -16,8 +16,10 @@ shipped model's final report). For each N and seed:
 
 Scores of the rest come from backbone features computed once per model and cached in ``--cache``:
 a model fine-tuned with a frozen backbone is scored exactly by its heads on the starting model's
-features (checked against :func:`napari_pmt_iqa.scoring.score` on a few images); a model whose
-backbone changed is scored with :func:`napari_pmt_iqa.training.evaluate`.
+features, one whose backbone changed only in its pointwise head (the recipe's head adaptation)
+by that head on the starting model's cached head-input maps (both checked against
+:func:`napari_pmt_iqa.scoring.score` on a few images); a model whose backbone changed elsewhere is
+scored with :func:`napari_pmt_iqa.training.evaluate`.
 
 Usage (prints a table; adds its rows to ``results.json`` in ``--work``, replacing earlier rows
 of the same N and seed)::
@@ -76,6 +78,25 @@ def cached_features(cache: Path, model_key: str, samples, compute):
     ends = np.cumsum([len(f) for f in out])
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, rows=np.concatenate(out), start=ends - np.array([len(f) for f in out]), end=ends)
+    os.replace(tmp, path)
+    return out
+
+
+def cached_maps(cache: Path, model_key: str, samples, compute):
+    """``compute(sample) -> (C, h, w) array`` for every sample, cached in ``cache`` (npz, fp16)."""
+    path = cache / f"{model_key}-maps-{_key(*[s.path for s in samples])}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            flat, shapes, ends = z["flat"], z["shapes"], np.cumsum(z["sizes"])
+        return [flat[e - int(np.prod(sh)) : e].reshape(sh) for e, sh in zip(ends, shapes)]
+    out = [np.asarray(compute(s), dtype=np.float16) for s in samples]
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        flat=np.concatenate([m.ravel() for m in out]),
+        shapes=np.array([m.shape for m in out]),
+        sizes=np.array([m.size for m in out]),
+    )
     os.replace(tmp, path)
     return out
 
@@ -147,6 +168,7 @@ def main(argv=None) -> int:
     from napari_pmt_iqa.model import PMTIQA
     from napari_pmt_iqa.scoring import _prepare, _tile_to_float, score
     from napari_pmt_iqa.training.features import window_features
+    from napari_pmt_iqa.training.head_maps import supports_head_adaptation, window_blocks
     from napari_pmt_iqa.training.heads_fit import FeaturePack, image_scores
     from napari_pmt_iqa.weights import load_checkpoint, read_metadata, sha256_of
 
@@ -193,6 +215,17 @@ def main(argv=None) -> int:
     gap = np.concatenate(cached_features(cache, "imagenet-lite0-gap", samples, imagenet_gap))
     gap = gap.astype(np.float64)  # cached as fp16; linalg needs float64
     feats = cached_features(cache, start_key, samples, start_rows)
+
+    def start_map(s):
+        _, maps, _ = window_blocks(start, load_sample_rgb(s, 224), max_windows=None)
+        assert len(maps) == 1, "a LIVE-C image should fit one backbone pass"
+        return maps[0].numpy()
+
+    head_maps = (
+        cached_maps(cache, start_key, samples, start_map)
+        if supports_head_adaptation(start)
+        else None
+    )
     print(f"features of the part ready ({time.time() - t0:.0f} s)")
     if args.features_only:
         return 0
@@ -203,13 +236,26 @@ def main(argv=None) -> int:
         ref = score(load_sample_rgb(samples[i], 224), model=start, device="cpu", maps=False).score
         assert abs(cached - ref) < 0.05, (cached, ref)
 
-    def scores_of(model, idx):
+    def scores_of(model, idx, with_maps=False):
         pack = FeaturePack(
-            [torch.from_numpy(feats[i].astype(np.float32)) for i in idx], [0.0] * len(idx)
+            [torch.from_numpy(feats[i].astype(np.float32)) for i in idx],
+            [0.0] * len(idx),
+            [[torch.from_numpy(head_maps[i].astype(np.float32))] for i in idx]
+            if with_maps
+            else None,
         )
         return image_scores(model, pack)
 
     start_backbone = {k: v for k, v in start.state_dict().items() if k.startswith("backbone.")}
+
+    def changed(model):
+        """``None``: same backbone; ``"head"``: only its pointwise head changed; else ``"more"``."""
+        sd = model.state_dict()
+        diff = {k for k, v in start_backbone.items() if not torch.equal(v, sd[k])}
+        if not diff:
+            return None
+        return "head" if all(k.startswith("backbone.head.") for k in diff) else "more"
+
     rows = []
     # seeds outside, N inside: an interrupted run has every N for the first seeds
     for seed in args.seeds:
@@ -244,11 +290,15 @@ def main(argv=None) -> int:
                 done_file.write_text(json.dumps({"process_s": wall, "cmd": cmd}))
             report = json.loads((run / "report.json").read_text())
             tuned = load_checkpoint(run / "best.safetensors").eval()
-            same_backbone = all(
-                torch.equal(v, tuned.state_dict()[k]) for k, v in start_backbone.items()
-            )
-            if same_backbone:
+            what = changed(tuned)
+            if what is None:
                 p_tuned = scores_of(tuned, rest)
+            elif what == "head" and head_maps is not None:
+                p_tuned = scores_of(tuned, rest, with_maps=True)
+                for i in rest[:2]:  # the cached maps give score()'s scores (fp16 cache)
+                    got = float(tuned.score_scale.from_internal(scores_of(tuned, [i], True)[0]))
+                    ref = score(load_sample_rgb(samples[i], 224), model=tuned, device="cpu").score
+                    assert abs(got - ref) < 0.05, (got, ref)
             else:
                 from napari_pmt_iqa.training import evaluate
 

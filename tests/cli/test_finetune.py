@@ -40,8 +40,12 @@ def test_defaults_are_the_recipe_s(data_csv, tmp_path):
     cfg = cli_finetune.config_from_args(args)
     d = FinetuneConfig()
     assert cfg.init is None and cfg.backbone is None and cfg.epochs is None
-    for name in ("holdout_fraction", "seed", "device", "refit", "batch_size", "lr"):
+    for name in (
+        "holdout_fraction", "seed", "device", "refit", "batch_size", "lr", "adapt_head", "head_lr"
+    ):  # fmt: skip
         assert getattr(cfg, name) == getattr(d, name), name
+    args = cli.build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--heads-only"])
+    assert cli_finetune.config_from_args(args).adapt_head is False
 
 
 def test_finetune_prints_the_held_out_srcc_before_and_after(

@@ -14,6 +14,7 @@ from napari_pmt_iqa.training import FinetuneConfig, TrainingError, finetune
 from napari_pmt_iqa.training.events import Control, EventLog
 from napari_pmt_iqa.training.features import FeatureLayout, heads_from_features, window_features
 from napari_pmt_iqa.training.finetune import (
+    RECIPE,
     Baseline,
     Refitting,
     holdout_split,
@@ -149,15 +150,21 @@ def test_finetune_writes_the_model_the_report_and_events(data_csv, tiny_checkpoi
     assert report["holdout_after"]["srcc"] == pytest.approx(res.best_val["srcc"])
     assert report["improved"] == res.improved == (res.best_val["srcc"] > res.start_val["srcc"])
     meta = read_metadata(out / "best.safetensors")
-    assert meta["training"]["recipe"]["recipe"] == "few-shot-1"
+    assert meta["training"]["recipe"]["recipe"] == RECIPE
     assert meta["training"]["refit_on_all"] is True
     assert meta["metrics"]["start_holdout"]["srcc"] == pytest.approx(res.start_val["srcc"])
     model = load_checkpoint(out / "best.safetensors")
     start = load_checkpoint(tiny_checkpoint)
-    # the backbone is frozen: only the heads changed
+    # the backbone is frozen up to its pointwise head, which the recipe adapts with the heads
+    # (its batch-norm statistics stay: the backbone runs in eval mode)
     for k, v in start.state_dict().items():
-        if k.startswith("backbone."):
+        if k.startswith("backbone.") and not k.startswith("backbone.head."):
             assert torch.equal(v, model.state_dict()[k]), k
+        if k.startswith("backbone.head.1.running"):
+            assert torch.equal(v, model.state_dict()[k]), k
+    assert not torch.equal(
+        start.state_dict()["backbone.head.0.weight"], model.state_dict()["backbone.head.0.weight"]
+    )
     assert any(
         not torch.equal(v, model.state_dict()[k])
         for k, v in start.state_dict().items()
@@ -175,6 +182,27 @@ def test_the_heads_learn_what_the_ratings_say(tmp_path, tiny_checkpoint):
         res.best_val,
     )
     assert res.improved
+
+
+def test_without_head_adaptation_the_whole_backbone_stays(data_csv, tiny_checkpoint, tmp_path):
+    res = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "run", epochs=3, adapt_head=False))
+    model, start = load_checkpoint(res.best_path), load_checkpoint(tiny_checkpoint)
+    for k, v in start.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, model.state_dict()[k]), k
+    assert read_metadata(res.best_path)["training"]["recipe"]["adapt_head"] is False
+
+
+def test_head_adaptation_where_the_backbone_has_no_pointwise_head_is_refused(tmp_path, data_csv):
+    from napari_pmt_iqa.model import PMTIQA
+    from napari_pmt_iqa.weights import save_checkpoint
+
+    path = tmp_path / "single-scale.safetensors"
+    save_checkpoint(path, PMTIQA(backbone="tiny", pretrained=False, multiscale=False))
+    with pytest.raises(TrainingError, match="no multi-scale taps"):
+        finetune(_cfg(data_csv, path, tmp_path / "x", adapt_head=True))
+    res = finetune(_cfg(data_csv, path, tmp_path / "y", epochs=2))  # None: the heads alone
+    assert res.best_path
 
 
 def test_stop_then_resume_gives_the_uninterrupted_model(data_csv, tiny_checkpoint, tmp_path):
@@ -231,6 +259,23 @@ def test_a_stop_during_the_refit_resumes_into_the_same_model(data_csv, tiny_chec
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_refit_runs_the_selected_epochs_and_at_least_min_refit_steps(
+    data_csv, tiny_checkpoint, tmp_path
+):
+    events = []
+    cfg = _cfg(data_csv, tiny_checkpoint, tmp_path / "r", epochs=6, batch_size=4)
+    cfg.min_refit_steps, cfg.patience = 1, 100
+    res = finetune(cfg, [events.append])
+    refit = [e for e in events if isinstance(e, Refitting)]
+    per_epoch = -(-(res.n_train + res.n_holdout) // 4)
+    assert refit[-1].epochs == res.best_epoch + 1
+    assert refit[-1].total == (res.best_epoch + 1) * per_epoch == refit[-1].done
+    cfg.min_refit_steps, cfg.out_dir = 200, str(tmp_path / "r2")
+    events.clear()
+    finetune(cfg, [events.append])
+    assert 200 <= [e for e in events if isinstance(e, Refitting)][-1].total < 200 + per_epoch
+
+
 def test_resume_with_other_data_is_refused(data_csv, tiny_checkpoint, tmp_path):
     control = Control()
 
@@ -274,6 +319,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_checkpoint, dat
         ({"holdout_fraction": 1.0}, "holdout_fraction"),
         ({"backbone": "tiny"}, "not both"),
         ({"epochs": 0}, "epochs"),
+        ({"head_lr": 0.0}, "backbone head"),
     ):
         with pytest.raises(TrainingError, match=words):
             finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "x", **kw))

@@ -36,8 +36,9 @@ def add_subcommands(sub) -> None:
         help="fine-tune a model on a few hundred ratings (the fine-tune widget's recipe)",
         description=(
             "Fine-tune a quality model on ratings of your own kind of images with the few-shot "
-            "recipe (frozen backbone run once per image, heads trained on every rating, "
-            "selected on a held-out part). Prints the held-out SRCC before and after."
+            "recipe (the backbone runs once per image, frozen up to its pointwise head; the "
+            "heads and that head trained on every rating, selected on a held-out part). Prints "
+            "the held-out SRCC before and after."
         ),
     )
     _add_data_args(p)
@@ -79,6 +80,18 @@ def add_subcommands(sub) -> None:
         f"(default {d.windows_per_image})",
     )
     p.add_argument(
+        "--head-lr",
+        type=float,
+        default=d.head_lr,
+        help=f"learning rate of the backbone's pointwise head (default {d.head_lr})",
+    )
+    p.add_argument(
+        "--heads-only",
+        action="store_true",
+        help="train the heads alone: keep the backbone's pointwise head as it is (by default it "
+        "is adapted too where the backbone has one)",
+    )
+    p.add_argument(
         "--no-refit",
         action="store_true",
         help="keep the selection run's model instead of refitting on every rating",
@@ -95,6 +108,7 @@ def config_from_args(args):
     """The :class:`~napari_pmt_iqa.training.FinetuneConfig` of parsed ``finetune`` arguments."""
     from ..training.finetune import FinetuneConfig
 
+    d_adapt = FinetuneConfig().adapt_head
     return FinetuneConfig(
         data=args.data,
         layout=args.dataset,
@@ -108,6 +122,8 @@ def config_from_args(args):
         epochs=args.epochs,
         holdout_fraction=args.holdout,
         windows_per_image=args.windows_per_image,
+        adapt_head=False if args.heads_only else d_adapt,
+        head_lr=args.head_lr,
         refit=not args.no_refit,
         resume=args.resume,
         description=args.name,

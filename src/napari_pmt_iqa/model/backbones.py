@@ -96,13 +96,31 @@ def available_backbones() -> list[str]:
 
 
 class Backbone(nn.Module):
-    """Base class: ``forward`` returns the four stage maps."""
+    """Base class: ``forward`` returns the four stage maps.
+
+    A backbone whose last stage ends in a *pointwise* layer (a 1 x 1 convolution, its batch norm
+    and activation, as EfficientNet's head convolution) holds it as the submodule ``head`` (see
+    :func:`pointwise_head`), and :meth:`forward_split` returns the map that enters it: the
+    few-shot recipe caches that map and adapts the head on it
+    (:mod:`napari_pmt_iqa.training.head_maps`).
+    """
 
     spec: BackboneSpec
     pretrained_loaded: bool = False
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_split(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The first three stage maps and the map entering :attr:`head` (``head`` of it is the
+        fourth stage map)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pointwise head to split off.")
+
+
+def pointwise_head(backbone: nn.Module) -> nn.Module | None:
+    """The pointwise last layer of ``backbone`` (``None`` where it has none, e.g. ResNets)."""
+    head = getattr(backbone, "_modules", {}).get("head")
+    return head if isinstance(head, nn.Module) else None
 
 
 class ResNetBackbone(Backbone):
@@ -190,14 +208,17 @@ class EfficientNetLiteBackbone(Backbone):
         self._drop = [net._global_params.drop_connect_rate * i / nb for i in range(nb)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps, x = self.forward_split(x)
+        return [*taps, self.head(x)]
+
+    def forward_split(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = self.stem(x)
         taps: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=self._drop[i] if self.training else None)
             if i in self.taps_at:
                 taps.append(x)
-        taps.append(self.head(x))
-        return taps
+        return taps, x
 
 
 class TinyBackbone(Backbone):
@@ -216,13 +237,21 @@ class TinyBackbone(Backbone):
             )
 
         self.stem = stage(3, c[0], 4)
-        self.s2, self.s3, self.s4 = stage(c[0], c[1], 2), stage(c[1], c[2], 2), stage(c[2], c[3], 2)
+        self.s2, self.s3, self.s4 = stage(c[0], c[1], 2), stage(c[1], c[2], 2), stage(c[2], c[2], 2)
+        # a pointwise head, as EfficientNet's, so that the recipe's head adaptation is testable
+        self.head = nn.Sequential(
+            nn.Conv2d(c[2], c[3], 1, bias=False), nn.BatchNorm2d(c[3]), nn.ReLU6()
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps, x = self.forward_split(x)
+        return [*taps, self.head(x)]
+
+    def forward_split(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         f1 = self.stem(x)
         f2 = self.s2(f1)
         f3 = self.s3(f2)
-        return [f1, f2, f3, self.s4(f3)]
+        return [f1, f2, f3], self.s4(f3)
 
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:

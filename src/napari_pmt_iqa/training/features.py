@@ -137,7 +137,7 @@ def window_features(
     return feats, n
 
 
-def heads_from_features(model, feats, layout: FeatureLayout | None = None):
+def heads_from_features(model, feats, layout: FeatureLayout | None = None, tap4=None):
     """Window scores and class logits of ``model`` from cached features (with gradients).
 
     Parameters
@@ -148,6 +148,9 @@ def heads_from_features(model, feats, layout: FeatureLayout | None = None):
         ``(N, D)`` rows of :func:`window_features`.
     layout
         The row layout (default: that of ``model``).
+    tap4
+        ``(N, C4, 1, 1)`` pooled fourth-tap rows that replace those of ``feats`` (the adapted
+        backbone head's, :func:`~.head_maps.head_tap`).
 
     Returns
     -------
@@ -159,6 +162,8 @@ def heads_from_features(model, feats, layout: FeatureLayout | None = None):
     layout = layout or FeatureLayout.of(model)
     parts = feats.split(layout.sizes, dim=1)
     pooled = [p.reshape(-1, *s) for p, s in zip(parts, layout.shapes)]
+    if tap4 is not None:
+        pooled[3] = tap4.to(pooled[0].dtype)
     if model.config.multiscale:
         # the 1 x 1 tap convolutions as matrix products (convolution kernels are slow on these
         # small grids, forwards and backwards)

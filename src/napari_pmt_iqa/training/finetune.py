@@ -11,23 +11,31 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
    version of one photo on the same side): they choose the epoch and say whether the fine-tune
    helped. Rows of a data set marked ``split=val`` are the held-out part instead; ``split=test``
    rows are never used.
-3. **Cache the backbone**: the backbone stays frozen and runs once per image
-   (:mod:`~napari_pmt_iqa.training.features`): up to ``windows_per_image`` of the image's
-   224-windows for training images, every window (up to ``holdout_windows``) for the held-out
-   ones, which are so scored exactly as :func:`~napari_pmt_iqa.scoring.score` scores them.
+3. **Cache the backbone**: the backbone runs once per image and stays frozen up to its pointwise
+   head (:mod:`~napari_pmt_iqa.training.features`): the pooled stage maps of the image's
+   224-windows are cached, and, where the backbone ends in a pointwise head (EfficientNet-Lite's
+   1 x 1 head convolution; ``adapt_head``), the map that enters that head
+   (:mod:`~napari_pmt_iqa.training.head_maps`): the whole image's when it has at most twice
+   ``windows_per_image`` windows (training images) or ``holdout_windows`` (held-out images), else
+   seeded patches of 4 x 4 windows. Held-out images are so scored exactly as
+   :func:`~napari_pmt_iqa.scoring.score` scores them.
 4. **Calibrate**: the least-squares map of the starting model's scores onto the ratings is folded
    into its linear regression head (exact, free), so training starts at the right scale.
-5. **Train the heads** (tap convolutions, tap layers, trunk, both heads) with Adam on the cached
-   features (:mod:`~napari_pmt_iqa.training.heads_fit`): regression of each image's mean window
+5. **Train the heads** (tap convolutions, tap layers, trunk, both heads; with Adam at ``lr``) and
+   the backbone's pointwise head (its convolution and batch-norm affine, at ``head_lr``; the
+   batch-norm statistics stay) on the cached features and maps
+   (:mod:`~napari_pmt_iqa.training.heads_fit`): regression of each image's mean window
    score on its rating, a margin ranking loss on every pair of differently rated images of a
    batch (ratings are ordinal), the class head's cross-entropy, and an L2 pull towards the
    starting weights so that the model keeps what it knew. ``batch_size`` images per step, a few
-   random windows of each; the number of epochs follows from the number of ratings
+   windows of each (a random block of 2 x 4 adjacent windows when the head is adapted, so that it
+   runs on few cells); the number of epochs follows from the number of ratings
    (:meth:`FinetuneConfig.epochs_for`).
 6. **Select** the epoch with the best held-out SRCC (early stopping after ``patience`` epochs
    without a gain).
-7. **Refit** on every rating (training and held-out images) for the selected number of epochs:
-   that is the model written as ``best.safetensors``. The held-out SRCC reported for it (the
+7. **Refit** on every rating (training and held-out images) for the selected number of epochs
+   (at least ``min_refit_steps`` optimiser steps): that is the model written as
+   ``best.safetensors``. The held-out SRCC reported for it (the
    "after" beside the starting model's "before") is the one of the selection run, which did not
    see those images.
 
@@ -38,7 +46,8 @@ report) and, after a stop, ``state.pt`` (``resume`` continues from it).
 Where the code lives: the settings, the result, the recipe's events and the held-out split in
 :mod:`~napari_pmt_iqa.training.finetune_config`; the run itself (checks, backbone cache, selection,
 refit, files) in :mod:`~napari_pmt_iqa.training.finetune_run`; the head training on cached
-features in :mod:`~napari_pmt_iqa.training.heads_fit` and :mod:`~napari_pmt_iqa.training.features`.
+features in :mod:`~napari_pmt_iqa.training.heads_fit`, :mod:`~napari_pmt_iqa.training.features`
+and (the backbone head's maps) :mod:`~napari_pmt_iqa.training.head_maps`.
 """
 
 from __future__ import annotations

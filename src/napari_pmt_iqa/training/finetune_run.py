@@ -63,9 +63,12 @@ class _Run:
         checks.whole_number("epochs", c.epochs, optional=True)
         checks.fraction("holdout_fraction", c.holdout_fraction)
         checks.positive("lr (the learning rate)", c.lr)
+        checks.positive("head_lr (the learning rate of the backbone head)", c.head_lr)
         for name in ("reg_weight", "rank_weight", "rank_margin", "cls_weight", "anchor"):
             checks.non_negative(name, getattr(c, name))
         checks.one_of("precision", c.precision, PRECISIONS)
+        if c.head_threads not in (None, "auto"):
+            checks.whole_number("head_threads", c.head_threads)
         if c.init is not None and c.backbone is not None:
             raise TrainingError(
                 "Give either init (a model to fine-tune) or backbone (an ImageNet backbone with "
@@ -159,24 +162,48 @@ class _Run:
             self.init_desc = str(c.init) if c.init is not None else "the default model"
         return model.float().eval()
 
-    def _features(self, model, idx: list[int], cap: int, done0: int, total: int) -> list | None:
-        from .features import window_features
+    def _adapting(self, model) -> bool:
+        """Whether this run adapts the backbone head (see ``FinetuneConfig.adapt_head``)."""
+        from .head_maps import supports_head_adaptation
 
-        out = []
+        want = self.cfg.adapt_head
+        able = supports_head_adaptation(model)
+        if want and not able:
+            why = (
+                "the model has no multi-scale taps (the single-scale ablation)"
+                if not model.config.multiscale
+                else f"the {model.config.backbone} backbone has no pointwise head to adapt "
+                "(EfficientNet-Lite backbones have one)"
+            )
+            raise TrainingError(
+                f"adapt_head=True, but {why}.",
+                "Leave adapt_head at None (adapt where possible) or set it to False.",
+            )
+        return able if want is None else bool(want)
+
+    def _features(self, model, idx: list[int], cap: int, done0: int, total: int):
+        """Cached rows (and head maps when adapting) of images ``idx``; ``None`` if stopped."""
+        from .features import window_features
+        from .head_maps import window_blocks
+
+        rows, maps = [], []
         for k, i in enumerate(idx):
             if self._interrupted():
                 return None
-            f, _ = window_features(
-                model,
-                self.store.get(i),
+            kw = dict(
                 max_windows=cap,
                 seed=(int(self.cfg.seed) * 1_000_003 + i) % 2**32,
                 memory_mb=self.cfg.memory_mb,
                 precision=self.cfg.precision,
             )
-            out.append(f)
+            if self.adapt:
+                f, m, _ = window_blocks(model, self.store.get(i), **kw)
+                maps.append(m)
+            else:
+                f, _ = window_features(model, self.store.get(i), **kw)
+            rows.append(f)
             self.emit(Preparing(done0 + k + 1, total, "features"))
-        return out
+        return rows, (maps if self.adapt else None)
 
     def _interrupted(self) -> bool:
         if self.control.paused and not self.control.stop_requested:
@@ -194,6 +221,7 @@ class _Run:
             "seed": int(c.seed),
             "epochs": int(self.epochs),
             "batch_size": int(c.batch_size),
+            "adapt_head": bool(self.adapt),
         }
 
     def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
@@ -314,6 +342,7 @@ class _Run:
         self.crop = self.start_model.config.crop_size
         self._prepare()
         model = self.start_model.to(self.device)
+        self.adapt = self._adapting(model)
         self.epochs = c.epochs_for(len(self.train_idx))
         resume_state = None
         if c.resume:
@@ -345,8 +374,8 @@ class _Run:
         to_int = self.scale.to_internal
         t_tr = [float(to_int(self.samples[i].mos)) for i in self.train_idx]
         t_ho = [float(to_int(self.samples[i].mos)) for i in self.hold_idx]
-        train_pack = FeaturePack(tr_f, t_tr)
-        hold_pack = FeaturePack(ho_f, t_ho)
+        train_pack = FeaturePack(tr_f[0], t_tr, tr_f[1])
+        hold_pack = FeaturePack(ho_f[0], t_ho, ho_f[1])
         del tr_f, ho_f
 
         start_scores = image_scores(model, hold_pack)
@@ -357,7 +386,7 @@ class _Run:
             self.calibration = calibrate_regression(
                 model, image_scores(model, train_pack), np.asarray(t_tr)
             )
-        with _cpu_threads(c.head_threads if self.device.type == "cpu" else None):
+        with _cpu_threads(c.threads_for(self.adapt) if self.device.type == "cpu" else None):
             return self._train(model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho)
 
     def _train(self, model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho):
@@ -369,10 +398,17 @@ class _Run:
         refit = bool(c.refit and len(self.hold_idx) and self.best[1] is not None)
         if refit:
             model.load_state_dict(uncalibrated)
-            all_pack = FeaturePack(
-                [*_rows_of(train_pack), *_rows_of(hold_pack, c.windows_per_image, c.seed)],
-                t_tr + t_ho,
-            )
+            if self.adapt:  # every cached window (a pack's rows must match its maps)
+                all_pack = FeaturePack(
+                    [*_rows_of(train_pack), *_rows_of(hold_pack)],
+                    t_tr + t_ho,
+                    [*train_pack.maps, *hold_pack.maps],
+                )
+            else:
+                all_pack = FeaturePack(
+                    [*_rows_of(train_pack), *_rows_of(hold_pack, c.windows_per_image, c.seed)],
+                    t_tr + t_ho,
+                )
             if c.calibrate:
                 self.calibration = calibrate_regression(
                     model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)
@@ -401,7 +437,6 @@ class _Run:
 
     def _select(self, model, train_pack, hold_pack, resume_state) -> bool:
         """The selection run (the model ends with its best epoch); True when it was stopped."""
-        import torch
 
         from ..metrics import iqa_metrics
         from .features import FeatureLayout
@@ -410,7 +445,7 @@ class _Run:
         c = self.cfg
         params = head_parameters(model)
         start_params = [p.detach().clone() for p in params]  # the pull goes towards these
-        opt = torch.optim.Adam(params, lr=c.lr)
+        opt = self._optimizer(model)
         self._opt = opt
         layout = FeatureLayout.of(model)
         patience = c.patience_for(self.epochs)
@@ -547,6 +582,18 @@ class _Run:
                 )
         return False
 
+    def _optimizer(self, model):
+        """Adam on the heads (``lr``) and, when adapting, on the backbone head (``head_lr``)."""
+        import torch
+
+        from .head_maps import adapted_parameters
+        from .heads_fit import head_parameters
+
+        groups = [{"params": head_parameters(model), "lr": self.cfg.lr}]
+        if self.adapt:
+            groups.append({"params": adapted_parameters(model), "lr": self.cfg.head_lr})
+        return torch.optim.Adam(groups)
+
     def _step(self, model, opt, pack, batch, rng, start_params, layout):
         """One optimiser step of the heads on ``batch`` of ``pack`` (the selection run and the
         refit share it); returns ``(loss, parts)`` of :func:`heads_fit.batch_loss`."""
@@ -573,7 +620,6 @@ class _Run:
         return loss, parts
 
     def _refit(self, model, pack, epochs: int) -> bool:
-        import torch
 
         from .features import FeatureLayout
         from .heads_fit import epoch_batches, head_parameters
@@ -581,7 +627,7 @@ class _Run:
         c = self.cfg
         params = head_parameters(model)
         start_params = [p.detach().clone() for p in params]
-        opt = torch.optim.Adam(params, lr=c.lr)
+        opt = self._optimizer(model)
         layout = FeatureLayout.of(model)
         plan = [epoch_batches(len(pack), c.batch_size, c.seed, e, phase=1) for e in range(epochs)]
         total = sum(len(b) for b in plan)

@@ -31,13 +31,19 @@ class FeaturePack:
         One ``(k_i, D)`` float tensor per image (:func:`~.features.window_features`).
     targets
         One target per image on the internal 0-100 scale.
+    maps
+        For the adaptation of the backbone head (:mod:`~.head_maps`): one list of head-input maps
+        per image, whose windows are that image's rows (:func:`~.head_maps.window_blocks`).
     """
 
-    def __init__(self, feats: Sequence, targets: Sequence[float]) -> None:
+    def __init__(self, feats: Sequence, targets: Sequence[float], maps: Sequence | None = None):
         import torch
 
         if len(feats) != len(targets):
             raise ValueError(f"{len(feats)} feature blocks but {len(targets)} targets")
+        if maps is not None and len(maps) != len(feats):
+            raise ValueError(f"{len(feats)} feature blocks but {len(maps)} map lists")
+        self.maps = None if maps is None else [list(m) for m in maps]
         counts = np.array([int(f.shape[0]) for f in feats], dtype=np.int64)
         self.rows = torch.cat(list(feats)).float() if len(feats) else torch.empty(0, 0)
         self.counts = counts
@@ -69,6 +75,42 @@ class FeaturePack:
         idx = torch.from_numpy(np.concatenate(rows))
         return self.rows[idx], torch.from_numpy(np.concatenate(seg))
 
+    def batch_blocks(
+        self, images: Sequence[int], per_image: int | None, rng: np.random.Generator, cells: int
+    ):
+        """Like :meth:`batch`, but each image's windows are a block of adjacent windows of one of
+        its maps (2 rows of ``ceil(per_image / 2)``, fewer where the map is smaller; a whole map
+        where ``None``), so that the head runs on few cells: returns the rows, their image and the
+        part of the map under each block (an image's rows are its block's windows, row-major).
+        """
+        import torch
+
+        from .head_maps import map_windows
+
+        if self.maps is None:
+            raise ValueError("This pack holds no head maps.")
+        rows, seg, subs = [], [], []
+        for b, i in enumerate(images):
+            maps = self.maps[i]
+            sizes = np.array([np.prod(map_windows(m, cells)) for m in maps], dtype=np.int64)
+            mi = 0 if len(maps) == 1 else int(rng.choice(len(maps), p=sizes / sizes.sum()))
+            m = maps[mi]
+            wy, wx = map_windows(m, cells)
+            if per_image is None:
+                bh, bw = wy, wx
+            else:
+                bh = min(2, wy)
+                bw = min(wx, max(1, -(-int(per_image) // bh)))
+            y0 = int(rng.integers(0, wy - bh + 1))
+            x0 = int(rng.integers(0, wx - bw + 1))
+            base = int(self.offsets[i]) + int(sizes[:mi].sum())
+            grid = (y0 + np.arange(bh))[:, None] * wx + (x0 + np.arange(bw))[None, :]
+            rows.append(base + grid.ravel())
+            seg.append(np.full(bh * bw, b))
+            subs.append(m[:, y0 : y0 + bh + cells - 1, x0 : x0 + bw + cells - 1])
+        idx = torch.from_numpy(np.concatenate(rows))
+        return self.rows[idx], torch.from_numpy(np.concatenate(seg)), subs
+
 
 def segment_mean(values, seg, n: int):
     """Mean of ``values`` per segment id ``seg`` (``0..n-1``)."""
@@ -80,10 +122,12 @@ def segment_mean(values, seg, n: int):
 
 
 def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray:
-    """Internal scores of every image of ``pack`` (mean over its cached windows)."""
+    """Internal scores of every image of ``pack`` (mean over its cached windows; where the pack
+    holds head maps, the fourth tap comes from the model's backbone head on them)."""
     import torch
 
     from .features import FeatureLayout, heads_from_features
+    from .head_maps import head_tap
 
     if len(pack) == 0:
         return np.empty(0)
@@ -91,9 +135,20 @@ def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
-        for k in range(0, pack.rows.shape[0], chunk_rows):
-            s, _ = heads_from_features(model, pack.rows[k : k + chunk_rows].to(dev), layout)
-            out.append(s.float().cpu())
+        if pack.maps is not None:  # a few images at a time: their maps go through the head
+            # together (head_tap stacks the maps of one shape)
+            per = 32
+            for i0 in range(0, len(pack), per):
+                i1 = min(len(pack), i0 + per)
+                a = int(pack.offsets[i0])
+                b = int(pack.offsets[i1 - 1] + pack.counts[i1 - 1])
+                tap4 = head_tap(model, [m for i in range(i0, i1) for m in pack.maps[i]])
+                s, _ = heads_from_features(model, pack.rows[a:b].to(dev), layout, tap4)
+                out.append(s.float().cpu())
+        else:
+            for k in range(0, pack.rows.shape[0], chunk_rows):
+                s, _ = heads_from_features(model, pack.rows[k : k + chunk_rows].to(dev), layout)
+                out.append(s.float().cpu())
     s = torch.cat(out)
     seg = torch.from_numpy(np.repeat(np.arange(len(pack)), pack.counts))
     return segment_mean(s.double(), seg, len(pack)).numpy()
@@ -150,9 +205,16 @@ def batch_loss(
     from .features import heads_from_features
 
     dev = next(model.parameters()).device
-    rows, seg = pack.batch(images, windows, rng)
+    tap4 = None
+    if pack.maps is not None:
+        from .head_maps import head_tap, window_cells
+
+        rows, seg, subs = pack.batch_blocks(images, windows, rng, window_cells(model))
+        tap4 = head_tap(model, subs)
+    else:
+        rows, seg = pack.batch(images, windows, rng)
     rows, seg = rows.to(dev), seg.to(dev)
-    s, logits = heads_from_features(model, rows, layout)
+    s, logits = heads_from_features(model, rows, layout, tap4)
     t = pack.targets[torch.as_tensor(list(images))].to(dev)
     p = segment_mean(s.float(), seg, len(images))
     reg = F.smooth_l1_loss(p, t, beta=5.0)

@@ -1,0 +1,99 @@
+"""Cached head-input maps for adapting the backbone head (training/head_maps.py), tiny backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.scoring import score
+from napari_pmt_iqa.training.features import window_features
+from napari_pmt_iqa.training.head_maps import (
+    adapted_parameters,
+    head_tap,
+    supports_head_adaptation,
+    window_blocks,
+    window_cells,
+)
+from napari_pmt_iqa.training.heads_fit import FeaturePack, batch_loss, image_scores
+
+
+@pytest.fixture()
+def image():
+    return (np.random.default_rng(0).random((330, 460, 3)) * 255).astype(np.uint8)
+
+
+def test_whole_map_rows_and_head_give_the_windows_of_window_features(tiny_model, image):
+    rows, maps, n = window_blocks(tiny_model, image, max_windows=None)
+    feats, n2 = window_features(tiny_model, image)
+    assert n == n2 == rows.shape[0] == 4 * 8  # 330 x 460 -> 320 x 448: 4 x 8 windows
+    assert len(maps) == 1
+    torch.testing.assert_close(rows, feats)
+    with torch.no_grad():
+        tap4 = head_tap(tiny_model, maps)
+    c4 = tap4.shape[1]
+    torch.testing.assert_close(tap4.flatten(1), feats[:, -c4:], rtol=1e-5, atol=1e-5)
+    # the pack's scores with the maps are those of score() (fast path), window by window averaged
+    got = image_scores(tiny_model, FeaturePack([rows], [0.0], [maps]))[0]
+    ref = score(image, model=tiny_model, device="cpu", maps=True).crop_scores.mean()
+    scale = getattr(tiny_model, "score_scale", None)
+    ref = scale.to_internal(ref) if scale is not None else ref
+    assert got == pytest.approx(float(ref), abs=1e-3)
+
+
+def test_a_large_image_keeps_seeded_patches(tiny_model, image):
+    rows, maps, n = window_blocks(tiny_model, image, max_windows=10, seed=2)
+    assert n == 32 and len(maps) == 1 and rows.shape[0] == 16  # one patch of 4 x 4 windows
+    again, maps2, _ = window_blocks(tiny_model, image, max_windows=10, seed=2)
+    torch.testing.assert_close(rows, again)
+    torch.testing.assert_close(maps[0], maps2[0])
+    cells = window_cells(tiny_model)
+    assert maps[0].shape[1:] == (4 + cells - 1, 4 + cells - 1)
+    full, _, _ = window_blocks(tiny_model, image, max_windows=None)
+    # every patch window is one of the image's windows (the patch had context around it)
+    for r in rows:
+        assert (full - r).abs().amax(1).min() < 1e-3
+    with torch.no_grad():
+        tap4 = head_tap(tiny_model, maps)
+    torch.testing.assert_close(tap4.flatten(1), rows[:, -tap4.shape[1] :], rtol=1e-4, atol=1e-4)
+
+
+def test_block_batches_and_the_loss_reach_the_head(tiny_model, image):
+    model = PMTIQA(backbone="tiny", pretrained=False).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    r1, m1, _ = window_blocks(model, image, max_windows=None)
+    r2, m2, _ = window_blocks(model, image[:260, :300], max_windows=None)
+    pack = FeaturePack([r1, r2], [30.0, 70.0], [m1, m2])
+    rng = np.random.default_rng(0)
+    rows, seg, subs = pack.batch_blocks([0, 1], 8, rng, window_cells(model))
+    assert rows.shape[0] == 8 + 2 * 3  # 2 x 4 windows of the first, all 2 x 3 of the second
+    assert seg.tolist() == [0] * 8 + [1] * 6
+    with torch.no_grad():
+        tap4 = head_tap(model, subs)
+    torch.testing.assert_close(tap4.flatten(1), rows[:, -tap4.shape[1] :], rtol=1e-5, atol=1e-5)
+    model.train()
+    model.backbone.eval()
+    loss, _ = batch_loss(
+        model,
+        pack,
+        [0, 1],
+        np.random.default_rng(1),
+        windows=8,
+        reg_weight=1.0,
+        rank_weight=1.0,
+        rank_margin=0.5,
+        cls_weight=0.1,
+        anchor=0.0,
+        start_params=None,
+    )
+    loss.backward()
+    head = adapted_parameters(model)
+    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+    stem = next(model.backbone.stem.parameters())
+    assert stem.grad is None  # nothing before the head is touched
+
+
+def test_only_pointwise_heads_of_multiscale_models_are_adapted(tiny_model):
+    assert supports_head_adaptation(tiny_model)
+    assert not supports_head_adaptation(PMTIQA(backbone="tiny", pretrained=False, multiscale=False))
