@@ -152,6 +152,7 @@ def test_finetune_writes_the_model_the_report_and_events(data_csv, tiny_checkpoi
     meta = read_metadata(out / "best.safetensors")
     assert meta["training"]["recipe"]["recipe"] == RECIPE
     assert meta["training"]["refit_on_all"] is True
+    assert meta["training"]["adapted_backbone_head"] is True  # adapt_head=None: where possible
     assert meta["metrics"]["start_holdout"]["srcc"] == pytest.approx(res.start_val["srcc"])
     model = load_checkpoint(out / "best.safetensors")
     start = load_checkpoint(tiny_checkpoint)
@@ -190,7 +191,8 @@ def test_without_head_adaptation_the_whole_backbone_stays(data_csv, tiny_checkpo
     for k, v in start.state_dict().items():
         if k.startswith("backbone."):
             assert torch.equal(v, model.state_dict()[k]), k
-    assert read_metadata(res.best_path)["training"]["recipe"]["adapt_head"] is False
+    training = read_metadata(res.best_path)["training"]
+    assert training["recipe"]["adapt_head"] is False and training["adapted_backbone_head"] is False
 
 
 def test_head_adaptation_where_the_backbone_has_no_pointwise_head_is_refused(tmp_path, data_csv):

@@ -59,6 +59,23 @@ def test_a_large_image_keeps_seeded_patches(tiny_model, image):
     torch.testing.assert_close(tap4.flatten(1), rows[:, -tap4.shape[1] :], rtol=1e-4, atol=1e-4)
 
 
+def test_patches_never_repeat_a_window_and_whole_up_to_decides_the_whole_map(tiny_model, image):
+    from napari_pmt_iqa.training.head_maps import _regions
+
+    for seed in range(20):
+        regs = _regions(9, 13, 40, False, seed, 4)
+        assert len(regs) == 3  # ceil(40 / 16), from the 2 x 3 patches that tile the grid
+        cells = {(i, j) for i0, j0, i1, j1 in regs for i in range(i0, i1) for j in range(j0, j1)}
+        assert len(cells) == 3 * 16
+        assert all(0 <= i0 and i1 <= 9 and 0 <= j0 and j1 <= 13 for i0, j0, i1, j1 in regs)
+    assert len(_regions(9, 13, 1000, False, 0, 4)) == 6  # no more patches than fit
+    # 32 windows: one whole map up to whole_up_to, else patches
+    _, maps, _ = window_blocks(tiny_model, image, max_windows=16, whole_up_to=32)
+    assert len(maps) == 1 and maps[0].shape[1:] == (4 + 6, 8 + 6)
+    rows, maps, _ = window_blocks(tiny_model, image, max_windows=16, whole_up_to=31)
+    assert len(maps) == 1 and rows.shape[0] == 16
+
+
 def test_block_batches_and_the_loss_reach_the_head(tiny_model, image):
     model = PMTIQA(backbone="tiny", pretrained=False).eval()
     model.load_state_dict(tiny_model.state_dict())

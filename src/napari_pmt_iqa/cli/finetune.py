@@ -76,8 +76,9 @@ def add_subcommands(sub) -> None:
         "--windows-per-image",
         type=int,
         default=d.windows_per_image,
-        help=f"224-px windows of each training image kept for the head training "
-        f"(default {d.windows_per_image})",
+        help=f"224-px windows of each training image kept for the head training (about; all "
+        f"of them up to twice as many when the backbone head is adapted; default "
+        f"{d.windows_per_image})",
     )
     p.add_argument(
         "--head-lr",

@@ -17,8 +17,8 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
    1 x 1 head convolution; ``adapt_head``), the map that enters that head
    (:mod:`~napari_pmt_iqa.training.head_maps`): the whole image's when it has at most twice
    ``windows_per_image`` windows (training images) or ``holdout_windows`` (held-out images), else
-   seeded patches of 4 x 4 windows. Held-out images are so scored exactly as
-   :func:`~napari_pmt_iqa.scoring.score` scores them.
+   seeded, non-overlapping patches of 4 x 4 windows. Held-out images within that size are so
+   scored exactly as :func:`~napari_pmt_iqa.scoring.score` scores them.
 4. **Calibrate**: the least-squares map of the starting model's scores onto the ratings is folded
    into its linear regression head (exact, free), so training starts at the right scale.
 5. **Train the heads** (tap convolutions, tap layers, trunk, both heads; with Adam at ``lr``) and

@@ -87,7 +87,10 @@ class FinetuneConfig:
         Images per step.
     windows_per_image, windows_per_step, holdout_windows
         Windows cached per training image, drawn per image in each step, and cached per held-out
-        image (all of an image's windows when it has fewer).
+        image (all of an image's windows when it has fewer). When the backbone head is adapted a
+        training image keeps all its windows up to twice ``windows_per_image`` (else about
+        ``windows_per_image`` in patches of 4 x 4), a held-out one up to ``holdout_windows``, and
+        a step draws a block of 2 x ``windows_per_step / 2`` adjacent windows.
     lr
         Adam learning rate of the heads.
     adapt_head, head_lr

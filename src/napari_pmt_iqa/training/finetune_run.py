@@ -181,8 +181,9 @@ class _Run:
             )
         return able if want is None else bool(want)
 
-    def _features(self, model, idx: list[int], cap: int, done0: int, total: int):
-        """Cached rows (and head maps when adapting) of images ``idx``; ``None`` if stopped."""
+    def _features(self, model, idx: list[int], cap: int, done0: int, total: int, whole: int):
+        """Cached rows (and head maps when adapting: one whole map for images of up to ``whole``
+        windows) of images ``idx``; ``None`` if stopped."""
         from .features import window_features
         from .head_maps import window_blocks
 
@@ -197,7 +198,7 @@ class _Run:
                 precision=self.cfg.precision,
             )
             if self.adapt:
-                f, m, _ = window_blocks(model, self.store.get(i), **kw)
+                f, m, _ = window_blocks(model, self.store.get(i), whole_up_to=whole, **kw)
                 maps.append(m)
             else:
                 f, _ = window_features(model, self.store.get(i), **kw)
@@ -241,6 +242,7 @@ class _Run:
             "recipe": c.recipe(),
             "epochs_done": int(epochs_done),
             "refit_on_all": bool(refit),
+            "adapted_backbone_head": bool(self.adapt),
             "calibration": list(self.calibration),
         }
         desc = c.description or (
@@ -340,9 +342,9 @@ class _Run:
         self.out, self.state_path = out, out / "state.pt"
         self.start_model = self._start_model()
         self.crop = self.start_model.config.crop_size
+        self.adapt = self._adapting(self.start_model)  # refused before the data is read
         self._prepare()
         model = self.start_model.to(self.device)
-        self.adapt = self._adapting(model)
         self.epochs = c.epochs_for(len(self.train_idx))
         resume_state = None
         if c.resume:
@@ -358,9 +360,12 @@ class _Run:
         all_idx = self.train_idx + self.hold_idx
         total = len(all_idx)
         self.emit(Preparing(0, total, "features"))
-        tr_f = self._features(model, self.train_idx, c.windows_per_image, 0, total)
+        n_tr = len(self.train_idx)
+        tr_f = self._features(
+            model, self.train_idx, c.windows_per_image, 0, total, 2 * c.windows_per_image
+        )
         ho_f = (
-            self._features(model, self.hold_idx, c.holdout_windows, len(self.train_idx), total)
+            self._features(model, self.hold_idx, c.holdout_windows, n_tr, total, c.holdout_windows)
             if tr_f is not None
             else None
         )
@@ -510,7 +515,7 @@ class _Run:
                 if not math.isfinite(lv):
                     raise TrainingError(
                         f"The loss became {lv} at epoch {epoch}, batch {bi}.",
-                        "Lower the learning rate (lr).",
+                        "Lower the learning rates (lr, and head_lr when the backbone head is adapted).",
                     )
                 nb = len(batches[bi])
                 sums[0] += lv * nb

@@ -50,7 +50,8 @@ def supports_head_adaptation(model) -> bool:
 
 
 def _regions(ny: int, nx: int, max_windows: int | None, whole: bool, seed, patch: int):
-    """Window rectangles ``(i0, j0, i1, j1)`` to cache: the whole grid or seeded patches."""
+    """Window rectangles ``(i0, j0, i1, j1)`` to cache: the whole grid, or a seeded choice of the
+    non-overlapping patches that tile it (so that no window is cached twice)."""
     if whole:
         return [(0, 0, ny, nx)]
     ph, pw = min(patch, ny), min(patch, nx)
@@ -62,9 +63,11 @@ def _regions(ny: int, nx: int, max_windows: int | None, whole: bool, seed, patch
         ]
     k = max(1, math.ceil(int(max_windows) / (ph * pw)))
     rng = np.random.default_rng(seed)
-    tops = rng.integers(0, ny - ph + 1, k)
-    lefts = rng.integers(0, nx - pw + 1, k)
-    return [(int(i), int(j), int(i) + ph, int(j) + pw) for i, j in zip(tops, lefts)]
+    # the tiling starts at a seeded offset, so that every window can be drawn
+    oy, ox = int(rng.integers(0, ny % ph + 1)), int(rng.integers(0, nx % pw + 1))
+    cands = [(i, j) for i in range(oy, ny - ph + 1, ph) for j in range(ox, nx - pw + 1, pw)]
+    pick = np.sort(rng.choice(len(cands), min(k, len(cands)), replace=False))
+    return [(cands[p][0], cands[p][1], cands[p][0] + ph, cands[p][1] + pw) for p in pick]
 
 
 def window_blocks(
@@ -75,6 +78,7 @@ def window_blocks(
     memory_mb: float = 1024,
     precision: str = "fp32",
     patch: int = PATCH_WINDOWS,
+    whole_up_to: int | None = None,
 ):
     """Pooled rows and head-input maps of the cached windows of one image.
 
@@ -86,9 +90,11 @@ def window_blocks(
     image
         ``(H, W, 3)`` uint8, both sides at least one crop.
     max_windows
-        About how many windows to keep: an image of up to twice as many windows that fits one
-        backbone pass keeps all of them (one map); a larger one keeps ``ceil(max_windows / 16)``
-        seeded patches of 4 x 4 windows (``None``: patches covering every window).
+        About how many windows to keep: an image of up to ``whole_up_to`` windows (default twice
+        ``max_windows``) that fits one backbone pass keeps all of them (one map); a larger one
+        keeps ``ceil(max_windows / 16)`` seeded, non-overlapping patches of 4 x 4 windows, each
+        computed with the backbone's context around it as scoring's tiles are (``None``: every
+        window).
     seed, memory_mb, precision
         As for :func:`~.features.window_features`.
 
@@ -115,7 +121,9 @@ def window_blocks(
     ny, nx = window_positions(H, W, crop, LATTICE)
     T = _tile_size(model.config.backbone, memory_mb, crop)
     fits = H <= T and W <= T
-    whole = fits and (max_windows is None or ny * nx <= 2 * int(max_windows))
+    if whole_up_to is None and max_windows is not None:
+        whole_up_to = 2 * int(max_windows)
+    whole = fits and (whole_up_to is None or ny * nx <= int(whole_up_to))
     regions = _regions(ny, nx, max_windows, whole, (int(seed), 4243, H, W), patch)
     halo = 0 if whole else tile_halo(model.config.backbone)
     bb = model.backbone

@@ -155,7 +155,8 @@ def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray
 
 
 def head_parameters(model) -> list:
-    """The parameters the few-shot recipe trains: everything but the backbone."""
+    """The heads' parameters (everything but the backbone; the L2 pull of ``anchor`` acts on
+    these). The backbone head's, adapted too by default, are :func:`~.head_maps.adapted_parameters`."""
     return [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
 
 
