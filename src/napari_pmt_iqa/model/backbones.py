@@ -102,7 +102,7 @@ class Backbone(nn.Module):
     and activation, as EfficientNet's head convolution) holds it as the submodule ``head`` (see
     :func:`pointwise_head`), and :meth:`forward_split` returns the map that enters it: the
     few-shot recipe caches that map and adapts the head on it
-    (:mod:`napari_pmt_iqa.training.head_maps`).
+    (the recipe's ``training/head_maps.py``).
     """
 
     spec: BackboneSpec
