@@ -50,6 +50,49 @@ def window_positions(h: int, w: int, crop: int, lattice: int = 32) -> tuple[int,
     return (h - crop) // lattice + 1, (w - crop) // lattice + 1
 
 
+def region_pass(model, rgb: np.ndarray, region: tuple[int, int, int, int], halo: int, split=False):
+    """One backbone pass over the windows ``region = (i0, j0, i1, j1)`` of a prepared plane.
+
+    The pass covers those windows with ``halo`` pixels of context around them (clipped to the
+    plane), as scoring's tiles do; the caller sets eval mode, gradients and precision.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor | None)
+        ``((i1 - i0) * (j1 - j0), D)`` float32 rows of the region's windows (row-major, on the
+        CPU) and, where ``split``, the ``(C, h, w)`` float32 map entering the backbone's pointwise
+        head under them (:func:`~.head_maps.window_blocks`), else ``None``.
+    """
+    import torch
+
+    from ..scoring import LATTICE, _tile_to_float
+
+    i0, j0, i1, j1 = region
+    H, W = rgb.shape[:2]
+    crop = model.config.crop_size
+    dev = next(model.parameters()).device
+    y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
+    y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
+    x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
+    tile = np.ascontiguousarray(_tile_to_float(rgb[y0:y1, x0:x1]))
+    x = model.normalize(torch.from_numpy(tile).to(dev).permute(2, 0, 1)[None])
+    pre = None
+    if split:
+        taps, pre = model.backbone.forward_split(x)
+        maps = [*taps, model.backbone.head(pre)]
+    else:
+        maps = model.backbone(x)
+    pooled, tny, tnx = model.window_pooled(maps)
+    flat = torch.cat([p.float().flatten(1) for p in pooled], dim=1).cpu().view(tny, tnx, -1)
+    oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
+    hi, wj = i1 - i0, j1 - j0
+    rows = flat[oi : oi + hi, oj : oj + wj].reshape(hi * wj, -1)
+    if pre is not None:
+        cells = crop // LATTICE
+        pre = pre[0, :, oi : oi + hi + cells - 1, oj : oj + wj + cells - 1].float().cpu()
+    return rows, pre
+
+
 def window_features(
     model,
     image: np.ndarray,
@@ -86,7 +129,7 @@ def window_features(
 
     from ..devices import autocast
     from ..receptive_field import tile_halo
-    from ..scoring import LATTICE, _prepare, _tile_size, _tile_to_float
+    from ..scoring import LATTICE, _prepare, _tile_size
 
     dev = next(model.parameters()).device
     crop = model.config.crop_size
@@ -117,17 +160,7 @@ def window_features(
                     idx = (np.arange(i0, i1)[:, None] * nx + np.arange(j0, j1)[None, :]).ravel()
                     if not wanted[idx].any():
                         continue
-                    y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
-                    y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
-                    x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
-                    tile = np.ascontiguousarray(_tile_to_float(rgb[y0:y1, x0:x1]))
-                    x = torch.from_numpy(tile).to(dev).permute(2, 0, 1)[None]
-                    maps = model.backbone(model.normalize(x))
-                    pooled, tny, tnx = model.window_pooled(maps)
-                    flat = torch.cat([p.float().flatten(1) for p in pooled], dim=1).cpu()
-                    flat = flat.view(tny, tnx, -1)
-                    oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
-                    block = flat[oi : oi + i1 - i0, oj : oj + j1 - j0].reshape(len(idx), -1)
+                    block, _ = region_pass(model, rgb, (i0, j0, i1, j1), halo)
                     for r, k in enumerate(idx):
                         if wanted[k]:
                             rows[int(k)] = block[r].clone()
@@ -178,6 +211,7 @@ def heads_from_features(model, feats, layout: FeatureLayout | None = None, tap4=
 __all__ = [
     "FeatureLayout",
     "heads_from_features",
+    "region_pass",
     "window_features",
     "window_positions",
 ]

@@ -403,17 +403,14 @@ class _Run:
         refit = bool(c.refit and len(self.hold_idx) and self.best[1] is not None)
         if refit:
             model.load_state_dict(uncalibrated)
-            if self.adapt:  # every cached window (a pack's rows must match its maps)
-                all_pack = FeaturePack(
-                    [*_rows_of(train_pack), *_rows_of(hold_pack)],
-                    t_tr + t_ho,
-                    [*train_pack.maps, *hold_pack.maps],
-                )
-            else:
-                all_pack = FeaturePack(
-                    [*_rows_of(train_pack), *_rows_of(hold_pack, c.windows_per_image, c.seed)],
-                    t_tr + t_ho,
-                )
+            # the held-out images' windows, capped as a training image's; with head maps all of
+            # them (a pack's rows must match its maps)
+            cap = None if self.adapt else c.windows_per_image
+            all_pack = FeaturePack(
+                [*_rows_of(train_pack), *_rows_of(hold_pack, cap, c.seed)],
+                t_tr + t_ho,
+                [*train_pack.maps, *hold_pack.maps] if self.adapt else None,
+            )
             if c.calibrate:
                 self.calibration = calibrate_regression(
                     model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)

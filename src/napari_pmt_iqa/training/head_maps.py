@@ -42,11 +42,7 @@ def supports_head_adaptation(model) -> bool:
     """Whether ``model``'s backbone has a pointwise head the recipe can adapt (and taps it)."""
     from ..model.backbones import pointwise_head
 
-    return (
-        pointwise_head(model.backbone) is not None
-        and hasattr(model.backbone, "forward_split")
-        and bool(model.config.multiscale)
-    )
+    return pointwise_head(model.backbone) is not None and bool(model.config.multiscale)
 
 
 def _regions(ny: int, nx: int, max_windows: int | None, whole: bool, seed, patch: int):
@@ -109,12 +105,11 @@ def window_blocks(
 
     from ..devices import autocast
     from ..receptive_field import tile_halo
-    from ..scoring import LATTICE, _prepare, _tile_size, _tile_to_float
-    from .features import window_positions
+    from ..scoring import LATTICE, _prepare, _tile_size
+    from .features import region_pass, window_positions
 
     dev = next(model.parameters()).device
     crop = model.config.crop_size
-    cells = window_cells(model)
     prep = _prepare(image, crop)
     rgb = prep.rgb
     H, W = rgb.shape[:2]
@@ -132,21 +127,10 @@ def window_blocks(
     bb.eval()
     try:
         with torch.no_grad(), autocast(dev, precision):
-            for i0, j0, i1, j1 in regions:
-                y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
-                y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
-                x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
-                tile = np.ascontiguousarray(_tile_to_float(rgb[y0:y1, x0:x1]))
-                x = torch.from_numpy(tile).to(dev).permute(2, 0, 1)[None]
-                taps, pre = bb.forward_split(model.normalize(x))
-                pooled, tny, tnx = model.window_pooled([*taps, bb.head(pre)])
-                flat = torch.cat([p.float().flatten(1) for p in pooled], dim=1).cpu()
-                flat = flat.view(tny, tnx, -1)
-                oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
-                hi, wj = i1 - i0, j1 - j0
-                rows.append(flat[oi : oi + hi, oj : oj + wj].reshape(hi * wj, -1).clone())
-                m = pre[0, :, oi : oi + hi + cells - 1, oj : oj + wj + cells - 1]
-                maps.append(m.float().cpu().clone())
+            for region in regions:
+                r, m = region_pass(model, rgb, region, halo, split=True)
+                rows.append(r.clone())
+                maps.append(m.clone())
     finally:
         bb.train(was_training)
     return torch.cat(rows), maps, ny * nx
