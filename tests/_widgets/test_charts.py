@@ -64,3 +64,37 @@ def test_scatter_click_selects_the_nearest_point(qtbot):
     q = plot.point_position(2)
     assert plot.point_at(q.x(), q.y()) == 2
     assert plot.point_at(q.x() + 100, q.y() + 100) is None
+
+
+def test_curves_are_polylines_broken_at_nan_and_painted_without_error(qtbot):
+    plot = CurvesPlot()
+    qtbot.addWidget(plot)
+    plot.resize(400, 170)
+    plot.clear(epochs=4)
+    for i, y in enumerate([1.0, 0.8, float("nan"), 0.6, 0.5, 0.4]):
+        plot.add("batch loss", i * 0.5, y)
+    plot.add("val SRCC", 1, 2.0)  # beyond the right axis: clipped to its top
+    assert plot.total_points() == 7
+    runs = plot.polylines("batch loss", (0.0, 1.0))
+    assert [len(r) for r in runs] == [2, 3]
+    a = plot._area()
+    assert runs[0][0].x() == pytest.approx(a.left()) and runs[0][0].y() == pytest.approx(a.top())
+    (top,) = plot.polylines("val SRCC", (-1.0, 1.0))
+    assert top[0].y() == pytest.approx(a.top())
+    assert plot.polylines("train loss", (0.0, 1.0)) == []
+    plot.grab()  # paints every series
+
+
+def test_progress_repaints_the_chart_only_when_it_gained_points(qtbot, monkeypatch):
+    from napari_pmt_iqa._widgets.finetune_progress import RunView
+    from napari_pmt_iqa.training.events import BatchEnd
+    from napari_pmt_iqa.training.finetune_config import Refitting
+
+    prog = RunView()
+    qtbot.addWidget(prog)
+    calls = []
+    monkeypatch.setattr(prog.plot, "update", lambda *a: calls.append(1))
+    prog.on_events([Refitting(1, 10, 3, 20)], show_progress=True)
+    assert calls == []  # the bars moved, the chart did not change
+    prog.on_events([BatchEnd(0, 0, 5, 1.0, 1.0, 0.1)], show_progress=True)
+    assert calls == [1]

@@ -278,6 +278,21 @@ def test_the_refit_runs_the_selected_epochs_and_at_least_min_refit_steps(
     assert 200 <= [e for e in events if isinstance(e, Refitting)][-1].total < 200 + per_epoch
 
 
+def test_the_refit_never_runs_more_than_max_refit_steps():
+    cfg = FinetuneConfig(batch_size=16, min_refit_steps=300, max_refit_steps=600)
+    # 100 ratings: 7 steps per epoch; the floor is 43 epochs, the cap 85 (595 steps)
+    assert cfg.refit_epochs_for(100, 2) == 43
+    assert cfg.refit_epochs_for(100, 56) == 57
+    assert cfg.refit_epochs_for(100, 85) == 85 and cfg.refit_epochs_for(100, 119) == 85
+    # 300 ratings: 19 steps per epoch, at most 31 epochs
+    assert cfg.refit_epochs_for(300, 34) == 31 and cfg.refit_epochs_for(300, 20) == 21
+    cfg.max_refit_steps = None  # no limit: the selected epochs
+    assert cfg.refit_epochs_for(100, 119) == 120
+    cfg.max_refit_steps = 100  # below the floor: the floor is the limit too
+    assert cfg.refit_epochs_for(100, 119) == 42
+    assert cfg.refit_epochs_for(3, 500) == 300  # one step per epoch
+
+
 def test_resume_with_other_data_is_refused(data_csv, tiny_checkpoint, tmp_path):
     control = Control()
 
@@ -322,6 +337,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_checkpoint, dat
         ({"backbone": "tiny"}, "not both"),
         ({"epochs": 0}, "epochs"),
         ({"head_lr": 0.0}, "backbone head"),
+        ({"max_refit_steps": 0}, "max_refit_steps"),
     ):
         with pytest.raises(TrainingError, match=words):
             finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "x", **kw))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,77 @@ def test_block_batches_and_the_loss_reach_the_head(tiny_model, image):
 def test_only_pointwise_heads_of_multiscale_models_are_adapted(tiny_model):
     assert supports_head_adaptation(tiny_model)
     assert not supports_head_adaptation(PMTIQA(backbone="tiny", pretrained=False, multiscale=False))
+
+
+def _module_path_tap(model, maps):
+    """The fourth tap as the modules compute it (convolution, batch norm, activation, pooling)."""
+    import torch.nn.functional as F
+
+    from napari_pmt_iqa.model.backbones import pointwise_head
+
+    x = torch.stack(list(maps))
+    p = F.avg_pool2d(pointwise_head(model.backbone)(x), window_cells(model), stride=1)
+    return p.flatten(2).transpose(1, 2).reshape(-1, p.shape[1])
+
+
+def test_the_matrix_path_gives_the_modules_values_and_gradients(tiny_model, image):
+    from napari_pmt_iqa.training.head_maps import _pointwise_parts, channels_last
+
+    model = copy.deepcopy(tiny_model).float().eval()  # the fixture is shared: a copy
+    _, maps, _ = window_blocks(model, image, max_windows=None)
+    head = adapted_parameters(model)
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        bn = model.backbone.head[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    assert _pointwise_parts(model.backbone.head) is not None  # the fast path applies
+    blocks = [maps[0][:, 1:9, 2:12], maps[0][:, 0:8, 0:10]]
+    stored = [channels_last(b) for b in blocks]  # as a FeaturePack stores them
+    for p in head:
+        p.grad = None
+    fast = head_tap(model, stored).flatten(1)
+    weights = torch.randn_like(fast)
+    (fast * weights).sum().backward()
+    g_fast = [p.grad.clone() for p in head]
+    for p in head:
+        p.grad = None
+    ref = _module_path_tap(model, blocks)
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fast, [p.grad for p in head]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # without gradients (in-place activation) the same numbers
+        torch.testing.assert_close(head_tap(model, stored).flatten(1), ref.detach())
+
+
+def test_heads_the_matrix_path_cannot_run_use_the_modules(tiny_model, image):
+    from napari_pmt_iqa.training.head_maps import _pointwise_parts
+
+    model = copy.deepcopy(tiny_model).float().eval()
+    _, maps, _ = window_blocks(model, image, max_windows=None)
+    model.backbone.head.train()  # batch norm with batch statistics: not a fixed affine
+    assert _pointwise_parts(model.backbone.head) is None
+    with torch.no_grad():
+        got = head_tap(model, maps).flatten(1)
+        ref = _module_path_tap(model, maps)
+    torch.testing.assert_close(got, ref)
+    model.backbone.head.eval()
+    assert _pointwise_parts(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3))) is None
+    conv3 = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3), torch.nn.BatchNorm2d(8).eval(), torch.nn.ReLU6()
+    )
+    assert _pointwise_parts(conv3) is None  # not pointwise
+
+
+def test_window_matrix_averages_as_avg_pool2d():
+    import torch.nn.functional as F
+
+    from napari_pmt_iqa.training.head_maps import _window_matrix
+
+    y = torch.randn(3, 5, 9, 11)
+    mat = _window_matrix(9, 11, 4, torch.float32, "cpu")
+    got = torch.matmul(mat, y.flatten(2).transpose(1, 2))  # N, windows, C
+    ref = F.avg_pool2d(y, 4, stride=1).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt, Signal
-from qtpy.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen
+from qtpy.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 _AXIS = QColor(170, 170, 170)
@@ -322,11 +322,36 @@ class CurvesPlot(_PlotBase):
     def points(self, name: str) -> int:
         return len(self.series[name][0])
 
-    def _px(self, x: float, y: float, yr: tuple[float, float]) -> QPointF:
+    def total_points(self) -> int:
+        """Points of all series (a change means the chart must be repainted)."""
+        return sum(len(xs) for xs, _ in self.series.values())
+
+    def polylines(self, name: str, yr: tuple[float, float]) -> list[list[QPointF]]:
+        """The pixel points of series ``name`` (values clipped to ``yr``), one list per run of
+        finite values (a NaN breaks the line), computed at once with numpy: a long run paints as
+        one polyline, so that the chart stays cheap on the GUI thread however many steps it
+        holds."""
+        xs, ys = self.series[name]
+        if not ys:
+            return []
         a = self._area()
+        x = np.asarray(xs, dtype=float)
+        y = np.asarray(ys, dtype=float)
+        ok = np.isfinite(y)
         fx = (x - self._xr[0]) / (self._xr[1] - self._xr[0])
-        fy = (y - yr[0]) / (yr[1] - yr[0])
-        return QPointF(a.left() + fx * a.width(), a.bottom() - fy * a.height())
+        fy = (np.clip(np.where(ok, y, yr[0]), yr[0], yr[1]) - yr[0]) / (yr[1] - yr[0])
+        px = (a.left() + fx * a.width()).tolist()
+        py = (a.bottom() - fy * a.height()).tolist()
+        runs, cur = [], []
+        for i, good in enumerate(ok.tolist()):
+            if good:
+                cur.append(QPointF(px[i], py[i]))
+            elif cur:
+                runs.append(cur)
+                cur = []
+        if cur:
+            runs.append(cur)
+        return runs
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
@@ -348,23 +373,18 @@ class CurvesPlot(_PlotBase):
         p.setPen(QPen(QColor(110, 110, 110), 1, Qt.PenStyle.DashLine))
         p.drawLine(QPointF(a.left(), a.center().y()), QPointF(a.right(), a.center().y()))
         for name, color in _CURVE_COLORS.items():
-            xs, ys = self.series[name]
             right = name.startswith("val")
             yr = (-1.0, 1.0) if right else self._yr
             pen = QPen(color, 1.0 if name == "batch loss" else 2.0)
             p.setPen(pen)
-            prev = None
-            for x, y in zip(xs, ys):
-                if not np.isfinite(y):
-                    prev = None
-                    continue
-                pt = self._px(x, float(np.clip(y, yr[0], yr[1])), yr)
-                if prev is not None:
-                    p.drawLine(prev, pt)
+            p.setBrush(color)
+            for run in self.polylines(name, yr):
+                if len(run) > 1:
+                    p.drawPolyline(QPolygonF(run))
                 if name != "batch loss":
-                    p.setBrush(color)
-                    p.drawEllipse(pt, 2.5, 2.5)
-                prev = pt
+                    for pt in run:
+                        p.drawEllipse(pt, 2.5, 2.5)
+            p.setBrush(Qt.BrushStyle.NoBrush)
         # legend
         f = p.font()
         x0 = a.left() + 4

@@ -95,13 +95,15 @@ class RunView(QWidget):
         if not events:
             return
         self.events.extend(events)
+        before = self.plot.total_points()
         for ev in events:
             handler = getattr(self, f"_ev_{type(ev).__name__}", None)
             if handler is not None:
                 handler(ev)
         if show_progress:
             self._progress_text()
-        self.plot.update()
+        if self.plot.total_points() != before:  # repaint the chart only when it changed
+            self.plot.update()
 
     # ------------------------------------------------------------------ events
     def _ev_Preparing(self, ev) -> None:  # noqa: N802
@@ -125,6 +127,7 @@ class RunView(QWidget):
         self._total_batches = max(1, (self._epochs - self._start_epoch) * self._batches)
         self._t0 = time.perf_counter()
         self.plot.epochs = max(1, self._epochs)
+        self.plot.update()  # a new x range
         self.epoch_bar.setRange(0, self._epochs)
         self.epoch_bar.setValue(self._start_epoch)
         self.batch_bar.setRange(0, self._batches)

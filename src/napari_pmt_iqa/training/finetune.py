@@ -34,7 +34,8 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
 6. **Select** the epoch with the best held-out SRCC (early stopping after ``patience`` epochs
    without a gain).
 7. **Refit** on every rating (training and held-out images) for the selected number of epochs
-   (at least ``min_refit_steps`` optimiser steps): that is the model written as
+   (at least ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps,
+   :meth:`FinetuneConfig.refit_epochs_for`): that is the model written as
    ``best.safetensors``. The held-out SRCC reported for it (the
    "after" beside the starting model's "before") is the one of the selection run, which did not
    see those images.

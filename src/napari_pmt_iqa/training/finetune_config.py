@@ -22,6 +22,8 @@ from .events import Event
 RATINGS_SCALE_ARGS = (0.0, 100.0, True, "quality (0-100, rated in napari)")
 #: Version of the recipe (stored in checkpoints and state files).
 RECIPE = "few-shot-2"
+#: About how many optimiser steps the selection run makes (:meth:`FinetuneConfig.epochs_for`).
+SELECTION_STEPS = 600
 
 
 def ratings_scale():
@@ -113,6 +115,12 @@ class FinetuneConfig:
         small held-out part often peaks early by chance. 300 was measured against 60, 150 and
         600 on LIVE-C ratings (docs/results.md section 8): with 50 and 100 ratings it gains about
         0.01 SRCC over 60; with 300 ratings the selected epochs are longer anyway.
+    max_refit_steps
+        ... and at most this many (``None``: no limit), the selection run's own budget
+        (:meth:`epochs_for`), so that a run whose held-out SRCC peaks late does not train about
+        2.4 times as long as one that peaks early: it bounds the time of 100 ratings on 2 CPU
+        cores to about a minute. Only late peaks are cut (with 100 ratings, a best epoch after
+        85 of 120; with 300, after 31 of 40).
     memory_mb, precision
         Memory budget and precision of the backbone passes.
     head_threads
@@ -161,6 +169,7 @@ class FinetuneConfig:
     calibrate: bool = True
     refit: bool = True
     min_refit_steps: int = 300
+    max_refit_steps: int | None = SELECTION_STEPS
     memory_mb: float = 1024
     precision: str = "fp32"
     head_threads: int | str | None = "auto"
@@ -172,13 +181,26 @@ class FinetuneConfig:
     def epochs_for(self, n_train: int) -> int:
         """Epochs of the selection run for ``n_train`` training images (``epochs`` if set).
 
-        About 600 optimiser steps whatever the number of ratings (more epochs for fewer images),
-        between 20 and 300 epochs.
+        About :data:`SELECTION_STEPS` (600) optimiser steps whatever the number of ratings (more
+        epochs for fewer images), between 20 and 300 epochs.
         """
         if self.epochs is not None:
             return int(self.epochs)
         steps_per_epoch = max(1, -(-int(n_train) // max(1, int(self.batch_size))))
-        return int(min(300, max(20, round(600 / steps_per_epoch))))
+        return int(min(300, max(20, round(SELECTION_STEPS / steps_per_epoch))))
+
+    def refit_epochs_for(self, n_images: int, best_epoch: int) -> int:
+        """Epochs of the refit on ``n_images`` when the selection run chose ``best_epoch``.
+
+        As many epochs as the selection run's best (``best_epoch + 1``), but at least
+        ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps (at least one epoch).
+        """
+        steps_per_epoch = max(1, -(-int(n_images) // max(1, int(self.batch_size))))
+        epochs = max(int(best_epoch) + 1, -(-int(self.min_refit_steps) // steps_per_epoch))
+        if self.max_refit_steps is not None:
+            cap = max(int(self.max_refit_steps), int(self.min_refit_steps)) // steps_per_epoch
+            epochs = min(epochs, max(1, cap))
+        return int(epochs)
 
     def threads_for(self, adapt_head: bool) -> int | None:
         """CPU threads while the heads train (see ``head_threads``); ``None``: torch's setting."""

@@ -60,6 +60,7 @@ class _Run:
         c = self.cfg
         for name in ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows"):
             checks.whole_number(name, getattr(c, name))
+        checks.whole_number("max_refit_steps", c.max_refit_steps, optional=True)
         checks.whole_number("epochs", c.epochs, optional=True)
         checks.fraction("holdout_fraction", c.holdout_fraction)
         checks.positive("lr (the learning rate)", c.lr)
@@ -415,8 +416,7 @@ class _Run:
                 self.calibration = calibrate_regression(
                     model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)
                 )
-            steps_per_epoch = max(1, -(-len(all_pack) // max(1, int(c.batch_size))))
-            epochs = max(int(self.best[1]) + 1, -(-int(c.min_refit_steps) // steps_per_epoch))
+            epochs = c.refit_epochs_for(len(all_pack), int(self.best[1]))
             self.refit_epochs = epochs
             if not self._refit(model, all_pack, epochs):
                 # continue later from the end of the selection run (the refit starts over)

@@ -43,7 +43,12 @@ class FeaturePack:
             raise ValueError(f"{len(feats)} feature blocks but {len(targets)} targets")
         if maps is not None and len(maps) != len(feats):
             raise ValueError(f"{len(feats)} feature blocks but {len(maps)} map lists")
-        self.maps = None if maps is None else [list(m) for m in maps]
+        if maps is None:
+            self.maps = None
+        else:  # stored channels-last: a step's blocks are then read without a transposing copy
+            from .head_maps import channels_last
+
+            self.maps = [[channels_last(x) for x in m] for m in maps]
         counts = np.array([int(f.shape[0]) for f in feats], dtype=np.int64)
         self.rows = torch.cat(list(feats)).float() if len(feats) else torch.empty(0, 0)
         self.counts = counts
