@@ -5,7 +5,8 @@
 into the first. This script times a whole training step (16 images, a block of 2 x 4 windows of
 each, forwards, backwards, Adam) and one scoring pass over 20 held-out images (their whole
 15 x 15 maps, as after every epoch) both ways, alternating in the same process, and prints a table
-with the ratio. The maps are random (the cost does not depend on their content); the model is the
+with the ratio. Both paths read the same packs (maps stored channels-last); "modules" forces the
+fallback of ``head_tap`` (convolution, batch norm, activation, ``avg_pool2d``). The maps are random (the cost does not depend on their content); the model is the
 default EfficientNet-Lite0 architecture::
 
     python benchmarks/bench_head_step.py [--threads 2] [--rounds 5]

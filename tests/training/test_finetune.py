@@ -288,9 +288,14 @@ def test_the_refit_never_runs_more_than_max_refit_steps():
     assert cfg.refit_epochs_for(300, 34) == 31 and cfg.refit_epochs_for(300, 20) == 21
     cfg.max_refit_steps = None  # no limit: the selected epochs
     assert cfg.refit_epochs_for(100, 119) == 120
-    cfg.max_refit_steps = 100  # below the floor: the floor is the limit too
-    assert cfg.refit_epochs_for(100, 119) == 42
-    assert cfg.refit_epochs_for(3, 500) == 300  # one step per epoch
+    cfg.max_refit_steps = 100  # below the minimum: the minimum wins
+    assert cfg.refit_epochs_for(100, 119) == 43 and cfg.refit_epochs_for(100, 2) == 43
+    cfg.max_refit_steps = cfg.min_refit_steps = 300  # equal: at least 300 steps all the same
+    assert cfg.refit_epochs_for(100, 119) * 7 >= 300
+    cfg.min_refit_steps, cfg.max_refit_steps = 0, 600
+    # one step per epoch
+    assert cfg.refit_epochs_for(3, 500) == 501 and cfg.refit_epochs_for(3, 700) == 600
+    assert cfg.refit_epochs_for(100, 0) == 1  # never fewer than one epoch
 
 
 def test_resume_with_other_data_is_refused(data_csv, tiny_checkpoint, tmp_path):

@@ -190,3 +190,32 @@ def test_window_matrix_averages_as_avg_pool2d():
     got = torch.matmul(mat, y.flatten(2).transpose(1, 2))  # N, windows, C
     ref = F.avg_pool2d(y, 4, stride=1).flatten(2).transpose(1, 2)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_large_maps_are_averaged_without_a_pooling_matrix(tiny_model, monkeypatch):
+    from napari_pmt_iqa.training import head_maps
+
+    model = copy.deepcopy(tiny_model).float().eval()
+    cells = window_cells(model)
+    m = torch.rand(model.backbone.head[0].in_channels, cells + 5, cells + 7)
+    with torch.no_grad():
+        small = head_tap(model, [m]).flatten(1)
+        monkeypatch.setattr(head_maps, "_MAX_WINDOW_MATRIX", 1)  # every map is "large"
+        head_maps.clear_cache()
+        large = head_tap(model, [m]).flatten(1)
+    assert head_maps._WINDOW_MATRICES == {}
+    torch.testing.assert_close(large, small, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(large, _module_path_tap(model, [m]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pooling_matrix_first_built_in_inference_mode_still_trains(tiny_model, image):
+    from napari_pmt_iqa.training import head_maps
+
+    model = copy.deepcopy(tiny_model).float().eval()
+    _, maps, _ = window_blocks(model, image, max_windows=None)
+    head_maps.clear_cache()
+    with torch.inference_mode():
+        head_tap(model, maps)
+    head_tap(model, maps).sum().backward()  # would fail with an inference-mode matrix
+    assert model.backbone.head[0].weight.grad is not None
+    head_maps.clear_cache()

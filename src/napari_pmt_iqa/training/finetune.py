@@ -141,3 +141,7 @@ def finetune(
         if isinstance(exc, TrainingError):
             raise
         raise TrainingError(msg, hint) from exc
+    finally:
+        from .head_maps import clear_cache
+
+        clear_cache()  # the window-pooling matrices (also on a GPU)

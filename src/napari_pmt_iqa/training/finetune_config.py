@@ -193,14 +193,15 @@ class FinetuneConfig:
         """Epochs of the refit on ``n_images`` when the selection run chose ``best_epoch``.
 
         As many epochs as the selection run's best (``best_epoch + 1``), but at least
-        ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps (at least one epoch).
+        ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps (where the two
+        conflict, the minimum wins; at least one epoch).
         """
         steps_per_epoch = max(1, -(-int(n_images) // max(1, int(self.batch_size))))
-        epochs = max(int(best_epoch) + 1, -(-int(self.min_refit_steps) // steps_per_epoch))
-        if self.max_refit_steps is not None:
-            cap = max(int(self.max_refit_steps), int(self.min_refit_steps)) // steps_per_epoch
-            epochs = min(epochs, max(1, cap))
-        return int(epochs)
+        floor = -(-int(self.min_refit_steps) // steps_per_epoch)  # epochs of at least the minimum
+        epochs = max(int(best_epoch) + 1, floor)
+        if self.max_refit_steps is not None:  # the limit never goes below the minimum
+            epochs = min(epochs, max(floor, int(self.max_refit_steps) // steps_per_epoch))
+        return max(1, int(epochs))
 
     def threads_for(self, adapt_head: bool) -> int | None:
         """CPU threads while the heads train (see ``head_threads``); ``None``: torch's setting."""

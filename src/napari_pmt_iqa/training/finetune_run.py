@@ -60,7 +60,8 @@ class _Run:
         c = self.cfg
         for name in ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows"):
             checks.whole_number(name, getattr(c, name))
-        checks.whole_number("max_refit_steps", c.max_refit_steps, optional=True)
+        if c.max_refit_steps is not None:  # None: no limit
+            checks.whole_number("max_refit_steps (None: no limit)", c.max_refit_steps)
         checks.whole_number("epochs", c.epochs, optional=True)
         checks.fraction("holdout_fraction", c.holdout_fraction)
         checks.positive("lr (the learning rate)", c.lr)

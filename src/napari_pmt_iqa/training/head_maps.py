@@ -224,21 +224,33 @@ def _window_matrix(h: int, w: int, cells: int, dtype, device):
 
     key = (h, w, cells, dtype, str(device))
     mat = _WINDOW_MATRICES.get(key)
-    if mat is None:
+    if mat is None or mat.is_inference():  # an inference tensor could not be saved for backward
         wy, wx = h - cells + 1, w - cells + 1
         ay = (np.arange(h)[None, :] - np.arange(wy)[:, None]).astype(np.int64)
         ax = (np.arange(w)[None, :] - np.arange(wx)[:, None]).astype(np.int64)
         my = ((ay >= 0) & (ay < cells)).astype(np.float64)  # wy, h
         mx = ((ax >= 0) & (ax < cells)).astype(np.float64)  # wx, w
         full = np.einsum("ah,bw->abhw", my, mx).reshape(wy * wx, h * w) / float(cells * cells)
-        mat = torch.from_numpy(full).to(device=device, dtype=dtype)
-        if len(_WINDOW_MATRICES) > 64:
+        with torch.inference_mode(False), torch.no_grad():
+            mat = torch.from_numpy(full).to(device=device, dtype=dtype)
+        if len(_WINDOW_MATRICES) >= 16:
             _WINDOW_MATRICES.clear()
         _WINDOW_MATRICES[key] = mat
     return mat
 
 
 _WINDOW_MATRICES: dict = {}
+
+
+def clear_cache() -> None:
+    """Forget the cached window-pooling matrices (:func:`~.finetune.finetune` does at its end)."""
+    _WINDOW_MATRICES.clear()
+
+
+#: Largest pooling matrix (entries) :func:`_pointwise_matmul` uses; larger maps (a whole
+#: held-out image beyond the default ``holdout_windows``) are averaged with ``avg_pool2d``, whose
+#: cost grows with the map's area, not with its square.
+_MAX_WINDOW_MATRIX = 1 << 20
 
 
 def _pointwise_matmul(parts, x, cells: int):
@@ -270,6 +282,12 @@ def _pointwise_matmul(parts, x, cells: int):
         y = z.relu_()
     else:
         y = act(z)
+    wy, wx = h - cells + 1, w - cells + 1
+    if wy * wx * h * w > _MAX_WINDOW_MATRIX:
+        import torch.nn.functional as F
+
+        y = y.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last N, C4, h, w
+        return F.avg_pool2d(y, kernel_size=cells, stride=1).flatten(2).transpose(1, 2)
     y = y.view(n, h * w, -1)
     return torch.matmul(_window_matrix(h, w, cells, y.dtype, y.device), y)
 
@@ -286,6 +304,7 @@ __all__ = [
     "PATCH_WINDOWS",
     "adapted_parameters",
     "channels_last",
+    "clear_cache",
     "head_tap",
     "map_windows",
     "supports_head_adaptation",
