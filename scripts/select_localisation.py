@@ -37,6 +37,9 @@ def main(argv=None):
     ap.add_argument("--biq", required=True)
     ap.add_argument("--n", type=int, default=60, help="validation images (the largest first)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--zoom", type=float, default=1.0, help="enlarge each photo by this factor first (bicubic)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     *_, bq_val = E.splits(args.livec, args.biq)
@@ -46,7 +49,7 @@ def main(argv=None):
         if min(w, h) >= 500:
             sized.append((w * h, str(s.path)))
     photos = [p for _, p in sorted(sized, reverse=True)[: args.n]]
-    print(json.dumps(E.localisation(load_checkpoint(args.checkpoint), photos)))
+    print(json.dumps(E.localisation(load_checkpoint(args.checkpoint), photos, zoom=args.zoom)))
 
 
 if __name__ == "__main__":

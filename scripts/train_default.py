@@ -37,6 +37,8 @@ import json
 import sys
 from pathlib import Path
 
+from napari_pmt_iqa.batch import auto_precision
+from napari_pmt_iqa.cli._common import kind_margin_arg
 from napari_pmt_iqa.data.datasets import (
     livec_recipe_parts,
     load_biq2021,
@@ -121,6 +123,16 @@ def main(argv=None) -> int:
     ap.add_argument("--lr-schedule", choices=("step", "cosine"), default="cosine")
     ap.add_argument("--margin", type=float, default=3.0, help="ranking margin per level (0-100)")
     ap.add_argument("--cross", type=float, default=0.0, help="share of cross-region ranking pairs")
+    ap.add_argument(
+        "--kind-margin",
+        nargs="+",
+        metavar="KIND=POINTS",
+        type=kind_margin_arg,
+        help="margin per level of these kinds instead of --margin (e.g. jpeg=12)",
+    )
+    ap.add_argument(
+        "--zoom", type=float, default=1.0, help="pairs cut from photos enlarged up to x"
+    )
     ap.add_argument("--synthetic-weight", type=float, default=1.0)
     ap.add_argument(
         "--synthetic-schedule", choices=("progressive", "constant"), default="progressive"
@@ -141,6 +153,13 @@ def main(argv=None) -> int:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--max-batches", type=int)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the CPU runs it natively (AVX-512 BF16, AMX), else fp32 (bf16 "
+        "emulated is about 25 x slower)",
+    )
     args = ap.parse_args(argv)
     if args.no_livec == bool(args.livec):
         ap.error("give --livec or --no-livec")
@@ -192,7 +211,7 @@ def main(argv=None) -> int:
         lr_schedule=args.lr_schedule,
         progressive=cw is None,
         loss_weights=tuple(cw) if cw else (1.0, 1.0),
-        precision="bf16",
+        precision=auto_precision("cpu") if args.precision == "auto" else args.precision,
         num_workers=args.workers,
         cache_mb=args.cache_mb,
         seed=args.seed,
@@ -202,6 +221,8 @@ def main(argv=None) -> int:
         synthetic_pairs=args.pairs,
         synthetic_margin=args.margin,
         synthetic_cross=args.cross,
+        synthetic_kind_margin=dict(args.kind_margin) if args.kind_margin else None,
+        synthetic_zoom=args.zoom,
         synthetic_weight=args.synthetic_weight,
         synthetic_schedule=args.synthetic_schedule,
         synthetic_floor=args.synthetic_floor,

@@ -48,6 +48,23 @@ def test_subcommands_plug_into_the_main_parser():
     )
 
 
+def test_kind_margin_and_zoom_flags_reach_the_config(capsys):
+    p = cli.build_parser()
+    base = ["train", "--data", "d", "--out", "o", "--synthetic", "photos"]
+    cfg = _common.config_from_args(p.parse_args(base))
+    assert cfg.synthetic_kind_margin is None and cfg.synthetic_zoom == 1.0
+    args = p.parse_args(
+        base + ["--synthetic-kind-margin", "jpeg=15", "webp=12.5", "--synthetic-zoom", "1.5"]
+    )
+    cfg = _common.config_from_args(args)
+    assert cfg.synthetic_kind_margin == {"jpeg": 15.0, "webp": 12.5}
+    assert cfg.synthetic_zoom == 1.5
+    for bad in ("jpeg", "jpeg=", "jpeg=-3", "=4", "jpeg=x"):
+        with pytest.raises(SystemExit):
+            p.parse_args(base + ["--synthetic-kind-margin", bad])
+        assert "is not KIND=POINTS" in capsys.readouterr().err
+
+
 def test_train_then_eval(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main(

@@ -100,6 +100,71 @@ def test_cross_region_pairs_set_a_clean_crop_against_another_degraded_one():
         SyntheticTask(TrainConfig(synthetic="x", synthetic_cross=1.5), None, 96)
 
 
+def test_zoomed_pairs_are_cut_from_the_enlarged_photo():
+    store = _Store(_photos(2, 400))
+    plain = PairDataset(store, [0, 1], length=30, crop_size=96, seed=3)
+    ds = PairDataset(store, [0, 1], length=30, crop_size=96, seed=3, zoom=2.0)
+    region = 96 + 2 * CONTEXT
+    zooms = []
+    for i in range(30):
+        s, p = ds.spec(i, (400, 400)), plain.spec(i, (400, 400))
+        # the zoom has its own random stream: the rest of the recipe is that of a run without it
+        assert type(s)(**{**s.__dict__, "zoom": 1.0}) == p
+        assert 1.0 <= s.zoom <= 2.0
+        zooms.append(s.zoom)
+        img = store.get(ds.photo_index(i))
+        pair = ds.make(img, s)
+        assert pair.shape == (2, 96, 96, 3) and pair.dtype == np.uint8
+        if s.low == 0 and not s.extra:  # the clean version: the enlarged photo's crop
+            side = int(np.ceil(region / s.zoom))
+            big = Image.fromarray(np.ascontiguousarray(img[s.y : s.y + side, s.x : s.x + side]))
+            big = np.asarray(big.resize((region, region), Image.BICUBIC))
+            c = CONTEXT
+            want = big[c : c + 96, c : c + 96]
+            assert np.array_equal(pair[0], want[:, ::-1] if s.flip else want)
+    assert np.ptp(zooms) > 0.5  # drawn, not fixed
+
+    # an enlarged photo is smoother: fewer high frequencies in its crops, on average
+    def edges(d):
+        return np.mean(
+            [np.abs(np.diff(d[i][0].float().numpy(), axis=-1)).mean() for i in range(30)]
+        )
+
+    assert edges(ds) < edges(plain)
+    with pytest.raises(ValueError, match="zoom must be at least 1"):
+        PairDataset(store, [0], length=1, zoom=0.5)
+    with pytest.raises(TrainingError, match="synthetic_zoom must be a number of at least 1"):
+        SyntheticTask(TrainConfig(synthetic="x", synthetic_zoom=0.0), None, 96)
+
+
+def test_a_kind_margin_scales_the_steps_of_its_pairs():
+    store = _Store(_photos(2, 304))
+    kw = dict(length=40, crop_size=96, seed=3, kinds=("blur", "jpeg"))
+    plain = PairDataset(store, [0, 1], **kw)
+    ds = PairDataset(store, [0, 1], kind_margin={"jpeg": 12.0}, margin=3.0, **kw)
+    kinds = set()
+    for i in range(40):
+        s = ds.spec(i, (304, 304))
+        kinds.add(s.kind)
+        x, steps = ds[i]
+        x0, steps0 = plain[i]
+        assert torch.equal(x, x0)  # the same pair, only its weight in the loss differs
+        # ranking_loss multiplies steps by the margin (3): jpeg's pairs ask for 12 points a level
+        want = steps0.item() * (4.0 if s.kind == "jpeg" else 1.0)
+        assert steps.item() == pytest.approx(want)
+    assert kinds == {"blur", "jpeg"}
+    with pytest.raises(ValueError, match="not a kind of the bank"):
+        PairDataset(store, [0], length=1, kinds=("blur",), kind_margin={"jpeg": 12})
+    with pytest.raises(ValueError, match="must be a positive number"):
+        PairDataset(store, [0], length=1, kinds=("jpeg",), kind_margin={"jpeg": -1})
+    with pytest.raises(TrainingError, match="not a kind of the bank"):
+        SyntheticTask(
+            TrainConfig(synthetic="x", synthetic_kinds=("blur",), synthetic_kind_margin={"x": 1}),
+            None,
+            96,
+        )
+
+
 def test_synthetic_validation_counts_ordered_pairs():
     store = _Store(_photos(2, 200))
     v = SyntheticValidation(store, [0, 1], kinds=("blur", "noise"), crop_size=96)

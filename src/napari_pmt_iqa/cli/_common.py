@@ -250,6 +250,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of cross-region pairs (a clean crop against another crop of the photo, degraded)",
     )
+    g.add_argument(
+        "--synthetic-kind-margin",
+        nargs="+",
+        metavar="KIND=POINTS",
+        type=kind_margin_arg,
+        help="margin per level of these kinds instead of --synthetic-margin (e.g. jpeg=12)",
+    )
+    g.add_argument(
+        "--synthetic-zoom",
+        type=float,
+        default=1.0,
+        help="cut pairs from photos enlarged by up to this factor (1: off)",
+    )
     g.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the ranking loss")
     g.add_argument(
         "--synthetic-schedule",
@@ -258,6 +271,22 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="progressive: the weight falls to --synthetic-floor x over the epochs",
     )
     g.add_argument("--synthetic-floor", type=float, default=0.3)
+
+
+def kind_margin_arg(text: str) -> tuple[str, float]:
+    """``KIND=POINTS`` of ``--synthetic-kind-margin`` as ``(kind, points)``."""
+    import argparse
+
+    kind, sep, value = text.partition("=")
+    try:
+        points = float(value)
+    except ValueError:
+        points = float("nan")
+    if not sep or not kind or not points > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KIND=POINTS with a positive number of points (e.g. jpeg=12)"
+        )
+    return kind, points
 
 
 def _scale(args):
@@ -317,6 +346,10 @@ def config_from_args(args):
         synthetic_pairs=args.synthetic_pairs,
         synthetic_margin=args.synthetic_margin,
         synthetic_cross=args.synthetic_cross,
+        synthetic_kind_margin=dict(args.synthetic_kind_margin)
+        if args.synthetic_kind_margin
+        else None,
+        synthetic_zoom=args.synthetic_zoom,
         synthetic_weight=args.synthetic_weight,
         synthetic_schedule=args.synthetic_schedule,
         synthetic_floor=args.synthetic_floor,

@@ -96,6 +96,12 @@ class TrainConfig:
     synthetic_cross
         Share of cross-region pairs: a clean crop of a photo against another crop of the same
         photo at level 3-5, so that a defect outranks the content of a place (quality maps).
+    synthetic_kind_margin
+        Margin per level of given kinds instead of ``synthetic_margin`` (``{"jpeg": 12.0}``): a
+        kind whose levels the human scores barely penalise can be asked for a larger gap.
+    synthetic_zoom
+        Each pair is cut from its photo enlarged by a random factor between 1 and this (bicubic),
+        so that defects are learned on the smoother content of large photos too. 1: off.
     synthetic_weight, synthetic_schedule, synthetic_floor
         Weight of the ranking loss next to the human-score losses: ``"progressive"`` (the easy,
         synthetic task first, in the spirit of PMT) goes linearly from ``synthetic_weight`` at the
@@ -152,6 +158,8 @@ class TrainConfig:
     synthetic_margin: float = 3.0
     synthetic_stack: float = 0.3
     synthetic_cross: float = 0.0
+    synthetic_kind_margin: dict[str, float] | None = None
+    synthetic_zoom: float = 1.0
     synthetic_weight: float = 1.0
     synthetic_schedule: str = "progressive"
     synthetic_floor: float = 0.3

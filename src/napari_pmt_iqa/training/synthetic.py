@@ -56,6 +56,35 @@ def check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
     return kinds
 
 
+def check_kind_margin(kind_margin, kinds: Sequence[str]) -> dict[str, float]:
+    """``{kind: margin per level}`` of kinds of the bank (``None``: ``{}``).
+
+    Raises
+    ------
+    ValueError
+        A kind outside the bank, or a margin that is not a positive number.
+    """
+    if not kind_margin:
+        return {}
+    out = {}
+    for kind, m in dict(kind_margin).items():
+        if kind not in kinds:
+            raise ValueError(
+                f"The margin of {kind!r} is given, but {kind!r} is not a kind of the bank "
+                f"({', '.join(kinds)})."
+            )
+        try:
+            m = float(m)
+        except (TypeError, ValueError):
+            m = float("nan")
+        if not np.isfinite(m) or m <= 0:
+            raise ValueError(
+                f"The margin of {kind!r} must be a positive number, not {kind_margin[kind]!r}."
+            )
+        out[str(kind)] = m
+    return out
+
+
 def pristine_samples(sources) -> list:
     """Image files (as :class:`~napari_pmt_iqa.data.datasets.Sample`) of pristine-photo sources.
 
@@ -133,6 +162,7 @@ class PairSpec:
     noise_seed: int
     y2: int | None = None  # a cross-region pair: where the worse version is cut
     x2: int | None = None
+    zoom: float = 1.0  # the photo enlarged by this factor before the crops are cut
 
 
 class PairDataset:
@@ -160,6 +190,16 @@ class PairDataset:
         Probability that a pair is a cross-region pair: a clean crop against another crop of the
         same photo at level 3-5 (its ``steps`` count half the level difference, as the two places
         differ in content too).
+    zoom
+        Largest enlargement of the photo: each pair is cut from the photo enlarged (bicubic) by a
+        factor drawn uniformly between 1 and ``zoom``, so that defects are also learned on the
+        smoother content of high-resolution photos (a JPEG block or a noise grain is the same
+        size in pixels on any photo, the content is not). 1: off.
+    kind_margin
+        Margin per level of given kinds, instead of ``margin`` (``{kind:
+        points}``): applied by scaling the pair's ``steps`` by ``kind_margin[kind] / margin``.
+    margin
+        The margin per level of the other kinds (needed with ``kind_margin`` only).
     """
 
     def __init__(
@@ -173,6 +213,9 @@ class PairDataset:
         flip: bool = True,
         seed: int = 0,
         cross: float = 0.0,
+        zoom: float = 1.0,
+        kind_margin: dict[str, float] | None = None,
+        margin: float = 1.0,
     ) -> None:
         if not indices:
             raise ValueError("A pair data set needs at least one photo.")
@@ -185,6 +228,11 @@ class PairDataset:
         self.flip = flip
         self.seed = int(seed)
         self.cross = float(cross)
+        self.zoom = float(zoom)
+        if self.zoom < 1:
+            raise ValueError(f"zoom must be at least 1, not {zoom}.")
+        self.kind_margin = check_kind_margin(kind_margin, self.kinds)
+        self.margin = float(margin)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -214,6 +262,11 @@ class PairDataset:
             low, high, extra = 0, int(cross.integers(3, 6)), ()
             y2 = int(cross.integers(0, max(1, h - region + 1)))
             x2 = int(cross.integers(0, max(1, w - region + 1)))
+        zoom = 1.0
+        if self.zoom > 1:  # its own stream too
+            zoom = float(
+                np.random.default_rng((self.seed, 6151, self.epoch, int(i))).uniform(1, self.zoom)
+            )
         return PairSpec(
             photo,
             y,
@@ -227,14 +280,22 @@ class PairDataset:
             int(rng.integers(2**31)),
             y2,
             x2,
+            zoom,
         )
 
     def photo_index(self, i: int) -> int:
         rng = np.random.default_rng((self.seed, 31337, self.epoch, int(i)))
         return self.indices[int(rng.integers(len(self.indices)))]
 
-    def _region(self, img: np.ndarray, y: int, x: int) -> np.ndarray:
+    def _region(self, img: np.ndarray, y: int, x: int, zoom: float = 1.0) -> np.ndarray:
         region = self.crop_size + 2 * D.CONTEXT
+        if zoom > 1:  # cut a smaller region and enlarge it to the full one
+            side = max(8, int(np.ceil(region / zoom)))
+            r = np.ascontiguousarray(img[y : y + side, x : x + side])
+            from PIL import Image
+
+            r = np.asarray(Image.fromarray(r).resize((region, region), Image.BICUBIC))
+            return np.ascontiguousarray(r)
         r = np.ascontiguousarray(img[y : y + region, x : x + region])
         if r.shape[0] < region or r.shape[1] < region:  # a photo smaller than the region
             r = np.pad(
@@ -244,8 +305,8 @@ class PairDataset:
 
     def make(self, img: np.ndarray, s: PairSpec) -> np.ndarray:
         """The two versions ``(2, S, S, 3)`` of pair ``s`` cut from photo ``img``."""
-        first = self._region(img, s.y, s.x)
-        second = first if s.y2 is None else self._region(img, s.y2, s.x2)
+        first = self._region(img, s.y, s.x, s.zoom)
+        second = first if s.y2 is None else self._region(img, s.y2, s.x2, s.zoom)
         out = []
         for r, level in ((first, s.low), (second, s.high)):
             steps = [(s.kind, level)]
@@ -268,6 +329,8 @@ class PairDataset:
         pair = self.make(img, s)
         x = torch.from_numpy(np.ascontiguousarray(pair.transpose(0, 3, 1, 2)))
         steps = float(s.high - s.low) * (0.5 if s.y2 is not None else 1.0)
+        if s.kind in self.kind_margin:  # the loss multiplies steps by the common margin
+            steps *= self.kind_margin[s.kind] / self.margin
         return x, torch.tensor(steps)
 
 
@@ -359,6 +422,15 @@ class SyntheticTask:
         self.kinds = check_kinds(c.synthetic_kinds)
         checks.whole_number("synthetic_pairs", c.synthetic_pairs)
         checks.fraction("synthetic_cross", c.synthetic_cross, closed=True)
+        if not (isinstance(c.synthetic_zoom, (int, float)) and c.synthetic_zoom >= 1):
+            raise TrainingError(
+                f"synthetic_zoom must be a number of at least 1, not {c.synthetic_zoom!r}.",
+                "Use 1 for no enlargement, 2 for photos enlarged up to twice.",
+            )
+        try:
+            self.kind_margin = check_kind_margin(c.synthetic_kind_margin, self.kinds)
+        except ValueError as exc:
+            raise TrainingError(str(exc), "Check --synthetic-kind-margin KIND=POINTS.") from exc
         checks.fraction("synthetic_top", c.synthetic_top)
         checks.one_of("synthetic_schedule", c.synthetic_schedule, ("progressive", "constant"))
         try:
@@ -429,6 +501,9 @@ class SyntheticTask:
             c.flip,
             c.seed,
             c.synthetic_cross,
+            c.synthetic_zoom,
+            self.kind_margin,
+            c.synthetic_margin,
         )
         ds.set_epoch(epoch)
         return ds
@@ -451,6 +526,8 @@ class SyntheticTask:
             "validation_photos": len(self.val_idx),
             "pairs_per_step": int(c.synthetic_pairs),
             "margin_per_level": float(c.synthetic_margin),
+            "margin_per_level_of_kind": dict(self.kind_margin),
+            "zoom": float(c.synthetic_zoom),
             "stack": float(c.synthetic_stack),
             "cross_region": float(c.synthetic_cross),
             "weight": float(c.synthetic_weight),
