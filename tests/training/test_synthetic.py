@@ -157,6 +157,8 @@ def test_a_kind_margin_scales_the_steps_of_its_pairs():
         PairDataset(store, [0], length=1, kinds=("blur",), kind_margin={"jpeg": 12})
     with pytest.raises(ValueError, match="must be a positive number"):
         PairDataset(store, [0], length=1, kinds=("jpeg",), kind_margin={"jpeg": -1})
+    with pytest.raises(ValueError, match="needs a positive common margin"):
+        PairDataset(store, [0], length=1, kinds=("jpeg",), kind_margin={"jpeg": 9}, margin=0)
     with pytest.raises(TrainingError, match="not a kind of the bank"):
         SyntheticTask(
             TrainConfig(synthetic="x", synthetic_kinds=("blur",), synthetic_kind_margin={"x": 1}),

@@ -196,8 +196,8 @@ class PairDataset:
         smoother content of high-resolution photos (a JPEG block or a noise grain is the same
         size in pixels on any photo, the content is not). 1: off.
     kind_margin
-        Margin per level of given kinds, instead of ``margin`` (``{kind:
-        points}``): applied by scaling the pair's ``steps`` by ``kind_margin[kind] / margin``.
+        Margin per level of given kinds, instead of ``margin`` (``{kind: points}``): applied by
+        scaling the pair's ``steps`` by ``kind_margin[kind] / margin``.
     margin
         The margin per level of the other kinds (needed with ``kind_margin`` only).
     """
@@ -233,6 +233,8 @@ class PairDataset:
             raise ValueError(f"zoom must be at least 1, not {zoom}.")
         self.kind_margin = check_kind_margin(kind_margin, self.kinds)
         self.margin = float(margin)
+        if self.kind_margin and not self.margin > 0:
+            raise ValueError(f"A margin per kind needs a positive common margin, not {margin}.")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
