@@ -28,6 +28,15 @@ def test_positive(bad):
     checks.positive("lr", None, optional=True)
 
 
+@pytest.mark.parametrize("bad", [0.5, -1, math.nan, math.inf, "2", True, None])
+def test_at_least(bad):
+    with pytest.raises(TrainingError, match=r"zoom must be a number of at least 1; got"):
+        checks.at_least("zoom", bad, 1)
+    checks.at_least("zoom", 1, 1)
+    checks.at_least("zoom", 1.5, 1)
+    checks.at_least("zoom", np.float32(2.0), 1)
+
+
 def test_non_negative_fraction_and_choice():
     checks.non_negative("w", 0)
     with pytest.raises(TrainingError, match="at least 0"):

@@ -133,8 +133,9 @@ def test_zoomed_pairs_are_cut_from_the_enlarged_photo():
     assert edges(ds) < edges(plain)
     with pytest.raises(ValueError, match="zoom must be at least 1"):
         PairDataset(store, [0], length=1, zoom=0.5)
-    with pytest.raises(TrainingError, match="synthetic_zoom must be a number of at least 1"):
-        SyntheticTask(TrainConfig(synthetic="x", synthetic_zoom=0.0), None, 96)
+    for bad in (0.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(TrainingError, match="synthetic_zoom must be a number of at least 1"):
+            SyntheticTask(TrainConfig(synthetic="x", synthetic_zoom=bad), None, 96)
 
 
 def test_a_kind_margin_scales_the_steps_of_its_pairs():
@@ -159,6 +160,12 @@ def test_a_kind_margin_scales_the_steps_of_its_pairs():
         PairDataset(store, [0], length=1, kinds=("jpeg",), kind_margin={"jpeg": -1})
     with pytest.raises(ValueError, match="needs a positive common margin"):
         PairDataset(store, [0], length=1, kinds=("jpeg",), kind_margin={"jpeg": 9}, margin=0)
+    with pytest.raises(TrainingError, match="synthetic_margin must be a positive number"):
+        SyntheticTask(
+            TrainConfig(synthetic="x", synthetic_margin=0.0, synthetic_kind_margin={"jpeg": 9}),
+            None,
+            96,
+        )
     with pytest.raises(TrainingError, match="not a kind of the bank"):
         SyntheticTask(
             TrainConfig(synthetic="x", synthetic_kinds=("blur",), synthetic_kind_margin={"x": 1}),

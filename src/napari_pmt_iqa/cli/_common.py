@@ -275,8 +275,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def kind_margin_arg(text: str) -> tuple[str, float]:
     """``KIND=POINTS`` of ``--synthetic-kind-margin`` as ``(kind, points)``."""
-    import argparse
-
     kind, sep, value = text.partition("=")
     try:
         points = float(value)

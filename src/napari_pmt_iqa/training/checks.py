@@ -45,6 +45,13 @@ def positive(name: str, value: Any, optional: bool = False) -> None:
         raise TrainingError(f"{name} must be a positive number; got {value!r}.")
 
 
+def at_least(name: str, value: Any, minimum: float) -> None:
+    """``value`` is a finite number of at least ``minimum``."""
+    v = _real(value)
+    if v is None or v < minimum:
+        raise TrainingError(f"{name} must be a number of at least {minimum:g}; got {value!r}.")
+
+
 def non_negative(name: str, value: Any) -> None:
     """``value`` is a finite number of at least 0."""
     v = _real(value)

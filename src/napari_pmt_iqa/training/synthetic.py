@@ -424,15 +424,13 @@ class SyntheticTask:
         self.kinds = check_kinds(c.synthetic_kinds)
         checks.whole_number("synthetic_pairs", c.synthetic_pairs)
         checks.fraction("synthetic_cross", c.synthetic_cross, closed=True)
-        if not (isinstance(c.synthetic_zoom, (int, float)) and c.synthetic_zoom >= 1):
-            raise TrainingError(
-                f"synthetic_zoom must be a number of at least 1, not {c.synthetic_zoom!r}.",
-                "Use 1 for no enlargement, 2 for photos enlarged up to twice.",
-            )
+        checks.at_least("synthetic_zoom", c.synthetic_zoom, 1)
         try:
             self.kind_margin = check_kind_margin(c.synthetic_kind_margin, self.kinds)
         except ValueError as exc:
             raise TrainingError(str(exc), "Check --synthetic-kind-margin KIND=POINTS.") from exc
+        if self.kind_margin:  # the per-kind margins are applied relative to the common one
+            checks.positive("synthetic_margin", c.synthetic_margin)
         checks.fraction("synthetic_top", c.synthetic_top)
         checks.one_of("synthetic_schedule", c.synthetic_schedule, ("progressive", "constant"))
         try:
