@@ -79,6 +79,18 @@ def main(argv: list[str] | None = None) -> None:
         help="light backbones timed next to ResNet-50 and the shipped default model",
     )
     p.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="skip the crop-method, bare ResNet-50 and HyperIQA-like rows (fast path only)",
+    )
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16"],
+        help="fast-path precisions (bf16 is emulated, about 25 x slower, on CPUs without AVX-512 BF16)",
+    )
+    p.add_argument(
         "--pyiqa-python",
         default=os.environ.get("PYIQA_PYTHON"),
         help="Python of a separate venv with pyiqa: adds its HyperIQA and TOPIQ-NR "
@@ -89,12 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    import torchvision
+    import torchvision  # noqa: F401  (imported before skimage, as the environment notes ask)
     from skimage import data as skdata
     from skimage.transform import resize
 
     from napari_pmt_iqa.model import PMTIQA
-    from napari_pmt_iqa.scoring import score
 
     img = skdata.astronaut()  # a 512 x 512 photo, cut (or resized) to --size
     if args.size <= 512:
@@ -107,9 +118,23 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[str, tuple[float, float], str]] = []
 
     # ---------------------------------------------------------------- crop method vs bare ResNet-50
+    pmt50 = PMTIQA(backbone="resnet50", pretrained=False).eval()
+    if not args.no_anchors:
+        rows += _anchor_rows(args, img, crops, pmt50, repeats, bs)
+    _fast_rows(args, img, pmt50, repeats, rows)
+    _print_table(args, rows, n_crops, repeats)
+
+
+def _anchor_rows(args, img, crops, pmt50, repeats, bs) -> list:
+    """The crop method against a bare torchvision ResNet-50, the HyperIQA-like bound, pyiqa."""
+    import torchvision
+
+    from napari_pmt_iqa.scoring import score
+
+    n_crops = crops.shape[0]
+    rows: list = []
     bare = torchvision.models.resnet50(weights=None).eval()
     bare_cl = torchvision.models.resnet50(weights=None).eval().to(memory_format=torch.channels_last)
-    pmt50 = PMTIQA(backbone="resnet50", pretrained=False).eval()
 
     def run_bare(net, cl=False):
         with torch.inference_mode():
@@ -178,8 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print("pyiqa timing failed:", proc.stderr[-2000:])
 
-    # ---------------------------------------------------------------- fast path
-    from napari_pmt_iqa.scoring import get_model
+    return rows
+
+
+def _fast_rows(args, img, pmt50, repeats, rows) -> None:
+    """The fast path of each backbone and of the shipped model, maps off and on."""
+    from napari_pmt_iqa.model import PMTIQA
+    from napari_pmt_iqa.scoring import get_model, score
 
     goals = {"resnet50": 0.30}
     models = {"resnet50": pmt50}
@@ -188,8 +218,17 @@ def main(argv: list[str] | None = None) -> None:
         goals[b] = 0.10
     models["default model (shipped)"] = get_model(None, "cpu")
     goals["default model (shipped)"] = 0.10
+    if models["default model (shipped)"].defect_head is not None:
+        # the same weights without the defect head: what the head and its maps cost
+        import copy
+
+        from napari_pmt_iqa.training.defects import drop_defect_head
+
+        bare_default = drop_defect_head(copy.deepcopy(models["default model (shipped)"]))
+        models["default model without its defect head"] = bare_default
+        goals["default model without its defect head"] = 0.10
     for name, model in models.items():
-        precs = ("fp32", "bf16")
+        precs = tuple(args.precisions)
         res = {}
         for prec in precs:
             for maps in (False, True):
@@ -214,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
                 (f"score(method='fast') {name}, {prec}, maps {'on' if maps else 'off'}", t, note)
             )
 
+
+def _print_table(args, rows, n_crops, repeats) -> None:
     print(
         f"\n500 x 500 image ({n_crops} crops), {args.threads} threads, torch "
         f"{torch.__version__}, median of {repeats}\n"

@@ -87,7 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--map",
         default="quality",
-        choices=["quality", "class", "confidence", "scale0", "scale1", "scale2", "scale3"],
+        choices=[
+            "quality",
+            "class",
+            "confidence",
+            "scale0",
+            "scale1",
+            "scale2",
+            "scale3",
+            "defect_blur",
+            "defect_noise",
+            "defect_compression",
+        ],
         help="overlay shown in the screenshot",
     )
     args = ap.parse_args(argv)
@@ -144,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         labels = image.metadata.get("pmt_iqa_sample", {}).get("labels")
         for k, s in enumerate(meta.get("scores", [meta["score"]])):
             print(f"  plane {k}: {s:.3f} {meta['units']}" + (f"  ({labels[k]})" if labels else ""))
+        if meta.get("defect_worst"):
+            print(
+                "  defect levels (0-5), worst crop / mean: "
+                + ", ".join(
+                    f"{k} {v:.1f} / {meta['defect_levels'][k]:.1f}"
+                    for k, v in meta["defect_worst"].items()
+                )
+            )
         for lay in viewer.layers:
             if "pmt_iqa_overlay" in lay.metadata:
                 lay.visible = lay.metadata["pmt_iqa_overlay"]["key"] == args.map
@@ -192,6 +211,9 @@ def maps_figure(viewer, image, path: str) -> None:
         "scale1": "scale 2: stride 8",
         "scale2": "scale 3: stride 16",
         "scale3": "scale 4: stride 32 (coarse)",
+        "defect_blur": "defect head: blur level",
+        "defect_noise": "defect head: noise level",
+        "defect_compression": "defect head: compression level",
     }
     panels = []
     for shown in [None, *overlays]:

@@ -197,11 +197,11 @@ def graded_order(model, photos, kind):
     return good, total
 
 
-def quadrant_means(res, shape):
-    """Mean of the quality map over each quarter of the image (TL, TR, BL, BR) and the share of
-    image pixels under some map cell."""
+def quadrant_means(res, shape, layer=None):
+    """Mean of the quality map (or of ``layer``, a map of the same cells) over each quarter of the
+    image (TL, TR, BL, BR) and the share of image pixels under some map cell."""
     g = res.maps.geometry
-    q = res.maps.quality
+    q = res.maps.quality if layer is None else layer
     h, w = shape
     ys = np.floor((np.arange(h) + 0.5 - g.translate[0]) / g.scale[0]).astype(int)
     xs = np.floor((np.arange(w) + 0.5 - g.translate[1]) / g.scale[1]).astype(int)
@@ -222,7 +222,7 @@ def localisation(model, photos, level=3, zoom=1.0):
     out = {}
     coverage = []
     for kind in SANITY_KINDS:
-        hits = []
+        hits, defect_hits = [], []
         for i, p in enumerate(photos):
             img = load_rgb(p)
             if zoom != 1:
@@ -244,7 +244,12 @@ def localisation(model, photos, level=3, zoom=1.0):
             means, cov = quadrant_means(r, (h, w))
             coverage.append(cov)
             hits.append(int(np.argmin(means)) == quad)
+            if r.maps.defects is not None:  # the defect maps: the highest worst-family level
+                worst = r.maps.defects.max(axis=0)
+                defect_hits.append(int(np.argmax(quadrant_means(r, (h, w), worst)[0])) == quad)
         out[kind] = {"hit_rate": float(np.mean(hits)), "images": len(hits)}
+        if defect_hits:
+            out[kind]["defect_hit_rate"] = float(np.mean(defect_hits))
     out["coverage_min"] = float(np.min(coverage))
     out["photos"] = len(photos)
     out["level"] = level

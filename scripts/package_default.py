@@ -48,6 +48,7 @@ def main(argv=None):
         default=None,
         help="the stage-1 checkpoint a stage-2 run started from (its recipe goes into the metadata)",
     )
+    ap.add_argument("--description", default=None, help="replace the model's description")
     args = ap.parse_args(argv)
 
     from skimage import data
@@ -88,6 +89,8 @@ def main(argv=None):
             "stage1_val": first.get("metrics", {}),
         }
     meta["name"] = args.name
+    if args.description:
+        meta["description"] = args.description
     if args.version is not None:
         meta["version"] = args.version
     out = PACKAGE_WEIGHTS / f"{args.name}.safetensors"
@@ -130,6 +133,11 @@ def main(argv=None):
                     else {}
                 ),
                 **({"version": meta["version"]} if "version" in meta else {}),
+                **(
+                    {"defects": {k: v for k, v in meta["defects"].items() if k != "selection"}}
+                    if "defects" in meta
+                    else {}
+                ),
                 "metrics": {k: v for k, v in m.items() if k != "test"},
                 "test": {k: v for k, v in m.get("test", {}).get("ours", {}).items()},
                 "storage_dtype": "float16",

@@ -50,7 +50,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -118,6 +118,10 @@ class QualityMaps:
     geometry: MapGeometry
     tap_names: tuple[str, ...] = TAP_NAMES
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: ``(K, my, mx)`` defect levels (0 none .. 5 severe) of each family of ``defect_kinds``, or
+    #: None for a model without a defect head.
+    defects: np.ndarray | None = None
+    defect_kinds: tuple[str, ...] = ()
 
     def crop_grid(self, arr: np.ndarray) -> np.ndarray:
         """The part of a map (or of a stack of maps) that lies on the crop grid, ``(..., ny, nx)``."""
@@ -147,6 +151,9 @@ class ScoreResult:
         Side of a crop in original pixels (224, or less where the plane was enlarged).
     maps
         :class:`QualityMaps`, when asked for.
+    defect_levels, defect_worst
+        For a model with a defect head: the mean over the crops, and the highest crop value, of
+        its estimated level (0 none .. 5 severe) of each defect family; empty otherwise.
     """
 
     score: float
@@ -160,6 +167,8 @@ class ScoreResult:
     higher_is_better: bool
     maps: QualityMaps | None = None
     method: str = "fast"
+    defect_levels: dict[str, float] = field(default_factory=dict)
+    defect_worst: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_crops(self) -> int:
@@ -182,6 +191,11 @@ class ScoreResult:
             "n_crops": self.n_crops,
             "crop_size": float(self.crop_size),
             "method": self.method,
+            **(
+                {"defect_levels": dict(self.defect_levels), "defect_worst": dict(self.defect_worst)}
+                if self.defect_levels
+                else {}
+            ),
         }
 
 
@@ -414,7 +428,8 @@ def _window_outputs(
     cancel,
     rule: IntensityRule | None = None,
 ):
-    """Taps (N, 112) of every lattice window of one prepared plane, and (ny, nx).
+    """Taps (N, 112) and defect levels (N, K, or None) of every lattice window of one prepared
+    plane, and (ny, nx).
 
     ``rgb`` is a prepared plane (:class:`_Prepared`), converted tile by tile under ``rule``.
     Planes larger than one pass of ``memory_mb`` are cut into tiles whose windows each carry the
@@ -432,6 +447,8 @@ def _window_outputs(
     H, W = rgb.shape[:2]
     ny, nx = (H - crop) // LATTICE + 1, (W - crop) // LATTICE + 1
     taps = torch.empty(ny, nx, 4 * model.config.tap_dim)
+    n_def = len(model.config.defect_kinds) if model.defect_head is not None else 0
+    defects = torch.empty(ny, nx, n_def) if n_def else None
 
     def to_tensor(a):
         # (H, W, 3) -> (1, 3, H, W) is already channels-last in memory: no copy needed
@@ -459,8 +476,10 @@ def _window_outputs(
                 ).contiguous(memory_format=torch.channels_last)
                 out = model(x)
                 t = torch.cat(out.taps, dim=1).float().cpu()
-                for (i, j), v in zip(chunk, t):
+                for n, ((i, j), v) in enumerate(zip(chunk, t)):
                     taps[i, j] = v
+                    if defects is not None:
+                        defects[i, j] = out.defects[n].float().cpu()
                 if progress:
                     progress(min(k + batch_size, len(coords)), len(coords))
         elif method == "fast":
@@ -478,20 +497,27 @@ def _window_outputs(
                 y0, x0 = max(0, i0 * LATTICE - halo), max(0, j0 * LATTICE - halo)
                 y1 = min(H, (i1 - 1) * LATTICE + crop + halo)
                 x1 = min(W, (j1 - 1) * LATTICE + crop + halo)
-                maps = model.stage_maps(to_tensor(rgb[y0:y1, x0:x1]))
+                raw = model.backbone(to_tensor(rgb[y0:y1, x0:x1]))
+                d = model.defects(model.defect_features(raw)) if defects is not None else None
+                maps = model.reduce_maps(raw)
+                del raw
                 pooled, tny, tnx = model.window_pooled(maps)
                 t = torch.cat(model.taps_from_pooled(pooled), dim=1).float().cpu()
                 oi, oj = (i0 * LATTICE - y0) // LATTICE, (j0 * LATTICE - x0) // LATTICE
                 t = t.view(tny, tnx, -1)[oi : oi + i1 - i0, oj : oj + j1 - j0]
                 taps[i0:i1, j0:j1] = t
-                del maps, pooled, t
+                if d is not None:
+                    d = d.float().cpu().view(tny, tnx, -1)
+                    defects[i0:i1, j0:j1] = d[oi : oi + i1 - i0, oj : oj + j1 - j0]
+                del maps, pooled, t, d
                 if len(tiles) > 1:  # freed tile buffers go back to the system, not kept by malloc
                     release_free_memory()
                 if progress:
                     progress(k + 1, len(tiles))
         else:
             raise ValueError(f"method must be 'fast' or 'crops'; got {method!r}")
-    return taps.view(ny * nx, -1), ny, nx
+    flat = defects.view(ny * nx, -1) if defects is not None else None
+    return taps.view(ny * nx, -1), flat, ny, nx
 
 
 #: Windows per call of the heads (their hidden layers for all windows of a huge image at once
@@ -535,13 +561,15 @@ def _score_plane(
 ) -> ScoreResult:
     rule = intensity_range if isinstance(intensity_range, IntensityRule) else None
     prep = _prepare(plane, model.config.crop_size, None if rule else intensity_range, rule)
-    taps, ny, nx = _window_outputs(
+    taps, defects, ny, nx = _window_outputs(
         model, prep.rgb, method, memory_mb, precision, batch_size, progress, cancel, prep.rule
     )
-    return _finish(model, taps, ny, nx, prep, maps, method)
+    return _finish(model, taps, ny, nx, prep, maps, method, defects)
 
 
-def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: str) -> ScoreResult:
+def _finish(
+    model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: str, defects=None
+) -> ScoreResult:
     """Heads, units, positions and maps from the window taps of one prepared plane."""
     import torch
 
@@ -604,6 +632,16 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
             geometry=geom,
             padding=pad,
         )
+        if defects is not None:
+            d = defects.numpy().astype(np.float32).T.reshape(-1, ny, nx)
+            qmaps.defects = extend(d)
+            qmaps.defect_kinds = tuple(model.config.defect_kinds)
+    levels: dict[str, float] = {}
+    worst: dict[str, float] = {}
+    if defects is not None:
+        for k, kind in enumerate(model.config.defect_kinds):
+            levels[kind] = float(defects[:, k].mean())
+            worst[kind] = float(defects[:, k].max())
     return ScoreResult(
         score=float(scale.from_internal(float(s.mean()))),
         class_probs=probs.mean(dim=0).numpy(),
@@ -616,6 +654,8 @@ def _finish(model, taps, ny: int, nx: int, prep: _Prepared, maps: bool, method: 
         higher_is_better=scale.higher_is_better,
         maps=qmaps,
         method=method,
+        defect_levels=levels,
+        defect_worst=worst,
     )
 
 
@@ -835,10 +875,10 @@ def _score_batch(net, images, precision, batch_size, maps, memory_mb) -> list[Sc
     for idx, (_, p) in prepared.items():
         h, w = p.rgb.shape[:2]
         if max(h, w) > tile:  # too large for one pass: tiles, one image at a time
-            taps, ny, nx = _window_outputs(
+            taps, defects, ny, nx = _window_outputs(
                 net, p.rgb, "fast", memory_mb, precision, 1, None, None, p.rule
             )
-            results[idx] = _finish(net, taps, ny, nx, p, maps, "fast")
+            results[idx] = _finish(net, taps, ny, nx, p, maps, "fast", defects)
             continue
         groups.setdefault(tuple(p.rgb.shape[:2]), []).append(idx)
     for idxs in groups.values():
@@ -856,10 +896,18 @@ def _score_batch(net, images, precision, batch_size, maps, memory_mb) -> list[Sc
             _use_channels_last(net)
             with torch.inference_mode(), autocast(dev, precision):
                 x = net.normalize(x).contiguous(memory_format=torch.channels_last)
-                maps_ = net.stage_maps(x)
+                raw = net.backbone(x)
+                defects = (
+                    net.defects(net.defect_features(raw)) if net.defect_head is not None else None
+                )
+                maps_ = net.reduce_maps(raw)
+                del raw
                 pooled, ny, nx = net.window_pooled(maps_)
                 taps = torch.cat(net.taps_from_pooled(pooled), dim=1).float().cpu()
             taps = taps.view(len(chunk), ny * nx, -1)
+            if defects is not None:
+                defects = defects.float().cpu().view(len(chunk), ny * nx, -1)
             for b, i in enumerate(chunk):
-                results[i] = _finish(net, taps[b], ny, nx, prepared[i][1], maps, "fast")
+                d = defects[b] if defects is not None else None
+                results[i] = _finish(net, taps[b], ny, nx, prepared[i][1], maps, "fast", d)
     return results  # type: ignore[return-value]

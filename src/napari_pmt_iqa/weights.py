@@ -32,7 +32,7 @@ from .atomic import _suppress, atomic_write_bytes
 META_KEY = "napari_pmt_iqa"
 FORMAT_VERSION = 1
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "pmt-lite0-v2"
+DEFAULT_MODEL = "pmt-lite0-v3"
 
 
 class CheckpointError(ValueError):
@@ -101,7 +101,7 @@ def save_checkpoint(
         A full metadata document (from :func:`build_metadata`); built from ``extra`` if omitted.
     half
         Store floating-point tensors in float16 (about half the size; scores change by far less
-        than a point, see ``docs/results.md``).
+        than a point, see ``docs/results.md``), all but the defect head's (a few kilobytes).
     """
     from safetensors.torch import save
 
@@ -111,7 +111,9 @@ def save_checkpoint(
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point():
+        # the defect head stays float32: its read-out of raw feature statistics cancels large
+        # terms, which float16 would round to a sizeable share of a level
+        if half and v.is_floating_point() and not k.startswith("defect_head."):
             v = v.half()
         state[k] = v
     data = save(state, metadata={META_KEY: json.dumps(meta)})
@@ -253,7 +255,7 @@ class WeightsEntry:
     Attributes
     ----------
     name
-        Registry name, e.g. ``"pmt-lite0-v2"``.
+        Registry name, e.g. ``"pmt-lite0-v3"``.
     sha256
         Hex digest the file must have.
     file

@@ -111,3 +111,30 @@ def test_class_colormap_steps_from_red_to_green():
     # a one-class model still gets a colormap vispy can draw (two colours)
     one = class_colormap(1)
     assert len(one.colors) == 2 and np.allclose(one.map(np.array([0.5]))[0], class_colors(1)[0])
+
+
+def test_defect_overlays_only_for_a_model_with_a_defect_head(tiny_model, rgb_image):
+    from napari_pmt_iqa._widgets.overlays import defect_text
+    from napari_pmt_iqa.model import PMTIQA
+    from napari_pmt_iqa.training.defects import DefectFit, attach_defect_head
+
+    plain = score(rgb_image, tiny_model, device="cpu")
+    assert not [s for s in overlay_specs(plain, "img", (1, 1), (0, 0)) if "defect" in s.key]
+    assert defect_text(plain) == "" and "defect_levels" not in plain.to_dict()
+    m = PMTIQA(backbone="tiny", pretrained=False).eval()
+    m.load_state_dict(tiny_model.state_dict())
+    kinds = ("blur", "noise")
+    w = np.zeros((2, m.defect_dim), np.float32)
+    attach_defect_head(m, DefectFit(kinds, w, np.array([1.0, 7.0], np.float32), 1.0, 1, 1))
+    res = score(rgb_image, m, device="cpu")
+    specs = {s.key: s for s in overlay_specs(res, "img", (2.0, 2.0), (5.0, -3.0))}
+    assert {"defect_blur", "defect_noise"} <= set(specs)
+    d = specs["defect_noise"]
+    assert d.kwargs["contrast_limits"] == (0.0, 5.0) and not d.kwargs["visible"]
+    assert d.kwargs["scale"] == specs["quality"].kwargs["scale"]
+    assert d.data.shape == specs["quality"].data.shape
+    np.testing.assert_allclose(specs["defect_blur"].data, 1.0)
+    np.testing.assert_allclose(d.data, 5.0)  # 7 is clipped to the top level
+    assert d.kwargs["metadata"][OVERLAY_KEY]["units"] == "degradation level 0-5"
+    assert res.to_dict()["defect_worst"] == {"blur": 1.0, "noise": 5.0}
+    assert "noise 5.0 (mean 5.0)" in defect_text(res)

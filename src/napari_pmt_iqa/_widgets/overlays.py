@@ -153,6 +153,18 @@ def score_meaning(result: Any) -> str:
     )
 
 
+def defect_text(result: Any) -> str:
+    """A sentence on the defect head's levels of a single-plane result ("" without a head, and
+    for stacks, whose planes each carry their own in the layer metadata)."""
+    worst = getattr(result, "defect_worst", None)
+    if not worst:
+        return ""
+    parts = ", ".join(
+        f"{kind} {worst[kind]:.1f} (mean {result.defect_levels[kind]:.1f})" for kind in worst
+    )
+    return f" Defect levels (0 none - 5 severe), worst crop: {parts}."
+
+
 def looks_like_misread_rgb(data_shape: Sequence[int], rgb: bool) -> bool:
     """Whether an image of this shape, shown with ``rgb``, is a colour image napari read as a stack.
 
@@ -350,14 +362,17 @@ def overlay_specs(
     affine
         The image layer's extra ``affine`` (passed through so the overlays follow it).
     visible
-        Keys of the overlays shown at first (``quality``, ``class``, ``confidence``, ``scale0``..``scale3``).
+        Keys of the overlays shown at first (``quality``, ``class``, ``confidence``,
+        ``scale0``..``scale3``, ``defect_<family>``).
 
     Returns
     -------
     list of OverlaySpec
         Per task: ``quality`` (regression head), ``class`` (classification head: the class
         numbered from 1, in steps of colour) and ``confidence`` (its probability); per scale:
-        ``scale0`` to ``scale3`` (contribution of each multi-scale tap). All are Image layers: a
+        ``scale0`` to ``scale3`` (contribution of each multi-scale tap); for a model with a defect
+        head, ``defect_blur``, ``defect_noise``, ... (its estimated level of each defect family).
+        All are Image layers: a
         Labels layer would cost napari about 20 ms more to add (its painting tools' visuals), a
         stall of the viewer for tools a map has no use for.
     """
@@ -477,6 +492,31 @@ def overlay_specs(
                 },
             )
         )
+    if first.maps.defects is not None:  # a model with a defect head: one map per defect family
+        defects = _stack(result, "defects")  # (*lead, K, ny, nx)
+        for k, kind in enumerate(first.maps.defect_kinds):
+            specs.append(
+                OverlaySpec(
+                    f"defect_{kind}",
+                    "image",
+                    np.ascontiguousarray(defects[..., k, :, :]),
+                    {
+                        **base,
+                        "name": f"defect map: {kind}, level 0-5 [{image_name}]",
+                        "colormap": "magma",
+                        "contrast_limits": (0.0, 5.0),
+                        "opacity": 0.6,
+                        "blending": "translucent",
+                        **meta(
+                            f"defect_{kind}",
+                            f"defect head: estimated {kind} level of each crop (0 none, 1 mild .. "
+                            "5 severe, the levels of the synthetic degradations), whatever its "
+                            "content",
+                            "degradation level 0-5",
+                        ),
+                    },
+                )
+            )
     for s in specs:
         s.kwargs["visible"] = s.key in visible
     return specs

@@ -37,6 +37,7 @@ from .overlays import (
     check_image_layer,
     class_colors,
     class_labels,
+    defect_text,
     is_overlay_of,
     is_plugin_overlay,
     overlay_specs,
@@ -409,6 +410,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.class_label.setText(
             f"Most likely class {top + 1} of {len(probs)} ({labels[top]} {first.units}), p = {probs[top]:.2f}. "
             + ", ".join(f"{labels[k]}: {probs[k]:.2f}" for k in range(len(probs)))
+            + defect_text(result)
         )
         if hasattr(result, "planes"):
             self._show_stack_plot(result.scores, result.score_range, result.units)

@@ -1,5 +1,5 @@
 """The ``pmt-iqa`` command line: one module per verb (``score``, ``train``, ``finetune``, ``eval``,
-``protocol``).
+``protocol``, ``defects``).
 
 What several verbs share lives in :mod:`._common`. Entry point: ``napari_pmt_iqa.cli:main`` (also
 ``python -m napari_pmt_iqa ...`` and ``torchrun -m napari_pmt_iqa train ...``). torch is imported only
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_score(sub)
     try:
+        from .defects import add_subcommands as add_defects
         from .eval import add_subcommands as add_eval
         from .finetune import add_subcommands as add_finetune
         from .protocol import add_subcommands as add_protocol
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_finetune(sub)
         add_eval(sub)
         add_protocol(sub)
+        add_defects(sub)
     return parser
 
 

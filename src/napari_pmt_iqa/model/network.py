@@ -34,6 +34,9 @@ from .backbones import BACKBONES, STAGE_STRIDES, build_backbone
 
 #: Pooling grids of the four taps (cells per side) for the paper's 224 crop.
 TAP_GRIDS = (8, 4, 2, 1)
+#: Backbone stages whose statistics feed the defect head: the first three, the fine-scale ones
+#: (texture, noise, blocks), which the few-shot recipe never changes.
+DEFECT_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class ModelConfig:
     trunk_dim: int = 14
     crop_size: int = 224
     multiscale: bool = True
+    #: Defect families the model's defect head estimates (empty: no defect head; see
+    #: :meth:`PMTIQA.defect_features` and ``training/defects.py``).
+    defect_kinds: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +63,7 @@ class ModelConfig:
             "trunk_dim": self.trunk_dim,
             "crop_size": self.crop_size,
             "multiscale": self.multiscale,
+            "defect_kinds": list(self.defect_kinds),
         }
 
     @classmethod
@@ -64,6 +71,11 @@ class ModelConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         if "tap_channels" in known:
             known["tap_channels"] = tuple(int(c) for c in known["tap_channels"])
+        if "defect_kinds" in known:
+            kinds = known["defect_kinds"]
+            if isinstance(kinds, str) or not all(isinstance(k, str) and k for k in kinds):
+                raise ValueError(f"defect_kinds must be a list of names; got {kinds!r}")
+            known["defect_kinds"] = tuple(kinds)
         cfg = cls(**known)
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {cfg.backbone!r} in the model configuration.")
@@ -83,11 +95,15 @@ class PMTOutput:
     taps
         The four 28-d multi-scale vectors, each ``(N, tap_dim)`` (their concatenation is the MS
         feature).
+    defects
+        Defect-head output ``(N, len(config.defect_kinds))``: the estimated degradation level
+        (0 none .. 5 severe) of each defect family, or None for a model without a defect head.
     """
 
     score: torch.Tensor
     logits: torch.Tensor
     taps: list[torch.Tensor] = field(default_factory=list)
+    defects: torch.Tensor | None = None
 
 
 class PMTIQA(nn.Module):
@@ -157,6 +173,12 @@ class PMTIQA(nn.Module):
             nn.LeakyReLU(0.01),
             nn.Linear(config.trunk_dim, config.num_classes),
         )
+        # the defect head is fitted in closed form (training/defects.py), never by the optimiser:
+        # its parameters are frozen so that no training run (nor DDP) sees them as unused
+        self.defect_head: nn.Linear | None = None
+        if config.defect_kinds:
+            self.defect_head = nn.Linear(self.defect_dim, len(config.defect_kinds))
+            self.defect_head.requires_grad_(False)
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -179,10 +201,56 @@ class PMTIQA(nn.Module):
         ``x`` is normalised input (see :meth:`normalize`) of any size. Without the multi-scale
         taps (the ablation) only the last map is used: the first three are returned as they are.
         """
-        f1, f2, f3, f4 = self.backbone(x)
+        return self.reduce_maps(self.backbone(x))
+
+    def reduce_maps(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tap maps of :meth:`stage_maps` from the backbone's raw stage maps."""
+        f1, f2, f3, f4 = raw
         if not self.config.multiscale:
             return [f1, f2, f3, f4]
         return [self.reduce[0](f1), self.reduce[1](f2), self.reduce[2](f3), f4]
+
+    # ------------------------------------------------------------------ defect features
+    @property
+    def defect_dim(self) -> int:
+        """Width of :meth:`defect_features`: mean and RMS of each channel of the first stages."""
+        return 2 * sum(self.backbone.spec.channels[:DEFECT_STAGES])
+
+    def defect_features(self, raw: list[torch.Tensor], step: int | None = None) -> torch.Tensor:
+        """Mean and root mean square of each channel of the first three raw stage maps over every
+        ``crop_size`` window of a lattice (the windows of :meth:`window_pooled`).
+
+        ``raw`` is the backbone's output (:meth:`stage_maps` before its reductions) for images
+        whose sides are multiples of 32 and at least ``crop_size``; a single crop gives one
+        window. Returns ``(N * ny * nx, defect_dim)``, row-major over the windows of each image.
+        """
+        step = step or self.lattice
+        crop = self.config.crop_size
+        lat = self.lattice
+        if crop % lat or step % lat:
+            raise ValueError("Defect features need a crop size and step that are multiples of 32.")
+        parts = []
+        ny = nx = None
+        for m, s in zip(raw[:DEFECT_STAGES], STAGE_STRIDES):
+            m = m.float()
+            # means over 32-pixel cells first, then over the crop's cells: the same mean as one
+            # crop-sized pooling, at a fraction of its cost
+            cells = lat // s
+            mean = F.avg_pool2d(F.avg_pool2d(m, cells), crop // lat, step // lat)
+            sq = F.avg_pool2d(F.avg_pool2d(m * m, cells), crop // lat, step // lat)
+            rms = sq.clamp_min(0).sqrt()
+            if ny is None:
+                ny, nx = mean.shape[-2:]
+            parts += [mean[..., :ny, :nx], rms[..., :ny, :nx]]
+        v = torch.cat(parts, dim=1)  # N, D, ny, nx
+        return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
+
+    def defects(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Defect-head levels (``N, len(defect_kinds)``, clipped to 0..5) of defect features, or
+        None for a model without a defect head."""
+        if self.defect_head is None:
+            return None
+        return self.defect_head(features.to(self.defect_head.weight.dtype)).clamp(0.0, 5.0)
 
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""
@@ -208,11 +276,16 @@ class PMTIQA(nn.Module):
         """
         if not normalized:
             x = self.normalize(x)
-        maps = self.stage_maps(x)
+        raw = self.backbone(x)
+        maps = self.reduce_maps(raw)
         pooled = [F.adaptive_avg_pool2d(m, g) for m, g in zip(maps, TAP_GRIDS)]
         taps = self.taps_from_pooled(pooled)
         score, logits = self.heads(taps)
-        return PMTOutput(score=score, logits=logits, taps=taps)
+        defects = None
+        if self.defect_head is not None and x.shape[-1] == x.shape[-2] == self.config.crop_size:
+            with torch.no_grad():
+                defects = self.defects(self.defect_features(raw))
+        return PMTOutput(score=score, logits=logits, taps=taps, defects=defects)
 
     # ------------------------------------------------------------------ window path
     @property

@@ -190,6 +190,18 @@ class _Run:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         else:
             model = load_model(c.init, device="cpu")
+            if model.defect_head is not None and not c.freeze_backbone:
+                from .defects import drop_defect_head
+
+                drop_defect_head(model)
+                self.emit(
+                    DataIssue(
+                        "The starting model's defect head (its defect maps) is left out of this "
+                        "run: it reads the backbone's first stages, which this run trains. Fit a "
+                        "new one on the result with scripts/fit_defects.py, or train with "
+                        "freeze_backbone to keep it."
+                    )
+                )
         return model
 
     def _prepare_data(self):

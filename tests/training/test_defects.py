@@ -1,0 +1,259 @@
+"""The defect head: rows, closed-form fit, attach/drop, maps from every scoring path, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from _iqa_data import make_dataset
+from napari_pmt_iqa.model import PMTIQA
+from napari_pmt_iqa.model.network import ModelConfig
+from napari_pmt_iqa.scoring import score, score_batch
+from napari_pmt_iqa.training import TrainConfig, TrainingError, train
+from napari_pmt_iqa.training import events as E
+from napari_pmt_iqa.training.defects import (
+    DEFECT_FAMILIES,
+    DefectRows,
+    attach_defect_head,
+    defect_rows,
+    drop_defect_head,
+    fit_defects,
+    window_features,
+)
+from napari_pmt_iqa.weights import load_checkpoint, save_checkpoint
+
+
+def _photo(seed: int, h: int = 288, w: int = 320) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 127 + 90 * np.sin(xx / (5.0 + seed)) * np.cos(yy / (9.0 + seed))
+    img = base[..., None] + rng.normal(0, 4, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return PMTIQA(backbone="tiny", pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def rows(tiny):
+    return defect_rows(tiny, [_photo(i) for i in range(4)] + [_photo(9, 100, 120)], seed=3)
+
+
+@pytest.fixture(scope="module")
+def with_head(tiny, rows):
+    m = PMTIQA(backbone="tiny", pretrained=False).eval()
+    m.load_state_dict(tiny.state_dict())
+    return attach_defect_head(m, fit_defects(rows, ridge=1.0))
+
+
+def test_rows_clean_and_degraded_per_family(tiny, rows):
+    kinds = tuple(DEFECT_FAMILIES)
+    assert rows.kinds == kinds
+    assert rows.photos == 4  # the 100 x 120 photo is smaller than a crop: skipped
+    assert rows.features.shape == (len(rows.levels), tiny.defect_dim)
+    assert tiny.defect_dim == 2 * sum(tiny.backbone.spec.channels[:3])
+    clean = rows.family == -1
+    assert (rows.levels[clean] == 0).all()
+    assert ((rows.levels[~clean] >= 1) & (rows.levels[~clean] <= 5)).all()
+    # each photo: clean + 2 versions per family, up to 12 windows each (a 288 x 320 photo has 3 x 4)
+    assert clean.sum() == 4 * 12
+    for f in range(len(kinds)):
+        assert (rows.family == f).sum() == 4 * 2 * 12
+    assert np.isfinite(rows.features).all()
+
+
+def test_window_features_match_the_model_on_one_crop(tiny):
+    img = _photo(1, 224, 224)
+    f = window_features(tiny, img)
+    x = tiny.normalize(torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None])
+    want = tiny.defect_features(tiny.backbone(x)).detach().numpy()
+    np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-6)
+    assert window_features(tiny, _photo(1, 200, 400)).shape == (0, tiny.defect_dim)
+
+
+def test_rows_refuse_bad_photos_and_families(tiny):
+    with pytest.raises(TrainingError, match="8-bit RGB"):
+        defect_rows(tiny, [np.zeros((300, 300), np.uint8)])
+    with pytest.raises(TrainingError, match="unknown or no degradation kinds"):
+        defect_rows(tiny, [_photo(0)], families={"blur": ("gaussian",)})
+    with pytest.raises(TrainingError, match="large enough"):
+        defect_rows(tiny, [_photo(0, 100, 100)])
+
+
+def test_fit_recovers_a_linear_relation_and_folds_the_standardisation():
+    rng = np.random.default_rng(0)
+    n, d = 600, 10
+    X = rng.normal(3.0, [0.1 * (k + 1) for k in range(d)], (n, d)).astype(np.float32)
+    fam = np.repeat([-1, 0, 1], n // 3)
+    true_w = rng.normal(0, 1, (2, d))
+    levels = np.where(fam == -1, 0.0, 0.0)
+    for f in (0, 1):
+        m = (fam == f) | (fam == -1)
+        levels = np.where(fam == f, X @ true_w[f] - (X[m] @ true_w[f]).mean() + 2.5, levels)
+    rows = DefectRows(X, levels, fam, ("a", "b"), 5)
+    fit = fit_defects(rows, ridge=1e-6, specific=False)
+    for f in (0, 1):
+        m = fam == f
+        pred = X[m] @ fit.weight[f] + fit.bias[f]
+        assert np.corrcoef(pred, levels[m])[0, 1] > 0.9  # the clean rows pull only the intercept
+    # a larger penalty shrinks the weights
+    assert (
+        np.abs(fit_defects(rows, ridge=100.0, specific=False).weight).sum()
+        < np.abs(fit.weight).sum()
+    )
+    assert fit.to_meta()["kinds"] == ["a", "b"] and fit.windows == n
+    assert not fit.to_meta()["specific"]
+
+
+def test_a_specific_fit_keeps_each_family_low_on_the_others():
+    # two families told apart by two different features; a plain fit of family "a" sees only
+    # clean and "a" rows, so it may read "b" defects as "a"; the specific fit learns they are not
+    rng = np.random.default_rng(1)
+    n = 300
+    fam = np.repeat([-1, 0, 1], n)
+    lev = np.where(fam == -1, 0.0, rng.integers(1, 6, 3 * n).astype(float))
+    X = rng.normal(0, 0.05, (3 * n, 3)).astype(np.float32)
+    X[:, 0] += np.where(fam >= 0, lev, 0.0)  # both families raise feature 0 (lost detail)
+    X[:, 1] += np.where(fam == 0, lev, 0.0)  # only "a" raises feature 1
+    X[:, 2] += np.where(fam == 1, lev, 0.0)  # only "b" raises feature 2
+    rows = DefectRows(X, lev, fam, ("a", "b"), 1)
+    b_rows = X[fam == 1]
+    plain = fit_defects(rows, ridge=1e-4, specific=False)
+    spec = fit_defects(rows, ridge=1e-4)
+    assert spec.specific
+    a_on_b = lambda f: float(np.mean(b_rows @ f.weight[0] + f.bias[0]))  # noqa: E731
+    assert a_on_b(plain) > 1.0 and abs(a_on_b(spec)) < 0.2
+    a_rows = fam == 0
+    pred = X[a_rows] @ spec.weight[0] + spec.bias[0]
+    np.testing.assert_allclose(pred, lev[a_rows], atol=0.3)
+
+
+def test_fit_refuses_bad_penalty_and_missing_rows(rows):
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(TrainingError, match="ridge"):
+            fit_defects(rows, ridge=bad)
+    no_clean = dataclasses.replace(rows, family=np.where(rows.family == -1, 0, rows.family))
+    with pytest.raises(TrainingError, match="no degraded or no clean rows"):
+        fit_defects(no_clean)
+
+
+def test_attach_sets_the_config_and_freezes_the_head(with_head, tiny):
+    assert with_head.config.defect_kinds == tuple(DEFECT_FAMILIES)
+    assert not any(p.requires_grad for p in with_head.defect_head.parameters())
+    out = with_head(torch.rand(2, 3, 224, 224))
+    assert out.defects.shape == (2, 3)
+    assert ((out.defects >= 0) & (out.defects <= 5)).all()
+    assert tiny(torch.rand(1, 3, 224, 224)).defects is None
+    wrong = fit_defects(
+        DefectRows(
+            np.zeros((4, 7), np.float32),
+            np.array([0.0, 1, 0, 2]),
+            np.array([-1, 0, -1, 0]),
+            ("blur",),
+            1,
+        )
+    )
+    with pytest.raises(TrainingError, match="features"):
+        attach_defect_head(PMTIQA(backbone="tiny", pretrained=False), wrong)
+
+
+def test_scores_unchanged_and_defect_maps_on_every_path(with_head, tiny):
+    img = _photo(5, 420, 500)
+    a = score(img, tiny, device="cpu")
+    b = score(img, with_head, device="cpu")
+    assert b.score == a.score  # the head only reads: scores and quality maps are the same
+    np.testing.assert_array_equal(a.maps.quality, b.maps.quality)
+    assert a.maps.defects is None and a.maps.defect_kinds == ()
+    d = b.maps.defects
+    assert d.shape == (3, *b.maps.quality.shape)
+    assert b.maps.defect_kinds == tuple(DEFECT_FAMILIES)
+    assert ((d >= 0) & (d <= 5)).all()
+    # the crop grid of the maps is the head applied to each window's features
+    # (the plane is cut centrally to multiples of 32: 416 x 480)
+    x = torch.from_numpy(img[2:418, 10:490].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        feats = with_head.defect_features(with_head.backbone(with_head.normalize(x)))
+    want = with_head.defects(feats).detach().numpy().T.reshape(3, *b.crop_scores.shape)
+    np.testing.assert_allclose(b.maps.crop_grid(d), want, atol=1e-4)
+    # tiles (a tiny budget) and a batch give the same maps as one pass
+    tiled = score(img, with_head, device="cpu", memory_mb=1)
+    np.testing.assert_allclose(tiled.maps.defects, d, atol=1e-3)
+    (batched,) = score_batch([img], with_head, device="cpu", maps=True)
+    np.testing.assert_allclose(batched.maps.defects, d, atol=1e-4)
+    crops = score(img, with_head, device="cpu", method="crops")
+    assert crops.maps.defects.shape == d.shape
+
+
+def test_checkpoint_round_trip_keeps_the_head(with_head, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", with_head)
+    back = load_checkpoint(path)
+    assert back.config.defect_kinds == with_head.config.defect_kinds
+    img = _photo(6, 300, 300)
+    np.testing.assert_allclose(
+        score(img, back, device="cpu").maps.defects,
+        score(img, with_head, device="cpu").maps.defects,
+        atol=1e-5,
+    )
+    # float16 storage keeps the defect head in float32 (its read-out cancels large terms)
+    from safetensors import safe_open
+
+    half = save_checkpoint(tmp_path / "half.safetensors", with_head, half=True)
+    with safe_open(str(half), "pt") as f:
+        assert f.get_tensor("defect_head.weight").dtype == torch.float32
+        assert f.get_tensor("reg_head.weight").dtype == torch.float16
+    # an older checkpoint (no defect_kinds in its configuration) has no head
+    cfg = ModelConfig.from_dict(
+        {k: v for k, v in back.config.to_dict().items() if k != "defect_kinds"}
+    )
+    assert cfg.defect_kinds == ()
+    with pytest.raises(ValueError, match="defect_kinds"):
+        ModelConfig.from_dict({**cfg.to_dict(), "defect_kinds": "blur"})
+
+
+def test_drop_removes_the_head(with_head):
+    m = PMTIQA(backbone="tiny", pretrained=False).eval()
+    m.load_state_dict(with_head.state_dict(), strict=False)
+    attach_defect_head(m, fit_defects(DefectRows(*_rows_like(with_head))))
+    drop_defect_head(m)
+    assert m.defect_head is None and m.config.defect_kinds == ()
+    assert score(_photo(2), m, device="cpu").maps.defects is None
+
+
+def _rows_like(model):
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (30, model.defect_dim)).astype(np.float32)
+    fam = np.tile([-1, 0, 1, 2, 0, 1], 5)
+    return X, np.where(fam == -1, 0.0, 3.0), fam, tuple(DEFECT_FAMILIES), 3
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_training_drops_the_head_unless_the_backbone_is_frozen(with_head, tmp_path, freeze):
+    init = save_checkpoint(tmp_path / "init.safetensors", with_head)
+    data = make_dataset(tmp_path / "data", n=12, size=96)
+    log = E.EventLog()
+    r = train(
+        TrainConfig(
+            data=data,
+            out_dir=tmp_path / "run",
+            init=str(init),
+            epochs=1,
+            batch_size=4,
+            max_batches=1,
+            device="cpu",
+            freeze_backbone=freeze,
+        ),
+        listeners=[log],
+    )
+    out = load_checkpoint(r.last_path)
+    said = [e.message for e in log.of(E.DataIssue) if "defect head" in e.message]
+    if freeze:
+        assert out.config.defect_kinds == tuple(DEFECT_FAMILIES) and not said
+        torch.testing.assert_close(out.defect_head.weight, with_head.defect_head.weight)
+    else:
+        assert out.defect_head is None and out.config.defect_kinds == () and said
