@@ -13,7 +13,7 @@ Usage (``v2.safetensors``: the network of ``pmt-lite0-v2``, from the git history
 
     python scripts/fit_defects.py v2.safetensors \\
         --livec ~/iqa-data/ChallengeDB_release --biq ~/iqa-data/biq --pristine-root ~/iqa-data \\
-        --out runs/defects/model.safetensors --specific --ridge 0.01 0.03 0.1 0.3
+        --out runs/defects/model.safetensors --ridge 0.01 0.03 0.1 0.3
 """
 
 from __future__ import annotations
@@ -82,7 +82,14 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--specific",
         action="store_true",
-        help="fit each family against the other families' defects too (level 0 for them)",
+        help="the default fit (each family also against the other families' defects); "
+        "accepted so that recorded commands run",
+    )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="fit each family on clean rows and its own only (default: also on the other "
+        "families' defects, at level 0, as the shipped head)",
     )
     ap.add_argument("--best-rated", type=int, default=300, help="best-rated training images used")
     ap.add_argument("--top", type=float, default=0.15, help="best-rated share they come from")
@@ -90,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.plain and args.specific:
+        ap.error("--plain and --specific exclude each other")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +106,11 @@ def main(argv=None) -> int:
     pristine, best = fit_photos(
         args.livec, args.biq, args.pristine_root, out.parent, args.best_rated, args.top, args.seed
     )
-    cache = out.parent / "defect_rows.npz"
+    from napari_pmt_iqa.weights import sha256_of
+
+    # the rows depend on the network, the photos and the seed: the cache is named by them
+    key = f"{sha256_of(args.checkpoint)[:12]}-{len(pristine)}-{len(best)}-s{args.seed}"
+    cache = out.parent / f"defect_rows-{key}.npz"
     t0 = time.time()
     if cache.exists():
         z = np.load(cache)
@@ -118,7 +131,7 @@ def main(argv=None) -> int:
     photos = validation_photos(args.livec, args.biq, args.n_val)
     results = []
     for r in args.ridge:
-        fit = fit_defects(rows, ridge=r, specific=args.specific)
+        fit = fit_defects(rows, ridge=r, specific=not args.plain)
         attach_defect_head(model, fit)
         loc = E.localisation(model, photos)
         rates = [loc[k]["defect_hit_rate"] for k in SANITY_KINDS]
@@ -130,7 +143,7 @@ def main(argv=None) -> int:
         return (round(min(rates), 6), round(float(np.mean(rates)), 6), d["ridge"])
 
     best_r = max(results, key=rank)
-    fit = fit_defects(rows, ridge=best_r["ridge"], specific=args.specific)
+    fit = fit_defects(rows, ridge=best_r["ridge"], specific=not args.plain)
     attach_defect_head(model, fit)
     save_with_defect_head(
         out,

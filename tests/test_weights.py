@@ -373,3 +373,13 @@ def test_a_cached_file_changed_after_verification_is_refused(ckpt):
     os.utime(path, ns=(before + 10**9, before + 10**9))
     with pytest.raises(W.CheckpointError, match="does not match the SHA-256"):
         W.resolve_weights("cached-model")
+
+
+def test_a_replaced_name_resolves_to_its_successor():
+    # pmt-lite0-v2 left the package for pmt-lite0-v3: the same network with a defect head
+    assert W.REPLACED_BY["pmt-lite0-v2"] == W.DEFAULT_MODEL
+    assert "pmt-lite0-v2" not in W.REGISTRY
+    assert W.resolve_weights("pmt-lite0-v2") == W.resolve_weights(None)
+    meta = W.read_metadata(W.resolve_weights(None))
+    assert meta["config"]["defect_kinds"] == ["blur", "noise", "compression"]
+    assert meta["format_version"] == 2

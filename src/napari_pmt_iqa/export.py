@@ -37,6 +37,11 @@ import numpy as np
 from .atomic import atomic_write_bytes, atomic_write_text
 
 #: Columns of :func:`write_scores_csv`.
+#: Defect-level columns (the families of ``training.defects.DEFECT_FAMILIES``; empty for a model
+#: without a defect head). A crop row holds the crop's level, an image or plane row the level of
+#: its worst crop (the mean over the crops is in the layer metadata).
+DEFECT_COLUMNS = ("defect_blur", "defect_noise", "defect_compression")
+
 SCORE_FIELDS = (
     "source",
     "kind",
@@ -56,6 +61,7 @@ SCORE_FIELDS = (
     "class_low",
     "class_high",
     "probability",
+    *DEFECT_COLUMNS,
     "model",
 )
 
@@ -144,6 +150,7 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
             "class_low": lo,
             "class_high": hi,
             "probability": float(probs[top]),
+            **_worst_defects(planes),
         }
     ]
     stack = hasattr(result, "planes")
@@ -162,12 +169,19 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
                     "class_low": lo,
                     "class_high": hi,
                     "probability": float(p.class_probs[c]),
+                    **_worst_defects([p]),
                 }
             )
         cls = conf = None
+        crop_defects: dict[str, np.ndarray] = {}
         if p.maps is not None:
             cls = p.maps.crop_grid(p.maps.class_map)
             conf = p.maps.crop_grid(p.maps.confidence)
+            if p.maps.defects is not None:
+                grid = p.maps.crop_grid(p.maps.defects)
+                for k, kind in enumerate(p.maps.defect_kinds):
+                    if f"defect_{kind}" in DEFECT_COLUMNS:
+                        crop_defects[f"defect_{kind}"] = grid[k]
         ny, nx = p.crop_scores.shape
         for i in range(ny):
             for j in range(nx):
@@ -191,8 +205,21 @@ def score_rows(result: Any, source: str = "", model: str = "") -> list[dict]:
                         class_high=hi,
                         probability=float(conf[i, j]),
                     )
+                for col, grid in crop_defects.items():
+                    row[col] = float(grid[i, j])
                 rows.append(row)
     return rows
+
+
+def _worst_defects(planes) -> dict[str, float]:
+    """The :data:`DEFECT_COLUMNS` of an image or plane row: the worst crop's level over ``planes``."""
+    out: dict[str, float] = {}
+    for p in planes:
+        for kind, v in (getattr(p, "defect_worst", None) or {}).items():
+            col = f"defect_{kind}"
+            if col in DEFECT_COLUMNS:
+                out[col] = max(out.get(col, 0.0), float(v))
+    return out
 
 
 def write_scores_csv(
@@ -210,7 +237,7 @@ def write_scores_csv(
 
 _INT_FIELDS = {"plane", "row", "col", "quality_class"}
 _FLOAT_FIELDS = {"y", "x", "size", "score", "score_low", "score_high", "class_low", "class_high"}
-_FLOAT_FIELDS |= {"probability"}
+_FLOAT_FIELDS |= {"probability", *DEFECT_COLUMNS}
 
 
 def read_scores_csv(path: str | os.PathLike) -> list[dict]:

@@ -30,9 +30,15 @@ import numpy as np
 from .atomic import _suppress, atomic_write_bytes
 
 META_KEY = "napari_pmt_iqa"
-FORMAT_VERSION = 1
+#: The newest checkpoint format this package reads. 2 adds the defect head; a checkpoint without
+#: one is still written as format 1, so that older versions of the package keep reading it (and
+#: refuse a model with a defect head with "upgrade the package", not an unknown tensor).
+FORMAT_VERSION = 2
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "pmt-lite0-v3"
+#: Names of models that left the package for one with the same network (the same scores): they
+#: still resolve, to their successor.
+REPLACED_BY = {"pmt-lite0-v2": "pmt-lite0-v3"}
 
 
 class CheckpointError(ValueError):
@@ -64,7 +70,7 @@ def build_metadata(model, **extra: Any) -> dict:
     n = model.config.num_classes
     sc = ScoreScale.from_dict(scale)
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if getattr(model, "defect_head", None) is not None else 1,
         "architecture": "PMT-IQA",
         "config": model.config.to_dict(),
         "score_scale": scale,
@@ -83,6 +89,11 @@ def build_metadata(model, **extra: Any) -> dict:
         "metrics": {},
     }
     meta.update(extra)
+    if getattr(model, "defect_head", None) is not None and "defects" not in meta:
+        # a model fine-tuned from one with a fitted head keeps the record of that fit
+        prior = (getattr(model, "meta", None) or {}).get("defects")
+        if prior:
+            meta["defects"] = prior
     return meta
 
 
@@ -108,11 +119,13 @@ def save_checkpoint(
     meta = metadata if metadata is not None else build_metadata(model, **extra)
     meta = dict(meta)
     meta["storage_dtype"] = "float16" if half else "float32"
+    if getattr(model, "defect_head", None) is not None:  # format 2: see FORMAT_VERSION
+        meta["format_version"] = max(2, int(meta.get("format_version", 1)))
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
-        # the defect head stays float32: its read-out of raw feature statistics cancels large
-        # terms, which float16 would round to a sizeable share of a level
+        # the defect head stays float32 (a few kilobytes): its read-out of raw feature
+        # statistics cancels large terms, which float16 weights would round
         if half and v.is_floating_point() and not k.startswith("defect_head."):
             v = v.half()
         state[k] = v
@@ -390,6 +403,8 @@ def resolve_weights(
     ``None`` means the default model shipped with the package.
     """
     name = DEFAULT_MODEL if name_or_path is None else name_or_path
+    if isinstance(name, str) and name not in REGISTRY and name in REPLACED_BY:
+        name = REPLACED_BY[name]
     if isinstance(name, str) and not name.strip():
         raise CheckpointError(
             "The model name is empty: leave it out to use the default model "

@@ -135,6 +135,15 @@ def test_defect_overlays_only_for_a_model_with_a_defect_head(tiny_model, rgb_ima
     assert d.data.shape == specs["quality"].data.shape
     np.testing.assert_allclose(specs["defect_blur"].data, 1.0)
     np.testing.assert_allclose(d.data, 5.0)  # 7 is clipped to the top level
+    # a head whose levels vary: each layer is its own family's map, cell for cell
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (2, m.defect_dim)).astype(np.float32)
+    attach_defect_head(m, DefectFit(kinds, w, np.array([2.5, 2.5], np.float32), 1.0, 1, 1))
+    varied = score(rgb_image, m, device="cpu")
+    vs = {s.key: s for s in overlay_specs(varied, "img", (1.0, 1.0), (0.0, 0.0))}
+    for k, kind in enumerate(kinds):
+        np.testing.assert_array_equal(vs[f"defect_{kind}"].data, varied.maps.defects[k])
+    assert np.ptp(varied.maps.defects) > 0
     assert d.kwargs["metadata"][OVERLAY_KEY]["units"] == "degradation level 0-5"
     assert res.to_dict()["defect_worst"] == {"blur": 1.0, "noise": 5.0}
     assert "noise 5.0 (mean 5.0)" in defect_text(res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from napari_pmt_iqa import cli
@@ -44,6 +45,22 @@ def test_defects_fits_and_writes_a_checkpoint_with_the_head(tiny_checkpoint, tmp
     assert r.maps.defects.shape[0] == 3
     # the score is the starting model's
     assert r.score == score(img, load_checkpoint(tiny_checkpoint), device="cpu").score
+    # pmt-iqa score writes the worst crop's levels; the score CSV of the widgets has each crop's
+    import csv
+
+    from napari_pmt_iqa.export import score_rows
+
+    table = tmp_path / "scores.csv"
+    assert (
+        cli.main(["score", str(photos / "p0.png"), "--model", str(out), "--csv", str(table)]) == 0
+    )
+    (row,) = list(csv.DictReader(table.open()))
+    for kind, v in r.defect_worst.items():
+        assert float(row[f"defect_{kind}"]) == pytest.approx(v, abs=0.01)
+    rows = score_rows(r)
+    crop = next(x for x in rows if x["kind"] == "crop" and x["row"] == 0 and x["col"] == 1)
+    assert crop["defect_noise"] == pytest.approx(float(r.maps.crop_grid(r.maps.defects)[1, 0, 1]))
+    assert rows[0]["defect_blur"] == pytest.approx(r.defect_worst["blur"])
 
 
 def test_defects_bad_input_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):

@@ -150,6 +150,12 @@ def test_attach_sets_the_config_and_freezes_the_head(with_head, tiny):
     assert out.defects.shape == (2, 3)
     assert ((out.defects >= 0) & (out.defects <= 5)).all()
     assert tiny(torch.rand(1, 3, 224, 224)).defects is None
+    # the read-out runs in float32 even under bf16 autocast (it cancels large terms)
+    feats = torch.rand(3, with_head.defect_dim) * 10
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = with_head.defects(feats)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, with_head.defects(feats))
     wrong = fit_defects(
         DefectRows(
             np.zeros((4, 7), np.float32),
@@ -181,19 +187,49 @@ def test_scores_unchanged_and_defect_maps_on_every_path(with_head, tiny):
         feats = with_head.defect_features(with_head.backbone(with_head.normalize(x)))
     want = with_head.defects(feats).detach().numpy().T.reshape(3, *b.crop_scores.shape)
     np.testing.assert_allclose(b.maps.crop_grid(d), want, atol=1e-4)
-    # tiles (a tiny budget) and a batch give the same maps as one pass
-    tiled = score(img, with_head, device="cpu", memory_mb=1)
-    np.testing.assert_allclose(tiled.maps.defects, d, atol=1e-3)
-    (batched,) = score_batch([img], with_head, device="cpu", maps=True)
-    np.testing.assert_allclose(batched.maps.defects, d, atol=1e-4)
+    assert b.defect_worst == {
+        k: pytest.approx(float(want[i].max())) for i, k in enumerate(b.maps.defect_kinds)
+    }
+    assert b.defect_levels["noise"] == pytest.approx(float(want[1].mean()), abs=1e-5)
+
+
+def test_defect_maps_of_tiles_crops_batches_and_stacks(with_head):
+    from napari_pmt_iqa.scoring import _tile_size
+
+    big = _photo(7, 900, 1000)
+    assert max(big.shape[:2]) > _tile_size("tiny", 1, 224)  # a budget of 1 MB cuts it into tiles
+    one = score(big, with_head, device="cpu", memory_mb=4096)
+    tiled = score(big, with_head, device="cpu", memory_mb=1)
+    assert np.ptp(one.maps.defects) > 0.01  # not a constant map
+    np.testing.assert_allclose(tiled.maps.defects, one.maps.defects, atol=1e-3)
+    # separate crops: each crop's cell is the head on that crop's own features
+    img = _photo(8, 288, 320)
     crops = score(img, with_head, device="cpu", method="crops")
-    assert crops.maps.defects.shape == d.shape
+    grid = crops.maps.crop_grid(crops.maps.defects)
+    for (i, j), (y, x) in zip([(0, 0), (1, 2), (2, 3)], [(0, 0), (32, 64), (64, 96)]):
+        f = torch.from_numpy(window_features(with_head, img[y : y + 224, x : x + 224]))
+        np.testing.assert_allclose(grid[:, i, j], with_head.defects(f)[0].numpy(), atol=1e-4)
+    # a batch of two images of one size, and a stack of the same two: each its own maps
+    other = _photo(9, 288, 320)
+    singles = [score(im, with_head, device="cpu") for im in (img, other)]
+    batched = score_batch([img, other], with_head, device="cpu", maps=True)
+    stack = score(np.stack([img, other]), with_head, device="cpu")
+    assert not np.allclose(singles[0].maps.defects, singles[1].maps.defects, atol=1e-3)
+    for k in range(2):
+        np.testing.assert_allclose(batched[k].maps.defects, singles[k].maps.defects, atol=1e-4)
+        np.testing.assert_allclose(stack.planes[k].maps.defects, singles[k].maps.defects, atol=1e-4)
 
 
 def test_checkpoint_round_trip_keeps_the_head(with_head, tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", with_head)
     back = load_checkpoint(path)
     assert back.config.defect_kinds == with_head.config.defect_kinds
+    # format 2 with a defect head (older versions then ask for an upgrade); 1 without one
+    from napari_pmt_iqa.weights import FORMAT_VERSION, read_metadata
+
+    assert read_metadata(path)["format_version"] == 2 == FORMAT_VERSION
+    plain = drop_defect_head(load_checkpoint(path))
+    assert read_metadata(save_checkpoint(tmp_path / "p.safetensors", plain))["format_version"] == 1
     img = _photo(6, 300, 300)
     np.testing.assert_allclose(
         score(img, back, device="cpu").maps.defects,
@@ -214,6 +250,25 @@ def test_checkpoint_round_trip_keeps_the_head(with_head, tmp_path):
     assert cfg.defect_kinds == ()
     with pytest.raises(ValueError, match="defect_kinds"):
         ModelConfig.from_dict({**cfg.to_dict(), "defect_kinds": "blur"})
+
+
+def test_saving_a_model_with_its_head_keeps_the_record_of_the_fit(with_head, tmp_path):
+    # e.g. a model fine-tuned from the shipped one: its metadata is rebuilt, the fit's record kept
+    from napari_pmt_iqa.training.defects import save_with_defect_head
+    from napari_pmt_iqa.weights import build_metadata, read_metadata
+
+    fit = fit_defects(DefectRows(*_rows_like(with_head)))
+    m = attach_defect_head(
+        load_checkpoint(save_checkpoint(tmp_path / "a.safetensors", with_head)), fit
+    )
+    m.meta = {**m.meta, "name": "registered-name", "version": 9}
+    path = save_with_defect_head(tmp_path / "b.safetensors", m, fit, photos_given=3)
+    meta = read_metadata(path)
+    assert meta["defects"]["photos_given"] == 3
+    assert "name" not in meta and "version" not in meta  # a refit is not the registered model
+    tuned = load_checkpoint(path)
+    assert build_metadata(tuned, description="fine-tuned")["defects"] == meta["defects"]
+    assert "defects" not in build_metadata(drop_defect_head(tuned))
 
 
 def test_drop_removes_the_head(with_head):

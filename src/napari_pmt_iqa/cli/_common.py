@@ -383,6 +383,19 @@ def _install_sigint(control):
         return None
 
 
+def count_bar(total: int, desc: str, unit: str):
+    """A tqdm bar on stderr and a ``progress(done, total)`` callback that moves it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+    def progress(done, _total):
+        bar.n = done
+        bar.refresh()
+
+    return bar, progress
+
+
 def _error(exc) -> int:
     msg = getattr(exc, "message", None) or str(exc)
     hint = getattr(exc, "hint", "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ._common import _error, _setup, output_problem
+from ._common import _error, _setup, count_bar, output_problem
 
 
 def add_subcommands(sub) -> None:
@@ -75,14 +75,7 @@ def cmd_defects(args) -> int:
             raise ValueError("--versions and --windows must be at least 1.")
         files = _photo_files(args.photos)
         model = load_model(args.model, device="cpu")
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(files), desc="photos", unit="photo", file=sys.stderr, leave=False)
-
-        def progress(done, total):
-            bar.n = done
-            bar.refresh()
-
+        bar, progress = count_bar(len(files), "photos", "photo")
         rows = defect_rows(
             model,
             files,

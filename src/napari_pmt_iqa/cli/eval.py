@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import _add_data_args, _error, _fmt, _scale, _setup, output_problem
+from ._common import _add_data_args, _error, _fmt, _scale, _setup, count_bar, output_problem
 
 
 def add_subcommands(sub) -> None:
@@ -64,13 +64,7 @@ def cmd_eval(args) -> int:
             print(
                 f"warning: {len(ds.skipped)} images left out, e.g. {ds.skipped[0]}", file=sys.stderr
             )
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(ds), desc="scoring", unit="img", file=sys.stderr, leave=False)
-
-        def progress(done, total):
-            bar.n = done
-            bar.refresh()
+        bar, progress = count_bar(len(ds), "scoring", "img")
 
         m, preds = evaluate(
             args.model,

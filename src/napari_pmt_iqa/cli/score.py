@@ -42,10 +42,12 @@ import os
 import sys
 from pathlib import Path
 
+from ..export import DEFECT_COLUMNS
 from ._common import output_problem
 
 #: CSV columns. ``plane`` is empty for a 2D image and the plane index for the planes of a stack;
-#: ``score_low``/``score_high``/``higher_is_better`` say what the score means.
+#: ``score_low``/``score_high``/``higher_is_better`` say what the score means; ``defect_*`` hold
+#: the defect head's level (0-5) in the worst crop (empty for a model without a defect head).
 CSV_FIELDS = (
     "path",
     "plane",
@@ -56,6 +58,7 @@ CSV_FIELDS = (
     "higher_is_better",
     "quality_class",
     "n_crops",
+    *DEFECT_COLUMNS,
     "error",
 )
 
@@ -185,6 +188,11 @@ def _result_rows(path: Path, result) -> list[dict]:
                 higher_is_better=r.higher_is_better,
                 quality_class=r.predicted_class + 1,
                 n_crops=r.n_crops,
+                **{
+                    f"defect_{kind}": f"{v:.2f}"
+                    for kind, v in r.defect_worst.items()
+                    if f"defect_{kind}" in DEFECT_COLUMNS
+                },
             )
         )
     return rows
@@ -217,6 +225,14 @@ def _save_maps(maps_dir: Path, path: Path, result, used: set[str]) -> None:
         class_map=np.stack([r.maps.class_map for r in planes]),
         confidence=np.stack([r.maps.confidence for r in planes]),
         scale_maps=np.stack([r.maps.scale_maps for r in planes]),
+        **(
+            {
+                "defects": np.stack([r.maps.defects for r in planes]),
+                "defect_kinds": np.array(planes[0].maps.defect_kinds),
+            }
+            if planes[0].maps.defects is not None
+            else {}
+        ),
         map_scale=np.array(planes[0].maps.geometry.scale),
         map_translate=np.array(planes[0].maps.geometry.translate),
         source=np.array(str(path)),

@@ -250,7 +250,10 @@ class PMTIQA(nn.Module):
         None for a model without a defect head."""
         if self.defect_head is None:
             return None
-        return self.defect_head(features.to(self.defect_head.weight.dtype)).clamp(0.0, 5.0)
+        # in float32 even under bf16/fp16 autocast: the read-out cancels large terms
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            w = self.defect_head.weight
+            return self.defect_head(features.to(w.dtype)).float().clamp(0.0, 5.0)
 
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""

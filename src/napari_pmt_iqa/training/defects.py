@@ -274,9 +274,11 @@ def save_with_defect_head(path, model, fit: DefectFit, **info):
     ``defects`` (with ``info``)."""
     from ..weights import build_metadata, save_checkpoint
 
-    own = {"config", "format_version", "architecture", "created", "package_version"}
+    # what describes this file, not the one it came from: rebuilt or dropped (a head fitted on a
+    # registered model is not that registered model)
+    own = {"config", "format_version", "architecture", "created", "package_version", "name"}
+    own |= {"version", "storage_dtype", "float16_max_score_change"}
     kept = {k: v for k, v in (getattr(model, "meta", None) or {}).items() if k not in own}
-    kept.pop("storage_dtype", None)
     meta = build_metadata(model, **kept)
     meta["defects"] = {**fit.to_meta(), **info}
     return save_checkpoint(path, model, meta)

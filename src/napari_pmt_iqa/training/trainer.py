@@ -198,8 +198,9 @@ class _Run:
                     DataIssue(
                         "The starting model's defect head (its defect maps) is left out of this "
                         "run: it reads the backbone's first stages, which this run trains. Fit a "
-                        "new one on the result with scripts/fit_defects.py, or train with "
-                        "freeze_backbone to keep it."
+                        "new one on the result with 'pmt-iqa defects --model RESULT --photos "
+                        "CLEAN_PHOTOS/ --out NEW.safetensors', or train with freeze_backbone to "
+                        "keep it."
                     )
                 )
         return model
