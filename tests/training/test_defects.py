@@ -188,9 +188,9 @@ def test_scores_unchanged_and_defect_maps_on_every_path(with_head, tiny):
     want = with_head.defects(feats).detach().numpy().T.reshape(3, *b.crop_scores.shape)
     np.testing.assert_allclose(b.maps.crop_grid(d), want, atol=1e-4)
     assert b.defect_worst == {
-        k: pytest.approx(float(want[i].max())) for i, k in enumerate(b.maps.defect_kinds)
+        k: pytest.approx(float(want[i].max()), abs=1e-4) for i, k in enumerate(b.maps.defect_kinds)
     }
-    assert b.defect_levels["noise"] == pytest.approx(float(want[1].mean()), abs=1e-5)
+    assert b.defect_levels["noise"] == pytest.approx(float(want[1].mean()), abs=1e-4)
 
 
 def test_defect_maps_of_tiles_crops_batches_and_stacks(with_head):

@@ -154,15 +154,15 @@ def score_meaning(result: Any) -> str:
 
 
 def defect_text(result: Any) -> str:
-    """A sentence on the defect head's levels of a single-plane result ("" without a head, and
-    for stacks, whose planes each carry their own in the layer metadata)."""
+    """A line on the defect head's levels of a single-plane result, starting with a newline (""
+    without a head, and for stacks, whose planes each carry their own in the layer metadata)."""
     worst = getattr(result, "defect_worst", None)
     if not worst:
         return ""
     parts = ", ".join(
         f"{kind} {worst[kind]:.1f} (mean {result.defect_levels[kind]:.1f})" for kind in worst
     )
-    return f" Defect levels (0 none - 5 severe), worst crop: {parts}."
+    return f"\nDefect levels (0 none - 5 severe), worst crop: {parts}."
 
 
 def looks_like_misread_rgb(data_shape: Sequence[int], rgb: bool) -> bool:
