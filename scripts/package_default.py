@@ -145,6 +145,11 @@ def main(argv=None):
                     if "defects" in meta
                     else {}
                 ),
+                **(
+                    {"fusion": {k: meta["fusion"][k] for k in ("weights", "thresholds", "form")}}
+                    if "fusion" in meta
+                    else {}
+                ),
                 "metrics": {k: v for k, v in m.items() if k != "test"},
                 "test": {k: v for k, v in m.get("test", {}).get("ours", {}).items()},
                 "storage_dtype": "float16",

@@ -577,7 +577,9 @@ def _finish(
     from .score_scale import ScoreScale
 
     crop = model.config.crop_size
-    s, logits, parts = _heads(model, taps)
+    head_s, logits, parts = _heads(model, taps)
+    # the defect-aware score (PMTIQA.fuse); the scale maps compare head outputs with head outputs
+    s = model.fuse(head_s, defects)
     if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(logits).all())):
         raise ModelOutputError(
             "The model produced NaN or infinite scores: its weights are corrupt or come from a "
@@ -603,7 +605,7 @@ def _finish(
                 alt = list(parts)
                 alt[i] = parts[i].mean(dim=0, keepdim=True).expand_as(parts[i])
                 s_alt, _ = _run_heads(model, alt)
-                contrib.append(((s - s_alt).numpy() * sign).reshape(ny, nx))
+                contrib.append(((head_s - s_alt).numpy() * sign).reshape(ny, nx))
         conf, cls = probs.max(dim=1)
         # the cells of the crop grid start half a crop (less half a cell) inside the prepared
         # plane; edge cells are repeated outwards until they reach the image borders

@@ -30,10 +30,12 @@ import numpy as np
 from .atomic import _suppress, atomic_write_bytes
 
 META_KEY = "napari_pmt_iqa"
-#: The newest checkpoint format this package reads. 2 adds the defect head; a checkpoint without
-#: one is still written as format 1, so that older versions of the package keep reading it (and
-#: refuse a model with a defect head with "upgrade the package", not an unknown tensor).
-FORMAT_VERSION = 2
+#: The newest checkpoint format this package reads. 2 adds the defect head, 3 the defect-aware
+#: score (``defect_weights``). Each checkpoint is written in the oldest format that holds it, so
+#: that older versions of the package keep reading what they can, and refuse the rest with
+#: "upgrade the package" (a format-2 reader would silently ignore the weights and score
+#: differently).
+FORMAT_VERSION = 3
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "pmt-lite0-v3"
 #: Names of models that left the package for one with the same network (the same scores): they
@@ -55,6 +57,13 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 # --------------------------------------------------------------------------- save / load
+def format_of(model) -> int:
+    """The oldest checkpoint format that holds ``model`` (see :data:`FORMAT_VERSION`)."""
+    if getattr(model, "defect_head", None) is None:
+        return 1
+    return 3 if any(model.config.defect_weights) else 2
+
+
 def build_metadata(model, **extra: Any) -> dict:
     """The metadata document of a checkpoint of ``model`` (a :class:`PMTIQA`).
 
@@ -70,7 +79,7 @@ def build_metadata(model, **extra: Any) -> dict:
     n = model.config.num_classes
     sc = ScoreScale.from_dict(scale)
     meta = {
-        "format_version": 2 if getattr(model, "defect_head", None) is not None else 1,
+        "format_version": format_of(model),
         "architecture": "PMT-IQA",
         "config": model.config.to_dict(),
         "score_scale": scale,
@@ -119,8 +128,8 @@ def save_checkpoint(
     meta = metadata if metadata is not None else build_metadata(model, **extra)
     meta = dict(meta)
     meta["storage_dtype"] = "float16" if half else "float32"
-    if getattr(model, "defect_head", None) is not None:  # format 2: see FORMAT_VERSION
-        meta["format_version"] = max(2, int(meta.get("format_version", 1)))
+    # what this model needs, whatever document the metadata was copied from (see FORMAT_VERSION)
+    meta["format_version"] = format_of(model)
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()

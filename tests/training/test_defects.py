@@ -227,7 +227,7 @@ def test_checkpoint_round_trip_keeps_the_head(with_head, tmp_path):
     # format 2 with a defect head (older versions then ask for an upgrade); 1 without one
     from napari_pmt_iqa.weights import FORMAT_VERSION, read_metadata
 
-    assert read_metadata(path)["format_version"] == 2 == FORMAT_VERSION
+    assert read_metadata(path)["format_version"] == 2 == FORMAT_VERSION - 1
     plain = drop_defect_head(load_checkpoint(path))
     assert read_metadata(save_checkpoint(tmp_path / "p.safetensors", plain))["format_version"] == 1
     img = _photo(6, 300, 300)
@@ -312,3 +312,149 @@ def test_training_drops_the_head_unless_the_backbone_is_frozen(with_head, tmp_pa
         torch.testing.assert_close(out.defect_head.weight, with_head.defect_head.weight)
     else:
         assert out.defect_head is None and out.config.defect_kinds == () and said
+
+
+# ---------------------------------------------------------------------- the defect-aware score
+WEIGHTS = np.array([0.2, 0.0, 0.5])
+_FUSED_PHOTO = (5, 420, 500)
+
+
+def _fused(s: np.ndarray, d: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """What ``fuse`` makes of scores ``s`` of crops whose ``(K, ...)`` levels are ``d``."""
+    p = np.tensordot(WEIGHTS, np.maximum(d - thresholds.reshape(-1, *[1] * (d.ndim - 1)), 0), 1)
+    return s - np.maximum(s, 0) * (1 - np.exp(-p))
+
+
+@pytest.fixture(scope="module")
+def fused(with_head):
+    """The head model with weights, and thresholds at the median level of each family on the
+    test photo (so that some crops are below, some above)."""
+    m = PMTIQA(with_head.config, pretrained=False).eval()
+    m.load_state_dict(with_head.state_dict())
+    r = score(_photo(*_FUSED_PHOTO), with_head, device="cpu")
+    t = np.median(r.maps.crop_grid(r.maps.defects).reshape(3, -1), axis=1)
+    m.config = dataclasses.replace(
+        m.config, defect_weights=tuple(WEIGHTS), defect_thresholds=tuple(float(v) for v in t)
+    )
+    return m
+
+
+def test_the_fused_score_takes_the_weighted_levels_off_every_crop(with_head, fused):
+    assert fused.fuses_defects and not with_head.fuses_defects
+    img = _photo(*_FUSED_PHOTO)
+    t = np.array(fused.config.defect_thresholds)
+    plain = score(img, with_head, device="cpu")
+    aware = score(img, fused, device="cpu")
+    d = plain.maps.crop_grid(plain.maps.defects)  # (3, ny, nx), the same head in both
+    want = _fused(plain.crop_scores, d, t)
+    # the test would pass trivially without any penalty, or with thresholds that clip nothing
+    assert (plain.crop_scores - want).max() > 0.1
+    assert (d[2] < t[2]).any() and (d[2] > t[2]).any()
+    assert not np.allclose(want, _fused(plain.crop_scores, d, np.zeros(3)))
+    np.testing.assert_allclose(aware.crop_scores, want, atol=1e-3)
+    assert aware.score == pytest.approx(want.mean(), abs=1e-3)
+    np.testing.assert_allclose(
+        aware.maps.crop_grid(aware.maps.quality), aware.crop_scores, atol=1e-3
+    )
+    # the scale maps compare head outputs with head outputs: unchanged by the penalty
+    np.testing.assert_allclose(aware.maps.scale_maps, plain.maps.scale_maps, atol=1e-4)
+    np.testing.assert_array_equal(aware.maps.defects, plain.maps.defects)
+    # separate crops (forward) fuse with each crop's own levels
+    crops, crops_plain = (score(img, m, device="cpu", method="crops") for m in (fused, with_head))
+    d = crops_plain.maps.crop_grid(crops_plain.maps.defects)
+    want = _fused(crops_plain.crop_scores, d, t)
+    np.testing.assert_allclose(crops.crop_scores, want, atol=1e-3)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        a, b = with_head(x), fused(x)
+    want = _fused(a.score.numpy(), a.defects.numpy().T, t)
+    np.testing.assert_allclose(b.score.numpy(), want, rtol=1e-5, atol=1e-4)
+    # batches fuse like single images
+    batched = score_batch([img], fused, device="cpu")
+    assert batched[0].score == pytest.approx(aware.score, abs=1e-4)
+
+
+def test_defect_weights_are_checked_stored_and_dropped(fused, tmp_path):
+    from napari_pmt_iqa.training.defects import drop_defect_weights
+    from napari_pmt_iqa.weights import FORMAT_VERSION, read_metadata
+
+    base = fused.config.to_dict()
+    with pytest.raises(ValueError, match="one value per kind"):
+        ModelConfig.from_dict({**base, "defect_weights": [1.0]})
+    with pytest.raises(ValueError, match=">= 0"):
+        ModelConfig.from_dict({**base, "defect_weights": [1.0, -1.0, 0.0]})
+    with pytest.raises(ValueError, match="list of numbers"):
+        ModelConfig.from_dict({**base, "defect_weights": "1,2,3"})
+    with pytest.raises(ValueError, match="defect_thresholds has 2 values"):
+        ModelConfig.from_dict({**base, "defect_thresholds": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="defect_thresholds must be finite"):
+        ModelConfig.from_dict({**base, "defect_thresholds": [1.0, float("nan"), 0.0]})
+    # format 3 (a format-2 reader would ignore the weights and score otherwise)
+    path = save_checkpoint(tmp_path / "f.safetensors", fused)
+    assert read_metadata(path)["format_version"] == 3 == FORMAT_VERSION
+    back = load_checkpoint(path)
+    assert back.config.defect_weights == tuple(WEIGHTS)
+    assert back.config.defect_thresholds == fused.config.defect_thresholds
+    img = _photo(4, 300, 300)
+    assert score(img, back, device="cpu").score == pytest.approx(
+        score(img, fused, device="cpu").score, abs=1e-4
+    )
+    # dropping the weights keeps the head and its maps, and gives the head's scores back
+    plain = drop_defect_weights(load_checkpoint(path))
+    assert plain.defect_head is not None and not plain.fuses_defects
+    assert read_metadata(save_checkpoint(tmp_path / "p.safetensors", plain))["format_version"] == 2
+    # a refit head, or no head at all, takes the weights with it
+    attach_defect_head(back, fit_defects(DefectRows(*_rows_like(back))))
+    assert back.config.defect_weights == () == back.config.defect_thresholds
+    again = drop_defect_head(load_checkpoint(path))
+    assert again.config.defect_weights == () and not again.fuses_defects
+    assert plain.config.defect_thresholds == ()
+
+
+def test_a_fine_tune_keeps_the_head_and_drops_the_weights(fused, tmp_path):
+    from napari_pmt_iqa.training import FinetuneConfig, finetune
+
+    init = save_checkpoint(tmp_path / "fused.safetensors", fused)
+    data = make_dataset(tmp_path / "ft", n=24, size=96)
+    res = finetune(
+        FinetuneConfig(data=str(data), init=str(init), out_dir=str(tmp_path / "run"), epochs=1)
+    )
+    tuned = load_checkpoint(res.best_path)
+    assert tuned.config.defect_kinds == fused.config.defect_kinds
+    assert tuned.config.defect_weights == () == tuned.config.defect_thresholds
+    assert not tuned.fuses_defects
+
+
+def test_training_the_heads_keeps_the_defect_head_and_drops_the_weights(fused, tmp_path):
+    init = save_checkpoint(tmp_path / "fused.safetensors", fused)
+    r = train(
+        TrainConfig(
+            data=make_dataset(tmp_path / "data", n=12, size=96),
+            out_dir=tmp_path / "run",
+            init=str(init),
+            epochs=1,
+            batch_size=4,
+            max_batches=1,
+            device="cpu",
+            freeze_backbone=True,
+        )
+    )
+    out = load_checkpoint(r.last_path)
+    assert out.config.defect_kinds == fused.config.defect_kinds and not out.fuses_defects
+    assert out.config.defect_weights == () == out.config.defect_thresholds
+
+
+def test_the_fused_score_stays_in_range_and_falls_with_every_level(fused):
+    t = torch.tensor(fused.config.defect_thresholds).float()
+    levels = torch.linspace(0, 5, 21)
+    d = torch.zeros(21, 3)
+    d[:, 2] = levels  # compression only, weight 0.5 per level past its threshold
+    for s in (0.0, 3.0, 50.0, 100.0):
+        out = fused.fuse(torch.full((21,), s), d)
+        assert (out >= 0).all() and (out <= s + 1e-6).all()
+        past = levels > t[2]
+        if s > 0:  # strictly falling past the threshold, unchanged below it
+            assert (out[past].diff() < 0).all()
+            torch.testing.assert_close(out[~past], torch.full((int((~past).sum()),), s))
+    # a score below the scale's worst end is left as it is (already the worst)
+    torch.testing.assert_close(fused.fuse(torch.full((21,), -4.0), d), torch.full((21,), -4.0))

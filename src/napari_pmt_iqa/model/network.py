@@ -24,6 +24,7 @@ Two ways to run it:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +54,23 @@ class ModelConfig:
     #: Defect families the model's defect head estimates (empty: no defect head; see
     #: :meth:`PMTIQA.defect_features` and ``training/defects.py``).
     defect_kinds: tuple[str, ...] = ()
+    #: The defect-aware score: for each family of ``defect_kinds``, the strength of its penalty
+    #: per level past its threshold in ``defect_thresholds`` (empty: scores as the regression
+    #: head gives them; see :meth:`PMTIQA.fuse`).
+    defect_weights: tuple[float, ...] = ()
+    #: The level of each family below which it costs nothing (empty: 0 for every family).
+    defect_thresholds: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("defect_weights", "defect_thresholds"):
+            v = getattr(self, name)
+            if v and len(v) != len(self.defect_kinds):
+                raise ValueError(
+                    f"{name} has {len(v)} values for {len(self.defect_kinds)} defect kinds "
+                    f"{self.defect_kinds!r}: give one value per kind, or none."
+                )
+            if any(not math.isfinite(x) or x < 0 for x in v):
+                raise ValueError(f"{name} must be finite and >= 0; got {v!r}")
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +82,8 @@ class ModelConfig:
             "crop_size": self.crop_size,
             "multiscale": self.multiscale,
             "defect_kinds": list(self.defect_kinds),
+            "defect_weights": list(self.defect_weights),
+            "defect_thresholds": list(self.defect_thresholds),
         }
 
     @classmethod
@@ -76,6 +96,14 @@ class ModelConfig:
             if isinstance(kinds, str) or not all(isinstance(k, str) and k for k in kinds):
                 raise ValueError(f"defect_kinds must be a list of names; got {kinds!r}")
             known["defect_kinds"] = tuple(kinds)
+        for name in ("defect_weights", "defect_thresholds"):
+            if name in known:
+                w = known[name]
+                if isinstance(w, (str, bytes)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in w
+                ):
+                    raise ValueError(f"{name} must be a list of numbers; got {w!r}")
+                known[name] = tuple(float(v) for v in w)
         cfg = cls(**known)
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {cfg.backbone!r} in the model configuration.")
@@ -89,7 +117,9 @@ class PMTOutput:
     Attributes
     ----------
     score
-        Regression head output, shape ``(N,)``, on the model's internal 0-100 scale.
+        Regression head output, shape ``(N,)``, on the model's internal 0-100 scale (the
+        defect-aware score, see :meth:`PMTIQA.fuse`, when the model has defect weights and the
+        crops are crop-sized).
     logits
         Classification head output, shape ``(N, num_classes)``.
     taps
@@ -255,6 +285,35 @@ class PMTIQA(nn.Module):
             w = self.defect_head.weight
             return self.defect_head(features.to(w.dtype)).float().clamp(0.0, 5.0)
 
+    @property
+    def fuses_defects(self) -> bool:
+        """Whether scores are defect-aware (a defect head and a non-zero ``defect_weights``)."""
+        return self.defect_head is not None and any(self.config.defect_weights)
+
+    def fuse(self, score: torch.Tensor, defects: torch.Tensor | None) -> torch.Tensor:
+        """The defect-aware score, in internal units (0 worst .. 100 best)::
+
+            p = sum_k defect_weights[k] * max(0, defects[:, k] - defect_thresholds[k])
+            fused = score - max(score, 0) * (1 - exp(-p))
+
+        ``score`` is ``(N,)`` regression output and ``defects`` the ``(N, K)`` levels of the same
+        crops (:meth:`defects`). The regression head learns quality from human ratings of
+        authentic photos, which hold little strong noise or compression; the weights and
+        thresholds, chosen on validation images (``scripts/fit_fusion.py``), let the defect
+        head's estimate of those defects lower the score of the crops that show them, past a
+        level authentic photos rarely reach. The penalty is a factor ``exp(-p)`` on the score:
+        a fused score never leaves the score range, and falls strictly with every defect level
+        past the threshold. Returns ``score`` itself when the model does not fuse.
+        """
+        if not self.fuses_defects or defects is None:
+            return score
+        c, dev = self.config, defects.device
+        w = torch.tensor(c.defect_weights, dtype=torch.float32, device=dev)
+        t = torch.tensor(c.defect_thresholds or (0.0,) * len(w), dtype=torch.float32, device=dev)
+        p = (defects.float() - t).clamp(min=0.0) @ w
+        s = score.float()
+        return (s - s.clamp(min=0.0) * -torch.expm1(-p)).to(score.dtype)
+
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""
         if not self.config.multiscale:
@@ -288,6 +347,7 @@ class PMTIQA(nn.Module):
         if self.defect_head is not None and x.shape[-1] == x.shape[-2] == self.config.crop_size:
             with torch.no_grad():
                 defects = self.defects(self.defect_features(raw))
+            score = self.fuse(score, defects)
         return PMTOutput(score=score, logits=logits, taps=taps, defects=defects)
 
     # ------------------------------------------------------------------ window path

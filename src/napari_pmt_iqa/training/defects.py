@@ -9,10 +9,17 @@ crop it estimates the degradation level (0 none .. 5 severe, the levels of
 It is a linear read-out of the mean and root mean square of every channel of the backbone's first
 three stages over the crop (:meth:`PMTIQA.defect_features`), fitted in closed form (ridge
 regression, one family at a time: its own kinds at their levels, clean crops and the other
-families' kinds at level 0) on windows of pristine photos, clean and synthetically degraded. The backbone and the other heads are not changed, so the image
-score and the quality map stay exactly what they were. Few-shot fine-tuning leaves the first three
-stages as they are, so the head stays valid; a full training run changes them and drops the head
-(:func:`drop_defect_head`).
+families' kinds at level 0) on windows of pristine photos, clean and synthetically degraded. The
+fit changes neither the backbone nor the other heads.
+
+A model may also take its defect levels into its score (``ModelConfig.defect_weights``,
+:meth:`PMTIQA.fuse`): every crop's score loses a few points per level of each family, so that
+the quality map too lowers where the head sees a defect. The weights are chosen on validation
+images (``scripts/fit_fusion.py``); a refit of the head drops them, as does a fine-tune
+(:func:`drop_defect_weights`), whose heads learn the user's own ratings.
+
+Few-shot fine-tuning leaves the first three stages as they are, so the head stays valid; a full
+training run changes them and drops the head (:func:`drop_defect_head`).
 
 Usage::
 
@@ -255,7 +262,10 @@ def attach_defect_head(model, fit: DefectFit):
         head.bias.copy_(torch.from_numpy(fit.bias))
     head.requires_grad_(False)
     model.defect_head = head
-    model.config = dataclasses.replace(model.config, defect_kinds=tuple(fit.kinds))
+    # weights of a defect-aware score were chosen for the head this one replaces: not kept
+    model.config = dataclasses.replace(
+        model.config, defect_kinds=tuple(fit.kinds), defect_weights=(), defect_thresholds=()
+    )
     return model
 
 
@@ -264,7 +274,19 @@ def drop_defect_head(model):
     of the backbone, after which the head's read-out no longer fits them."""
     model.defect_head = None
     if model.config.defect_kinds:
-        model.config = dataclasses.replace(model.config, defect_kinds=())
+        model.config = dataclasses.replace(
+            model.config, defect_kinds=(), defect_weights=(), defect_thresholds=()
+        )
+    return model
+
+
+def drop_defect_weights(model):
+    """Make the scores plain head outputs again (in place; also returned): the defect head and
+    its maps stay, the defect-aware score (``ModelConfig.defect_weights``) goes. For a fine-tune,
+    whose heads learn the user's own ratings and would otherwise be shifted by penalties they
+    were not fitted with."""
+    if model.config.defect_weights or model.config.defect_thresholds:
+        model.config = dataclasses.replace(model.config, defect_weights=(), defect_thresholds=())
     return model
 
 

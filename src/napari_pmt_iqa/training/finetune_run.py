@@ -162,6 +162,11 @@ class _Run:
         else:
             model = load_model(c.init, device="cpu")
             self.init_desc = str(c.init) if c.init is not None else "the default model"
+            # the fine-tuned heads learn the user's ratings as they are: no defect-aware penalty
+            # on top of them (the defect maps stay)
+            from .defects import drop_defect_weights
+
+            drop_defect_weights(model)
         return model.float().eval()
 
     def _adapting(self, model) -> bool:

@@ -203,6 +203,12 @@ class _Run:
                         "keep it."
                     )
                 )
+            else:
+                # the heads learn the ratings as they are (as in a fine-tune): no defect-aware
+                # penalty on top of them; the defect head and its maps stay
+                from .defects import drop_defect_weights
+
+                drop_defect_weights(model)
         return model
 
     def _prepare_data(self):
