@@ -22,11 +22,14 @@ photos also the share of each quarter of the image under each map cell), so a gr
 A weight is the strength of the penalty per defect level: 0.1 takes about 10 % off a crop's
 score per level past the threshold.
 
-Usage::
+Usage (the recipe of ``pmt-lite0-v4``, ``docs/results.md`` section 1)::
 
-    python scripts/fit_fusion.py src/napari_pmt_iqa/weights/pmt-lite0-v3.safetensors \\
-        --livec ~/iqa-data/ChallengeDB_release --biq ~/iqa-data/biq --cache runs/fusion-cache.npz \\
-        --out runs/fusion.json
+    python scripts/fit_defects.py src/napari_pmt_iqa/weights/pmt-lite0-livec-biq.safetensors \
+        --livec ~/iqa-data/ChallengeDB_release --biq ~/iqa-data/biq --pristine-root ~/iqa-data \
+        --out runs/v1d/model.safetensors --specific --ridge 0.01 0.03 0.1 0.3
+    python scripts/fit_fusion.py runs/v1d/model.safetensors --livec ~/iqa-data/ChallengeDB_release \
+        --biq ~/iqa-data/biq --cache runs/cells-v1.npz --out runs/cells-v1.json \
+        --write runs/v4/model.safetensors
 """
 
 from __future__ import annotations
@@ -231,6 +234,18 @@ def main(argv=None):
     ap.add_argument(
         "--tolerance", type=float, default=0.002, help="SRCC a choice may lose against no fusion"
     )
+    ap.add_argument(
+        "--min-graded",
+        type=float,
+        default=0.95,
+        help="the least share of graded pairs a choice orders right, for each of blur, noise, JPEG",
+    )
+    ap.add_argument(
+        "--leading",
+        type=int,
+        default=300,
+        help="leading combinations whose graded order is measured",
+    )
     ap.add_argument("--out", type=Path, help="write the grid's figures and the choice here (JSON)")
     ap.add_argument("--write", type=Path, help="write the model with the chosen fusion here")
     args = ap.parse_args(argv)
@@ -264,9 +279,15 @@ def main(argv=None):
     print("kinds:", kinds, f"({len(rows)} combinations)")
     print("no fusion:", json.dumps(base))
     ok = choose(rows, base, args.tolerance)
-    # the graded order (the sanity figure) for the leading rows: a choice must keep it
-    ok = [{**r, **evaluate(data, r["weights"], r["thresholds"])} for r in ok[:50]]
-    ok = [r for r in ok if r["graded_sanity_min"] >= base["graded_sanity_min"] - 0.01] or ok
+    # the graded order (the sanity figure) for the leading rows: a choice must keep it, and reach
+    # --min-graded for each of blur, noise and JPEG
+    ok = [{**r, **evaluate(data, r["weights"], r["thresholds"])} for r in ok[: args.leading]]
+    floor = max(args.min_graded, base["graded_sanity_min"] - 0.01)
+    ok = [r for r in ok if r["graded_sanity_min"] >= floor]
+    if not ok:
+        print(
+            f"no combination among the {args.leading} leading ones orders graded versions >= {floor}"
+        )
     for r in ok[:10]:
         print(
             json.dumps(

@@ -377,9 +377,25 @@ def test_a_cached_file_changed_after_verification_is_refused(ckpt):
 
 def test_a_replaced_name_resolves_to_its_successor():
     # pmt-lite0-v2 left the package for pmt-lite0-v3: the same network with a defect head
-    assert W.REPLACED_BY["pmt-lite0-v2"] == W.DEFAULT_MODEL
+    assert W.REPLACED_BY["pmt-lite0-v2"] == "pmt-lite0-v3"
     assert "pmt-lite0-v2" not in W.REGISTRY
-    assert W.resolve_weights("pmt-lite0-v2") == W.resolve_weights(None)
-    meta = W.read_metadata(W.resolve_weights(None))
+    assert W.resolve_weights("pmt-lite0-v2") == W.resolve_weights("pmt-lite0-v3")
+    meta = W.read_metadata(W.resolve_weights("pmt-lite0-v2"))
     assert meta["config"]["defect_kinds"] == ["blur", "noise", "compression"]
     assert meta["format_version"] == 2
+
+
+def test_the_default_model_is_defect_aware():
+    # pmt-lite0-v4: v1's network, a defect head and a defect-aware score (format 3)
+    meta = W.read_metadata(W.resolve_weights(None))
+    assert meta["format_version"] == 3 and meta["name"] == W.DEFAULT_MODEL
+    cfg = meta["config"]
+    assert cfg["defect_kinds"] == ["blur", "noise", "compression"]
+    assert len(cfg["defect_weights"]) == 3 and any(cfg["defect_weights"])
+    assert set(meta["fusion"]) >= {"weights", "thresholds", "form", "chosen_on", "validation"}
+    # the shipped network is v1's: without the head it holds the same tensors as v1's file
+    from safetensors.torch import load_file
+
+    v4, v1 = load_file(W.resolve_weights(None)), load_file(W.resolve_weights("pmt-lite0-livec-biq"))
+    assert set(v4) - set(v1) == {"defect_head.weight", "defect_head.bias"}
+    assert all(torch.equal(v4[k], v1[k]) for k in v1)

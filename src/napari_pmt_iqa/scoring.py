@@ -587,7 +587,8 @@ def _finish(
             "precision='bf16' or 'fp32')."
         )
     scale: ScoreScale = getattr(model, "score_scale", None) or ScoreScale()
-    probs = torch.softmax(logits, dim=1)
+    # the classes follow the defect-aware score (PMTIQA.fuse_classes)
+    probs = model.fuse_classes(torch.softmax(logits, dim=1), defects)
     units = scale.from_internal(s.numpy().astype(np.float64)).reshape(ny, nx)
     f = prep.factor
     oy, ox = prep.offset

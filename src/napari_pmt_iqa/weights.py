@@ -37,7 +37,7 @@ META_KEY = "napari_pmt_iqa"
 #: differently).
 FORMAT_VERSION = 3
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "pmt-lite0-v3"
+DEFAULT_MODEL = "pmt-lite0-v4"
 #: Names of models that left the package for one with the same network (the same scores): they
 #: still resolve, to their successor.
 REPLACED_BY = {"pmt-lite0-v2": "pmt-lite0-v3"}

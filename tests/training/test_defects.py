@@ -458,3 +458,27 @@ def test_the_fused_score_stays_in_range_and_falls_with_every_level(fused):
             torch.testing.assert_close(out[~past], torch.full((int((~past).sum()),), s))
     # a score below the scale's worst end is left as it is (already the worst)
     torch.testing.assert_close(fused.fuse(torch.full((21,), -4.0), d), torch.full((21,), -4.0))
+
+
+def test_the_classes_follow_the_fused_score(with_head):
+    strong = PMTIQA(with_head.config, pretrained=False).eval()
+    strong.load_state_dict(with_head.state_dict())
+    w = np.array([1.0, 1.0, 1.0])
+    strong.config = dataclasses.replace(strong.config, defect_weights=tuple(w))
+    img = _photo(*_FUSED_PHOTO)
+    plain, aware = score(img, with_head, device="cpu"), score(img, strong, device="cpu")
+    d = plain.maps.crop_grid(plain.maps.defects).reshape(3, -1).T  # (crops, 3)
+    factor = np.exp(-d @ w)
+    plain_cls = plain.maps.crop_grid(plain.maps.class_map).reshape(-1)
+    # each crop's class: the plain class's bin centre times the factor, binned again
+    want = np.clip(np.floor((plain_cls + 0.5) * factor), 0, 9).astype(int)
+    assert (want < plain_cls).mean() > 0.3  # the test would pass trivially if nothing moved
+    got = aware.maps.crop_grid(aware.maps.class_map).reshape(-1)
+    # the most likely class moves with its probability (two classes merging can only help it)
+    assert (got <= plain_cls).all() and np.mean(got == want) > 0.9
+    assert aware.class_probs.sum() == pytest.approx(1.0, abs=1e-5)
+    k = np.arange(10)  # mass moves down the classes
+    assert (aware.class_probs * k).sum() < (plain.class_probs * k).sum() - 0.3
+    # a model without fusion leaves the probabilities alone
+    probs = torch.softmax(torch.randn(4, 10), 1)
+    assert with_head.fuse_classes(probs, torch.ones(4, 3)) is probs

@@ -307,12 +307,30 @@ class PMTIQA(nn.Module):
         """
         if not self.fuses_defects or defects is None:
             return score
+        s = score.float()
+        return (s - s.clamp(min=0.0) * -torch.expm1(-self._penalty(defects))).to(score.dtype)
+
+    def fuse_classes(self, probs: torch.Tensor, defects: torch.Tensor | None) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` moved as :meth:`fuse` moves scores: the probability of
+        each class goes to the class of its bin centre times the crop's factor ``exp(-p)``, so
+        that the class map and the class probabilities agree with the defect-aware score.
+        Returns ``probs`` itself when the model does not fuse."""
+        if not self.fuses_defects or defects is None:
+            return probs
+        from .losses import INTERNAL_MAX, score_to_class
+
+        n = probs.shape[1]
+        centres = (torch.arange(n, device=probs.device) + 0.5) * (INTERNAL_MAX / n)
+        factor = torch.exp(-self._penalty(defects)).to(probs.device)
+        target = score_to_class(factor[:, None] * centres[None, :], n)
+        return torch.zeros_like(probs).scatter_add_(1, target, probs)
+
+    def _penalty(self, defects: torch.Tensor) -> torch.Tensor:
+        """``p = sum_k w_k * max(0, level_k - t_k)`` of each crop, ``(N,)`` float32."""
         c, dev = self.config, defects.device
         w = torch.tensor(c.defect_weights, dtype=torch.float32, device=dev)
         t = torch.tensor(c.defect_thresholds or (0.0,) * len(w), dtype=torch.float32, device=dev)
-        p = (defects.float() - t).clamp(min=0.0) @ w
-        s = score.float()
-        return (s - s.clamp(min=0.0) * -torch.expm1(-p)).to(score.dtype)
+        return (defects.float() - t).clamp(min=0.0) @ w
 
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""
