@@ -60,7 +60,8 @@ def _cells(model, img):
     """Head scores ``(n,)`` and defect levels ``(n, K)`` of every crop of ``img`` (no fusion),
     and the result (for its map geometry)."""
     r = score(img, model=model, device="cpu", maps=True, precision=E.PRECISION)
-    s = r.crop_scores.reshape(-1)
+    # on the internal 0-100 scale, where PMTIQA.fuse works
+    s = model.score_scale.to_internal(r.crop_scores.reshape(-1))
     d = r.maps.crop_grid(r.maps.defects).reshape(len(model.config.defect_kinds), -1).T
     return s.astype(np.float64), d.astype(np.float64), r
 
@@ -102,9 +103,9 @@ def _pack(items):
     return np.concatenate(items), offsets
 
 
-def collect(model, livec, biq, n, n_graded):
+def collect(model, livec, biq, n, n_graded, key):
     _, _, lc_val, _, _, _, bq_val = E.splits(livec, biq)
-    data = {}
+    data = {"key": np.array(key)}
     for name, part in (("livec", lc_val), ("biq", bq_val)):
         s, d, mos = [], [], []
         for smp in part.samples:
@@ -256,10 +257,19 @@ def main(argv=None):
         sys.exit("This model has no defect head: fit one first (pmt-iqa defects).")
     if model.fuses_defects:
         sys.exit("This model already fuses its defect levels: give the checkpoint without fusion.")
+    from napari_pmt_iqa.weights import sha256_of
+
+    # the cached values belong to one network, head and set of photos
+    key = f"{sha256_of(args.checkpoint)[:16]}-n{args.n}-g{args.graded}"
     if args.cache.exists():
         data = dict(np.load(args.cache))
+        if str(data.get("key")) != key:
+            sys.exit(
+                f"{args.cache} holds the values of another checkpoint or photo count "
+                f"({data.get('key')}, not {key}): give another --cache or delete it."
+            )
     else:
-        data = collect(model, args.livec, args.biq, args.n, args.graded)
+        data = collect(model, args.livec, args.biq, args.n, args.graded, key)
         args.cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.cache, **data)
     grid = [float(g) for g in args.grid.split(",")]
@@ -312,6 +322,16 @@ def main(argv=None):
         from napari_pmt_iqa.weights import build_metadata, save_checkpoint
 
         meta = {k2: v for k2, v in model.meta.items() if k2 not in ("format_version", "config")}
+        # the figures of this model on the validation parts; the network's own (unfused) ones
+        # are kept apart
+        meta["metrics"] = {
+            "val": {
+                "srcc_livec": best["srcc_livec"],
+                "srcc_biq2021": best["srcc_biq"],
+                "n": {"livec": len(data["livec_mos"]), "biq2021": len(data["biq_mos"])},
+            },
+            "without_fusion": model.meta.get("metrics", {}),
+        }
         meta["fusion"] = {
             "weights": dict(zip(kinds, best["weights"])),
             "thresholds": dict(zip(kinds, best["thresholds"])),

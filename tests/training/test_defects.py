@@ -23,7 +23,7 @@ from napari_pmt_iqa.training.defects import (
     fit_defects,
     window_features,
 )
-from napari_pmt_iqa.weights import load_checkpoint, save_checkpoint
+from napari_pmt_iqa.weights import build_metadata, load_checkpoint, read_metadata, save_checkpoint
 
 
 def _photo(seed: int, h: int = 288, w: int = 320) -> np.ndarray:
@@ -460,25 +460,76 @@ def test_the_fused_score_stays_in_range_and_falls_with_every_level(fused):
     torch.testing.assert_close(fused.fuse(torch.full((21,), -4.0), d), torch.full((21,), -4.0))
 
 
+def _moved(probs: np.ndarray, factor: float) -> np.ndarray:
+    """Reference for ``fuse_classes``: bin ``[10 i, 10 i + 10)`` scaled by ``factor``, its
+    probability shared by overlap."""
+    out = np.zeros(10)
+    for i, p in enumerate(probs):
+        lo, hi = 10 * i * factor, 10 * (i + 1) * factor
+        for j in range(10):
+            out[j] += p * max(0.0, min(hi, 10 * j + 10) - max(lo, 10 * j)) / (hi - lo)
+    return out
+
+
+def test_class_probabilities_move_with_the_score_factor(with_head):
+    strong = PMTIQA(with_head.config, pretrained=False).eval()
+    strong.load_state_dict(with_head.state_dict())
+    strong.config = dataclasses.replace(strong.config, defect_weights=(1.0, 0.0, 0.0))
+    # the factor of each crop is exp(-blur level): 1, 0.8 and about 0.37
+    d = torch.tensor([[0.0, 3.0, 3.0], [-np.log(0.8), 0.0, 0.0], [1.0, 0.0, 0.0]])
+    probs = torch.softmax(torch.randn(3, 10), 1)
+    # a top class 5 (0.3) above two lesser ones at 7 and 8 (0.2 each), which a factor 0.8
+    # moves into the bins below them: the top class must not move up
+    probs[1] = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.05, 0.3, 0.05, 0.2, 0.2, 0.0])
+    out = strong.fuse_classes(probs, d).numpy()
+    f = np.exp(-d[:, 0].numpy())
+    for k in range(3):
+        np.testing.assert_allclose(out[k], _moved(probs[k].numpy(), f[k]), atol=1e-6)
+    np.testing.assert_allclose(out[0], probs[0].numpy(), atol=1e-6)  # factor 1: unchanged
+    assert out.sum(1) == pytest.approx(np.ones(3), abs=1e-6)
+    assert out[1].argmax() <= 5
+    # a model without fusion leaves the probabilities alone
+    assert with_head.fuse_classes(probs, d) is probs
+
+
 def test_the_classes_follow_the_fused_score(with_head):
     strong = PMTIQA(with_head.config, pretrained=False).eval()
     strong.load_state_dict(with_head.state_dict())
-    w = np.array([1.0, 1.0, 1.0])
-    strong.config = dataclasses.replace(strong.config, defect_weights=tuple(w))
+    strong.config = dataclasses.replace(strong.config, defect_weights=(1.0, 1.0, 1.0))
     img = _photo(*_FUSED_PHOTO)
     plain, aware = score(img, with_head, device="cpu"), score(img, strong, device="cpu")
-    d = plain.maps.crop_grid(plain.maps.defects).reshape(3, -1).T  # (crops, 3)
-    factor = np.exp(-d @ w)
-    plain_cls = plain.maps.crop_grid(plain.maps.class_map).reshape(-1)
-    # each crop's class: the plain class's bin centre times the factor, binned again
-    want = np.clip(np.floor((plain_cls + 0.5) * factor), 0, 9).astype(int)
-    assert (want < plain_cls).mean() > 0.3  # the test would pass trivially if nothing moved
-    got = aware.maps.crop_grid(aware.maps.class_map).reshape(-1)
-    # the most likely class moves with its probability (two classes merging can only help it)
-    assert (got <= plain_cls).all() and np.mean(got == want) > 0.9
+    factor = np.exp(-plain.maps.crop_grid(plain.maps.defects).sum(0))
+    assert (factor < 0.5).mean() > 0.3  # the test would pass trivially if nothing moved
+    plain_cls = plain.maps.crop_grid(plain.maps.class_map)
+    got = aware.maps.crop_grid(aware.maps.class_map)
+    # a crop's most likely class falls with its score: most crops lose classes
+    assert (got < plain_cls).mean() > 0.3
     assert aware.class_probs.sum() == pytest.approx(1.0, abs=1e-5)
     k = np.arange(10)  # mass moves down the classes
     assert (aware.class_probs * k).sum() < (plain.class_probs * k).sum() - 0.3
-    # a model without fusion leaves the probabilities alone
-    probs = torch.softmax(torch.randn(4, 10), 1)
-    assert with_head.fuse_classes(probs, torch.ones(4, 3)) is probs
+
+
+def test_a_reader_of_format_2_refuses_a_defect_aware_model(fused, tmp_path, monkeypatch):
+    from napari_pmt_iqa import weights as W
+
+    path = save_checkpoint(tmp_path / "f.safetensors", fused)
+    monkeypatch.setattr(W, "FORMAT_VERSION", 2)
+    with pytest.raises(W.CheckpointError, match="newer napari-pmt-iqa"):
+        W.read_metadata(path)
+
+
+def test_a_refit_or_a_dropped_head_forgets_the_fusion_record(fused, tmp_path):
+    from napari_pmt_iqa.training.defects import drop_defect_weights, save_with_defect_head
+
+    fused_file = save_checkpoint(
+        tmp_path / "f.safetensors",
+        fused,
+        metadata=build_metadata(fused, fusion={"weights": {}}, description="defect-aware"),
+    )
+    m = load_checkpoint(fused_file)
+    assert "fusion" in m.meta
+    fit = fit_defects(DefectRows(*_rows_like(m)))
+    out = save_with_defect_head(tmp_path / "refit.safetensors", attach_defect_head(m, fit), fit)
+    meta = read_metadata(out)
+    assert "fusion" not in meta and "description" not in meta and meta["format_version"] == 2
+    assert "fusion" not in drop_defect_weights(load_checkpoint(fused_file)).meta

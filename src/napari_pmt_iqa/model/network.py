@@ -311,26 +311,32 @@ class PMTIQA(nn.Module):
         return (s - s.clamp(min=0.0) * -torch.expm1(-self._penalty(defects))).to(score.dtype)
 
     def fuse_classes(self, probs: torch.Tensor, defects: torch.Tensor | None) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` moved as :meth:`fuse` moves scores: the probability of
-        each class goes to the class of its bin centre times the crop's factor ``exp(-p)``, so
-        that the class map and the class probabilities agree with the defect-aware score.
-        Returns ``probs`` itself when the model does not fuse."""
+        """Class probabilities ``(N, C)`` moved as :meth:`fuse` moves scores: each class's bin
+        ``[lo, hi)`` of the internal scale becomes ``[lo * f, hi * f)`` with the crop's factor
+        ``f = exp(-p)``, and its probability is shared among the classes that interval overlaps,
+        in proportion to the overlap. The class map and the class probabilities then follow the
+        defect-aware score. Returns ``probs`` itself when the model does not fuse."""
         if not self.fuses_defects or defects is None:
             return probs
-        from .losses import INTERNAL_MAX, score_to_class
+        from .losses import class_edges
 
         n = probs.shape[1]
-        centres = (torch.arange(n, device=probs.device) + 0.5) * (INTERNAL_MAX / n)
-        factor = torch.exp(-self._penalty(defects)).to(probs.device)
-        target = score_to_class(factor[:, None] * centres[None, :], n)
-        return torch.zeros_like(probs).scatter_add_(1, target, probs)
+        edges = torch.tensor(class_edges(n), dtype=torch.float32, device=probs.device)
+        lo, hi = edges[:-1], edges[1:]
+        f = torch.exp(-self._penalty(defects)).to(probs.device)[:, None, None]  # (N, 1, 1)
+        # overlap of source bin i, scaled, with target bin j: (N, i, j), each row summing to 1
+        src_lo, src_hi = lo[None, :, None] * f, hi[None, :, None] * f
+        inter = torch.minimum(src_hi, hi[None, None, :]) - torch.maximum(src_lo, lo[None, None, :])
+        share = inter.clamp(min=0.0) / (src_hi - src_lo)
+        return torch.einsum("ni,nij->nj", probs.float(), share).to(probs.dtype)
 
     def _penalty(self, defects: torch.Tensor) -> torch.Tensor:
         """``p = sum_k w_k * max(0, level_k - t_k)`` of each crop, ``(N,)`` float32."""
         c, dev = self.config, defects.device
         w = torch.tensor(c.defect_weights, dtype=torch.float32, device=dev)
         t = torch.tensor(c.defect_thresholds or (0.0,) * len(w), dtype=torch.float32, device=dev)
-        return (defects.float() - t).clamp(min=0.0) @ w
+        # elementwise and a sum, not a matrix product: float32 even under autocast
+        return ((defects.float() - t).clamp(min=0.0) * w).sum(dim=-1)
 
     def taps_from_pooled(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """Turn the four pooled grids (``N, C, g, g``) into the four MS vectors."""

@@ -266,6 +266,7 @@ def attach_defect_head(model, fit: DefectFit):
     model.config = dataclasses.replace(
         model.config, defect_kinds=tuple(fit.kinds), defect_weights=(), defect_thresholds=()
     )
+    _forget_fusion(model)
     return model
 
 
@@ -277,6 +278,7 @@ def drop_defect_head(model):
         model.config = dataclasses.replace(
             model.config, defect_kinds=(), defect_weights=(), defect_thresholds=()
         )
+    _forget_fusion(model)
     return model
 
 
@@ -287,7 +289,15 @@ def drop_defect_weights(model):
     were not fitted with."""
     if model.config.defect_weights or model.config.defect_thresholds:
         model.config = dataclasses.replace(model.config, defect_weights=(), defect_thresholds=())
+    _forget_fusion(model)
     return model
+
+
+def _forget_fusion(model) -> None:
+    """Drop the record of a defect-aware score from the metadata the model was loaded with."""
+    meta = getattr(model, "meta", None)
+    if isinstance(meta, dict) and "fusion" in meta:
+        model.meta = {k: v for k, v in meta.items() if k != "fusion"}
 
 
 def save_with_defect_head(path, model, fit: DefectFit, **info):
@@ -299,7 +309,8 @@ def save_with_defect_head(path, model, fit: DefectFit, **info):
     # what describes this file, not the one it came from: rebuilt or dropped (a head fitted on a
     # registered model is not that registered model)
     own = {"config", "format_version", "architecture", "created", "package_version", "name"}
-    own |= {"version", "storage_dtype", "float16_max_score_change"}
+    own |= {"version", "storage_dtype", "float16_max_score_change", "description"}
+    own |= {"fusion"}  # a new head takes the defect-aware score's weights with it
     kept = {k: v for k, v in (getattr(model, "meta", None) or {}).items() if k not in own}
     meta = build_metadata(model, **kept)
     meta["defects"] = {**fit.to_meta(), **info}
