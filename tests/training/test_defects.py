@@ -287,14 +287,12 @@ def _rows_like(model):
     return X, np.where(fam == -1, 0.0, 3.0), fam, tuple(DEFECT_FAMILIES), 3
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_training_drops_the_head_unless_the_backbone_is_frozen(with_head, tmp_path, freeze):
-    init = save_checkpoint(tmp_path / "init.safetensors", with_head)
-    data = make_dataset(tmp_path / "data", n=12, size=96)
-    log = E.EventLog()
+def _train_from(model, tmp_path, freeze: bool, listeners=()):
+    """One tiny training run from a checkpoint of ``model``: the checkpoint it writes, loaded."""
+    init = save_checkpoint(tmp_path / "init.safetensors", model)
     r = train(
         TrainConfig(
-            data=data,
+            data=make_dataset(tmp_path / "data", n=12, size=96),
             out_dir=tmp_path / "run",
             init=str(init),
             epochs=1,
@@ -303,9 +301,15 @@ def test_training_drops_the_head_unless_the_backbone_is_frozen(with_head, tmp_pa
             device="cpu",
             freeze_backbone=freeze,
         ),
-        listeners=[log],
+        listeners=list(listeners),
     )
-    out = load_checkpoint(r.last_path)
+    return load_checkpoint(r.last_path)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_training_drops_the_head_unless_the_backbone_is_frozen(with_head, tmp_path, freeze):
+    log = E.EventLog()
+    out = _train_from(with_head, tmp_path, freeze, [log])
     said = [e.message for e in log.of(E.DataIssue) if "defect head" in e.message]
     if freeze:
         assert out.config.defect_kinds == tuple(DEFECT_FAMILIES) and not said
@@ -426,20 +430,7 @@ def test_a_fine_tune_keeps_the_head_and_drops_the_weights(fused, tmp_path):
 
 
 def test_training_the_heads_keeps_the_defect_head_and_drops_the_weights(fused, tmp_path):
-    init = save_checkpoint(tmp_path / "fused.safetensors", fused)
-    r = train(
-        TrainConfig(
-            data=make_dataset(tmp_path / "data", n=12, size=96),
-            out_dir=tmp_path / "run",
-            init=str(init),
-            epochs=1,
-            batch_size=4,
-            max_batches=1,
-            device="cpu",
-            freeze_backbone=True,
-        )
-    )
-    out = load_checkpoint(r.last_path)
+    out = _train_from(fused, tmp_path, freeze=True)
     assert out.config.defect_kinds == fused.config.defect_kinds and not out.fuses_defects
     assert out.config.defect_weights == () == out.config.defect_thresholds
 
