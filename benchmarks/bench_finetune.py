@@ -193,6 +193,12 @@ def main(argv=None) -> int:
 
     start_key = "start-" + sha256_of(init)[:12]
     start = load_checkpoint(init).eval()
+    if start.fuses_defects:
+        # the rest is scored from cached rows without the windows' defect levels
+        sys.exit(
+            f"{init} has a defect-aware score, which this benchmark does not reproduce from its "
+            "cached rows: give a model without one, or use benchmarks/bench_finetune_defects.py."
+        )
 
     def start_rows(s):
         f, _ = window_features(start, load_sample_rgb(s, 224))

@@ -103,6 +103,11 @@ def build_metadata(model, **extra: Any) -> dict:
         prior = (getattr(model, "meta", None) or {}).get("defects")
         if prior:
             meta["defects"] = prior
+    if getattr(model, "fuses_defects", False) and "fusion" not in meta:
+        # ... and, while it keeps the defect-aware score, the record of how it was chosen
+        prior = (getattr(model, "meta", None) or {}).get("fusion")
+        if prior:
+            meta["fusion"] = prior
     return meta
 
 

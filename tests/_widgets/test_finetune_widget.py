@@ -218,6 +218,11 @@ def test_config_from_the_settings_uses_the_recipe_defaults(
     # what the form does not show keeps the recipe's defaults (those of the CLI and the API)
     for name in ("holdout_fraction", "batch_size", "lr", "rank_weight", "anchor", "refit"):
         assert getattr(cfg, name) == getattr(defaults, name), name
+    # the defect-aware score is kept by default, and can be dropped
+    assert w.defect_check.isChecked() and cfg.defect_score is defaults.defect_score is True
+    w.defect_check.setChecked(False)
+    assert w.make_config().defect_score is False
+    w.defect_check.setChecked(True)
     from napari_pmt_iqa.weights import DEFAULT_MODEL
 
     assert cfg.epochs is None and cfg.init == DEFAULT_MODEL and cfg.backbone is None

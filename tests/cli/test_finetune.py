@@ -41,11 +41,16 @@ def test_defaults_are_the_recipe_s(data_csv, tmp_path):
     d = FinetuneConfig()
     assert cfg.init is None and cfg.backbone is None and cfg.epochs is None
     for name in (
-        "holdout_fraction", "seed", "device", "refit", "batch_size", "lr", "adapt_head", "head_lr"
+        "holdout_fraction", "seed", "device", "refit", "batch_size", "lr", "adapt_head", "head_lr",
+        "defect_score",
     ):  # fmt: skip
         assert getattr(cfg, name) == getattr(d, name), name
     args = cli.build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--heads-only"])
     assert cli_finetune.config_from_args(args).adapt_head is False
+    args = cli.build_parser().parse_args(
+        ["finetune", "--data", "d", "--out", "o", "--no-defect-score"]
+    )
+    assert cli_finetune.config_from_args(args).defect_score is False
 
 
 def test_finetune_prints_the_held_out_srcc_before_and_after(

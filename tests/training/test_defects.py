@@ -415,18 +415,177 @@ def test_defect_weights_are_checked_stored_and_dropped(fused, tmp_path):
     assert plain.config.defect_thresholds == ()
 
 
-def test_a_fine_tune_keeps_the_head_and_drops_the_weights(fused, tmp_path):
+def test_a_fine_tune_keeps_the_defect_aware_score_unless_told(fused, tmp_path):
+    from napari_pmt_iqa.training import FinetuneConfig, finetune
+
+    init = save_checkpoint(
+        tmp_path / "fused.safetensors", fused, metadata=build_metadata(fused, fusion={"w": 1})
+    )
+    data = make_dataset(tmp_path / "ft", n=24, size=96)
+    kept = finetune(
+        FinetuneConfig(data=str(data), init=str(init), out_dir=str(tmp_path / "a"), epochs=1)
+    )
+    tuned = load_checkpoint(kept.best_path)
+    assert tuned.config.defect_kinds == fused.config.defect_kinds and tuned.fuses_defects
+    assert tuned.config.defect_weights == fused.config.defect_weights
+    assert tuned.config.defect_thresholds == fused.config.defect_thresholds
+    meta = read_metadata(kept.best_path)
+    assert meta["fusion"] == {"w": 1} and meta["training"]["defect_aware_score"] is True
+    dropped = finetune(
+        FinetuneConfig(
+            data=str(data),
+            init=str(init),
+            out_dir=str(tmp_path / "b"),
+            epochs=1,
+            defect_score=False,
+        )
+    )
+    plain = load_checkpoint(dropped.best_path)
+    assert plain.config.defect_kinds == fused.config.defect_kinds
+    assert plain.config.defect_weights == () == plain.config.defect_thresholds
+    assert not plain.fuses_defects and "fusion" not in read_metadata(dropped.best_path)
+    # the starting figure is the starting model's own score: with and without the penalty differ
+    assert kept.start_val["srcc"] != pytest.approx(dropped.start_val["srcc"], abs=1e-9) or (
+        kept.start_val["plcc"] != pytest.approx(dropped.start_val["plcc"], abs=1e-9)
+    )
+
+
+def _cached_packs(model, img):
+    """The image ``img`` as the fine-tune caches it, both ways (pooled rows; rows and head maps),
+    with the defect levels of its windows."""
+    from napari_pmt_iqa.training.features import window_features as rows_of
+    from napari_pmt_iqa.training.head_maps import window_blocks
+    from napari_pmt_iqa.training.heads_fit import FeaturePack
+
+    f, n, lv = rows_of(model, img, levels=True)
+    r, maps, n2, lv2 = window_blocks(model, img, max_windows=None, levels=True)
+    assert n == n2 == f.shape[0] == lv.shape[0] == lv2.shape[0]
+    assert lv.shape[1] == len(model.config.defect_kinds)
+    return FeaturePack([f], [0.0], levels=[lv]), FeaturePack([r], [0.0], [maps], levels=[lv2])
+
+
+def test_cached_windows_score_as_the_scorer_with_the_defect_aware_score(with_head, fused):
+    from napari_pmt_iqa.training.heads_fit import FeaturePack, image_scores
+
+    img = _photo(*_FUSED_PHOTO)
+    from napari_pmt_iqa.score_scale import ScoreScale
+
+    # a model without metadata scores on the internal scale (ScoreScale())
+    to_int = ScoreScale().to_internal
+    want = float(to_int(score(img, fused, device="cpu").score))
+    plain = float(to_int(score(img, with_head, device="cpu").score))
+    assert want < plain - 0.1  # the penalty takes something off this photo
+    for pack in _cached_packs(fused, img):
+        assert float(image_scores(fused, pack)[0]) == pytest.approx(want, abs=1e-3)
+        # the same rows without their levels, or a model without weights: the heads alone
+        bare = FeaturePack([pack.rows], [0.0], pack.maps)
+        assert float(image_scores(fused, bare)[0]) == pytest.approx(plain, abs=1e-3)
+        assert float(image_scores(with_head, pack)[0]) == pytest.approx(plain, abs=1e-3)
+    assert FeaturePack([torch.zeros(2, 3)], [0.0]).levels is None
+    with pytest.raises(ValueError, match="one row per feature row"):
+        FeaturePack([torch.zeros(2, 3)], [0.0], levels=[torch.zeros(3, 3)])
+
+
+def test_cached_levels_follow_their_rows_when_sampled_tiled_and_patched(fused):
+    from napari_pmt_iqa.training.features import window_features as rows_of
+    from napari_pmt_iqa.training.head_maps import window_blocks
+
+    img = _photo(*_FUSED_PHOTO)
+    full, n, lv = rows_of(fused, img, levels=True)
+    assert n > 13 and lv.shape == (n, 3) and lv.std(0).min() > 0  # levels vary between windows
+
+    def index_of(rows):  # each row's window, by its features
+        d = torch.cdist(rows, full)
+        assert float(d.min(1).values.max()) < 1e-2  # (others are > 0.1 away)
+        return d.argmin(1)
+
+    for kw in (
+        {"max_windows": 13, "seed": 4},
+        {"memory_mb": 1},
+        {"memory_mb": 1, "max_windows": 7},
+    ):
+        f, _, got = rows_of(fused, img, levels=True, **kw)
+        np.testing.assert_allclose(got, lv[index_of(f)], atol=1e-3, err_msg=str(kw))
+    # patches of 4 x 4 windows, each computed with its own context
+    r, maps, _, got = window_blocks(fused, img, max_windows=20, whole_up_to=10, seed=1, levels=True)
+    assert len(maps) > 1 and got.shape == (r.shape[0], 3)
+    np.testing.assert_allclose(got, lv[index_of(r)], atol=1e-3)
+    # without a defect head there are no levels; without levels=True the old returns
+    assert rows_of(PMTIQA(backbone="tiny", pretrained=False).eval(), img, levels=True)[2] is None
+    assert len(rows_of(fused, img)) == 2 and len(window_blocks(fused, img)) == 3
+
+
+def test_a_heads_only_fine_tune_with_sampled_windows_keeps_the_score(fused, tmp_path):
     from napari_pmt_iqa.training import FinetuneConfig, finetune
 
     init = save_checkpoint(tmp_path / "fused.safetensors", fused)
-    data = make_dataset(tmp_path / "ft", n=24, size=96)
+    data = make_dataset(tmp_path / "ft", n=24, size=288)  # 3 x 3 windows an image, 4 kept
     res = finetune(
-        FinetuneConfig(data=str(data), init=str(init), out_dir=str(tmp_path / "run"), epochs=1)
+        FinetuneConfig(
+            data=str(data),
+            init=str(init),
+            out_dir=str(tmp_path / "run"),
+            epochs=2,
+            adapt_head=False,
+            windows_per_image=4,
+            holdout_windows=4,
+        )
     )
-    tuned = load_checkpoint(res.best_path)
-    assert tuned.config.defect_kinds == fused.config.defect_kinds
-    assert tuned.config.defect_weights == () == tuned.config.defect_thresholds
-    assert not tuned.fuses_defects
+    assert res.refit and load_checkpoint(res.best_path).fuses_defects
+    assert np.isfinite(res.start_val["srcc"]) and np.isfinite(res.best_val["srcc"])
+
+
+def test_calibration_and_the_loss_work_through_the_defect_aware_score(fused):
+    from napari_pmt_iqa.training.heads_fit import (
+        FeaturePack,
+        batch_loss,
+        calibrate_regression,
+        image_factors,
+        image_scores,
+    )
+
+    m = PMTIQA(fused.config, pretrained=False).eval()
+    m.load_state_dict(fused.state_dict())
+    img = _photo(*_FUSED_PHOTO)
+    one, _ = _cached_packs(m, img)
+    rows, lv = one.rows, one.levels
+    cut = [0, 4, 9, rows.shape[0]]
+    pack = FeaturePack(
+        [rows[a:b] for a, b in zip(cut, cut[1:])],
+        [20.0, 50.0, 80.0],
+        levels=[lv[a:b] for a, b in zip(cut, cut[1:])],
+    )
+    s, f = image_scores(m, pack), image_factors(m, pack)
+    assert (f < 1).any() and (f > 0).all() and (f <= 1).all()
+    np.testing.assert_array_equal(
+        image_factors(m, FeaturePack(list(pack.rows.split(cut[1]))[:1], [0.0])), [1.0]
+    )
+    # targets that a * S + b * F fits exactly
+    a, b = calibrate_regression(m, s, 1.5 * s + 10.0 * f, factors=f)
+    assert a == pytest.approx(1.5, abs=1e-6) and b == pytest.approx(10.0, abs=1e-4)
+    # exact: the calibrated heads give a * S + b * F (every window's score stays positive)
+    np.testing.assert_allclose(image_scores(m, pack), a * s + b * f, rtol=1e-5, atol=1e-3)
+    # the loss runs through the penalty: its gradients reach the heads, and it differs from the
+    # loss of the same rows without their levels
+    kw = dict(
+        windows=None,
+        reg_weight=1.0,
+        rank_weight=1.0,
+        rank_margin=0.5,
+        cls_weight=0.1,
+        anchor=0.0,
+        start_params=None,
+    )
+    loss, parts = batch_loss(m, pack, [0, 1, 2], np.random.default_rng(0), **kw)
+    loss.backward()
+    assert torch.isfinite(loss) and m.reg_head.weight.grad.abs().sum() > 0
+    bare = FeaturePack(list(rows.split([4, 5, rows.shape[0] - 9])), [20.0, 50.0, 80.0])
+    _, parts2 = batch_loss(m, bare, [0, 1, 2], np.random.default_rng(0), **kw)
+    assert parts["reg"] != pytest.approx(parts2["reg"], abs=1e-6)
+    assert parts["ce"] != pytest.approx(parts2["ce"], abs=1e-6)
+    assert np.isfinite(parts["ce"]) and parts["ce"] < 10  # crops with no share left out
+    with pytest.raises(ValueError, match="one row per feature row"):
+        FeaturePack([rows], [0.0], levels=[None])
 
 
 def test_training_the_heads_keeps_the_defect_head_and_drops_the_weights(fused, tmp_path):

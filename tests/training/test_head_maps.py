@@ -85,7 +85,8 @@ def test_block_batches_and_the_loss_reach_the_head(tiny_model, image):
     r2, m2, _ = window_blocks(model, image[:260, :300], max_windows=None)
     pack = FeaturePack([r1, r2], [30.0, 70.0], [m1, m2])
     rng = np.random.default_rng(0)
-    rows, seg, subs = pack.batch_blocks([0, 1], 8, rng, window_cells(model))
+    rows, seg, subs, levels = pack.batch_blocks([0, 1], 8, rng, window_cells(model))
+    assert levels is None
     assert rows.shape[0] == 8 + 2 * 3  # 2 x 4 windows of the first, all 2 x 3 of the second
     assert seg.tolist() == [0] * 8 + [1] * 6
     with torch.no_grad():

@@ -440,3 +440,25 @@ def test_evaluate_takes_the_held_out_part_of_a_biq2021_folder(tmp_path, tiny_mod
         (root / f"{part} (Images and MOS).csv").write_text("Image,MOS\n" + "\n".join(rows) + "\n")
     assert evaluate(tiny_model, root, device="cpu")["n"] == 4
     assert evaluate(tiny_model, root, device="cpu", part="train")["n"] == 6
+
+
+def test_a_state_of_other_settings_is_refused_both_ways(tmp_path):
+    """A setting recorded in either the saved or the new fingerprint must match (e.g. a fine-tune
+    that kept the defect-aware score is not resumed by one that drops it)."""
+    from napari_pmt_iqa.model import PMTIQA
+    from napari_pmt_iqa.training.state import load_state, save_state
+
+    model = PMTIQA(backbone="tiny", pretrained=False)
+    opt = torch.optim.Adam(model.parameters())
+    base = {"recipe": "r", "seed": 0}
+    path = tmp_path / "state.pt"
+    save_state(
+        path, model, opt, None, 1, 0, [0.0], [None, None, {}], [], {**base, "defect_score": True}
+    )
+    with pytest.raises(TrainingError, match="defect_score: True then, None now"):
+        load_state(path, base)
+    save_state(path, model, opt, None, 1, 0, [0.0], [None, None, {}], [], base)
+    with pytest.raises(TrainingError, match="defect_score: None then, True now"):
+        load_state(path, {**base, "defect_score": True})
+    st, _ = load_state(path, base)
+    assert st["epoch"] == 1

@@ -16,6 +16,7 @@ from typing import Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -62,7 +63,8 @@ def rating_count(layers: Iterable[Any]) -> int:
 
 
 class FinetuneForm(QWidget):
-    """Data source, starting model, device, epochs, seed, output folder and model name.
+    """Data source, starting model, whether to keep its defect-aware score, device, epochs, seed,
+    output folder and model name.
 
     Parameters
     ----------
@@ -133,6 +135,14 @@ class FinetuneForm(QWidget):
             i if i >= 0 else self.init_combo.findData("backbone:efficientnet_lite0")
         )
         self._last_init = self.init_combo.currentIndex()
+        self.defect_check = QCheckBox("Keep the defect-aware score")
+        self.defect_check.setChecked(bool(self.defaults.defect_score))
+        self.defect_check.setToolTip(
+            "The default model lowers the score where it sees strong blur, noise or compression. "
+            "On: the fine-tune learns your ratings on top of that, and the new model keeps it. "
+            "Off: the new model learns your ratings alone (for images whose noise or compression "
+            "you rate as fine). No effect for a starting model without it."
+        )
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.epochs_spin = QSpinBox()
@@ -159,6 +169,7 @@ class FinetuneForm(QWidget):
         out_row.addWidget(self.out_edit, 1)
         out_row.addWidget(self.out_browse)
         form.addRow("Start from", self.init_combo)
+        form.addRow(self.defect_check)  # both columns: the dock stays narrow
         form.addRow("Device", self.device_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Seed", self.seed_spin)
@@ -181,6 +192,7 @@ class FinetuneForm(QWidget):
             self.data_browse,
             self.layout_combo,
             self.init_combo,
+            self.defect_check,
             self.device_combo,
             self.epochs_spin,
             self.seed_spin,
@@ -295,6 +307,7 @@ class FinetuneForm(QWidget):
             device=self.device_combo.currentText(),
             epochs=None if epochs == AUTO else epochs,
             seed=int(self.seed_spin.value()),
+            defect_score=self.defect_check.isChecked(),
             resume=str(resume) if resume else None,
             **kw,
         )

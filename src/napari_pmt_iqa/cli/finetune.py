@@ -93,6 +93,13 @@ def add_subcommands(sub) -> None:
         "is adapted too where the backbone has one)",
     )
     p.add_argument(
+        "--no-defect-score",
+        action="store_true",
+        help="drop the starting model's defect-aware score (the default model lowers crops with "
+        "strong blur, noise or compression): the heads then learn the ratings as they are; by "
+        "default they train through it and the fine-tuned model keeps it",
+    )
+    p.add_argument(
         "--no-refit",
         action="store_true",
         help="keep the selection run's model instead of refitting on every rating",
@@ -125,6 +132,7 @@ def config_from_args(args):
         windows_per_image=args.windows_per_image,
         adapt_head=False if args.heads_only else d_adapt,
         head_lr=args.head_lr,
+        defect_score=not args.no_defect_score,
         refit=not args.no_refit,
         resume=args.resume,
         description=args.name,

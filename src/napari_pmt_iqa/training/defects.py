@@ -15,8 +15,9 @@ fit changes neither the backbone nor the other heads.
 A model may also take its defect levels into its score (``ModelConfig.defect_weights``,
 :meth:`PMTIQA.fuse`): every crop's score loses a few points per level of each family, so that
 the quality map too lowers where the head sees a defect. The weights are chosen on validation
-images (``scripts/fit_fusion.py``); a refit of the head drops them, as does a fine-tune
-(:func:`drop_defect_weights`), whose heads learn the user's own ratings.
+images (``scripts/fit_fusion.py``); a refit of the head drops them. A fine-tune keeps them and
+trains its heads through the defect-aware score (``FinetuneConfig.defect_score``), or drops them
+when told to (:func:`drop_defect_weights`): its heads then learn the user's ratings alone.
 
 Few-shot fine-tuning leaves the first three stages as they are, so the head stays valid; a full
 training run changes them and drops the head (:func:`drop_defect_head`).
@@ -284,9 +285,9 @@ def drop_defect_head(model):
 
 def drop_defect_weights(model):
     """Make the scores plain head outputs again (in place; also returned): the defect head and
-    its maps stay, the defect-aware score (``ModelConfig.defect_weights``) goes. For a fine-tune,
-    whose heads learn the user's own ratings and would otherwise be shifted by penalties they
-    were not fitted with."""
+    its maps stay, the defect-aware score (``ModelConfig.defect_weights``) goes. For a training
+    run whose heads learn the ratings as they are (a heads-only ``train`` run; a fine-tune with
+    ``defect_score=False``)."""
     if model.config.defect_weights or model.config.defect_thresholds:
         model.config = dataclasses.replace(model.config, defect_weights=(), defect_thresholds=())
     _forget_fusion(model)

@@ -50,7 +50,14 @@ def window_positions(h: int, w: int, crop: int, lattice: int = 32) -> tuple[int,
     return (h - crop) // lattice + 1, (w - crop) // lattice + 1
 
 
-def region_pass(model, rgb: np.ndarray, region: tuple[int, int, int, int], halo: int, split=False):
+def region_pass(
+    model,
+    rgb: np.ndarray,
+    region: tuple[int, int, int, int],
+    halo: int,
+    split: bool = False,
+    levels: bool = False,
+):
     """One backbone pass over the windows ``region = (i0, j0, i1, j1)`` of a prepared plane.
 
     The pass covers those windows with ``halo`` pixels of context around them (clipped to the
@@ -58,10 +65,12 @@ def region_pass(model, rgb: np.ndarray, region: tuple[int, int, int, int], halo:
 
     Returns
     -------
-    (torch.Tensor, torch.Tensor | None)
+    (torch.Tensor, torch.Tensor | None, torch.Tensor | None)
         ``((i1 - i0) * (j1 - j0), D)`` float32 rows of the region's windows (row-major, on the
-        CPU) and, where ``split``, the ``(C, h, w)`` float32 map entering the backbone's pointwise
-        head under them (:func:`~.head_maps.window_blocks`), else ``None``.
+        CPU); where ``split``, the ``(C, h, w)`` float32 map entering the backbone's pointwise
+        head under them (:func:`~.head_maps.window_blocks`), else ``None``; where ``levels`` and
+        the model has a defect head, the ``(rows, K)`` float32 defect levels of the same windows
+        (:meth:`~napari_pmt_iqa.model.PMTIQA.defects`, as scoring computes them), else ``None``.
     """
     import torch
 
@@ -90,7 +99,11 @@ def region_pass(model, rgb: np.ndarray, region: tuple[int, int, int, int], halo:
     if pre is not None:
         cells = crop // LATTICE
         pre = pre[0, :, oi : oi + hi + cells - 1, oj : oj + wj + cells - 1].float().cpu()
-    return rows, pre
+    lv = None
+    if levels and model.defect_head is not None:
+        d = model.defects(model.defect_features(maps)).cpu().view(tny, tnx, -1)
+        lv = d[oi : oi + hi, oj : oj + wj].reshape(hi * wj, -1)
+    return rows, pre, lv
 
 
 def window_features(
@@ -100,6 +113,7 @@ def window_features(
     seed: int = 0,
     memory_mb: float = 1024,
     precision: str = "fp32",
+    levels: bool = False,
 ):
     """Pooled raw stage maps of the lattice windows of one image (the backbone runs once).
 
@@ -118,12 +132,17 @@ def window_features(
         context, as scoring does).
     precision
         Precision of the backbone pass.
+    levels
+        Also return the defect levels of the same windows (for a model with a defect head; the
+        defect-aware score of a fine-tune, :func:`~.heads_fit.image_scores`).
 
     Returns
     -------
-    (torch.Tensor, int)
+    (torch.Tensor, int) or (torch.Tensor, int, torch.Tensor | None)
         ``(k, D)`` float32 features (``D`` = :attr:`FeatureLayout.dim`) and the number of windows
-        of the whole image (``k`` is all of them unless ``max_windows`` is smaller).
+        of the whole image (``k`` is all of them unless ``max_windows`` is smaller); where
+        ``levels``, third the ``(k, K)`` float32 defect levels of those windows (``None`` for a
+        model without a defect head).
     """
     import torch
 
@@ -144,6 +163,7 @@ def window_features(
     wanted = np.zeros(n, dtype=bool)
     wanted[keep] = True
     rows: dict[int, torch.Tensor] = {}
+    lvs: dict[int, torch.Tensor] = {}
     T = _tile_size(model.config.backbone, memory_mb, crop)
     if H <= T and W <= T:
         per, halo = max(ny, nx), 0
@@ -160,14 +180,18 @@ def window_features(
                     idx = (np.arange(i0, i1)[:, None] * nx + np.arange(j0, j1)[None, :]).ravel()
                     if not wanted[idx].any():
                         continue
-                    block, _ = region_pass(model, rgb, (i0, j0, i1, j1), halo)
+                    block, _, lv = region_pass(model, rgb, (i0, j0, i1, j1), halo, levels=levels)
                     for r, k in enumerate(idx):
                         if wanted[k]:
                             rows[int(k)] = block[r].clone()
+                            if lv is not None:
+                                lvs[int(k)] = lv[r].clone()
     finally:
         model.backbone.train(was_training)
     feats = torch.stack([rows[int(k)] for k in keep])
-    return feats, n
+    if not levels:
+        return feats, n
+    return feats, n, (torch.stack([lvs[int(k)] for k in keep]) if lvs else None)
 
 
 def heads_from_features(model, feats, layout: FeatureLayout | None = None, tap4=None):

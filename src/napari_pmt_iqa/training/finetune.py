@@ -20,7 +20,10 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
    seeded, non-overlapping patches of 4 x 4 windows. Held-out images within that size are so
    scored exactly as :func:`~napari_pmt_iqa.scoring.score` scores them.
 4. **Calibrate**: the least-squares map of the starting model's scores onto the ratings is folded
-   into its linear regression head (exact, free), so training starts at the right scale.
+   into its linear regression head (exact, free), so training starts at the right scale. A
+   starting model with a defect-aware score (``PMTIQA.fuse``; the default model) keeps it unless
+   ``defect_score=False``: the windows' defect levels are cached with their features, and the
+   calibration, the losses and the held-out figures all use that score, as the scorer does.
 5. **Train the heads** (tap convolutions, tap layers, trunk, both heads; with Adam at ``lr``) and
    the backbone's pointwise head (its convolution and batch-norm affine, at ``head_lr``; the
    batch-norm statistics stay) on the cached features and maps

@@ -108,6 +108,16 @@ class FinetuneConfig:
         class head's cross-entropy, and the L2 pull towards the starting weights.
     calibrate
         Fold the affine map of the starting scores onto the ratings into the regression head first.
+    defect_score
+        Keep the starting model's defect-aware score (``PMTIQA.fuse``: the default model lowers
+        crops where its defect head sees strong blur, noise or compression). The heads then train
+        through it, so the fine-tuned model keeps ordering those defects, and the starting
+        figure on the held-out ratings is what the scorer gave (exactly for held-out images of
+        up to ``holdout_windows`` windows). The fine-tune leaves the first
+        backbone stages the head reads unchanged, so its levels stay valid. ``False``: the
+        penalty is dropped and the heads learn the ratings as they are (for images whose noise
+        or compression you rate as fine); the defect maps stay. No effect on a model without
+        such a score. Measured in ``docs/results.md`` section 8.
     refit
         Train the final model on every rating (training and held-out images).
     min_refit_steps
@@ -167,6 +177,7 @@ class FinetuneConfig:
     cls_weight: float = 0.1
     anchor: float = 0.0
     calibrate: bool = True
+    defect_score: bool = True
     refit: bool = True
     min_refit_steps: int = 300
     max_refit_steps: int | None = SELECTION_STEPS

@@ -162,11 +162,12 @@ class _Run:
         else:
             model = load_model(c.init, device="cpu")
             self.init_desc = str(c.init) if c.init is not None else "the default model"
-            # the fine-tuned heads learn the user's ratings as they are: no defect-aware penalty
-            # on top of them (the defect maps stay)
-            from .defects import drop_defect_weights
+            if not c.defect_score:
+                # the fine-tuned heads learn the user's ratings as they are: no defect-aware
+                # penalty on top of them (the defect maps stay)
+                from .defects import drop_defect_weights
 
-            drop_defect_weights(model)
+                drop_defect_weights(model)
         return model.float().eval()
 
     def _adapting(self, model) -> bool:
@@ -194,7 +195,9 @@ class _Run:
         from .features import window_features
         from .head_maps import window_blocks
 
-        rows, maps = [], []
+        rows, maps, levels = [], [], []
+        # the defect levels of the windows, for a model whose score is defect-aware
+        fuse = bool(model.fuses_defects)
         for k, i in enumerate(idx):
             if self._interrupted():
                 return None
@@ -203,15 +206,19 @@ class _Run:
                 seed=(int(self.cfg.seed) * 1_000_003 + i) % 2**32,
                 memory_mb=self.cfg.memory_mb,
                 precision=self.cfg.precision,
+                levels=fuse,
             )
+            lv = None
             if self.adapt:
-                f, m, _ = window_blocks(model, self.store.get(i), whole_up_to=whole, **kw)
+                f, m, _, *lv = window_blocks(model, self.store.get(i), whole_up_to=whole, **kw)
                 maps.append(m)
             else:
-                f, _ = window_features(model, self.store.get(i), **kw)
+                f, _, *lv = window_features(model, self.store.get(i), **kw)
+            lv = lv[0] if lv else None
             rows.append(f)
+            levels.append(lv)
             self.emit(Preparing(done0 + k + 1, total, "features"))
-        return rows, (maps if self.adapt else None)
+        return rows, (maps if self.adapt else None), (levels if fuse else None)
 
     def _interrupted(self) -> bool:
         if self.control.paused and not self.control.stop_requested:
@@ -221,7 +228,7 @@ class _Run:
     # ------------------------------------------------------------------ files
     def _fingerprint(self) -> dict:
         c = self.cfg
-        return {
+        fp = {
             "recipe": RECIPE,
             "init": str(c.init) if c.backbone is None else f"imagenet:{c.backbone}",
             "n_train": len(self.train_idx),
@@ -231,6 +238,9 @@ class _Run:
             "batch_size": int(c.batch_size),
             "adapt_head": bool(self.adapt),
         }
+        if self.start_model.fuses_defects:  # (a run that drops the penalty resumes as before)
+            fp["defect_score"] = True
+        return fp
 
     def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
         from ..weights import build_metadata
@@ -250,6 +260,7 @@ class _Run:
             "epochs_done": int(epochs_done),
             "refit_on_all": bool(refit),
             "adapted_backbone_head": bool(self.adapt),
+            "defect_aware_score": bool(model.fuses_defects),
             "calibration": list(self.calibration),
         }
         desc = c.description or (
@@ -337,7 +348,7 @@ class _Run:
 
         from ..devices import resolve_device
         from ..metrics import iqa_metrics
-        from .heads_fit import FeaturePack, calibrate_regression, image_scores
+        from .heads_fit import FeaturePack, calibrate_regression, image_factors, image_scores
 
         c = self.cfg
         self._validate()
@@ -386,23 +397,28 @@ class _Run:
         to_int = self.scale.to_internal
         t_tr = [float(to_int(self.samples[i].mos)) for i in self.train_idx]
         t_ho = [float(to_int(self.samples[i].mos)) for i in self.hold_idx]
-        train_pack = FeaturePack(tr_f[0], t_tr, tr_f[1])
-        hold_pack = FeaturePack(ho_f[0], t_ho, ho_f[1])
+        train_pack = FeaturePack(tr_f[0], t_tr, tr_f[1], levels=tr_f[2])
+        hold_pack = FeaturePack(ho_f[0], t_ho, ho_f[1], levels=ho_f[2])
         del tr_f, ho_f
 
+        # the starting model as the scorer scores (its defect-aware score included; exactly for
+        # held-out images of up to holdout_windows windows)
         start_scores = image_scores(model, hold_pack)
         self.start_val = iqa_metrics(start_scores, t_ho) if len(t_ho) else {}
         self.emit(Baseline(dict(self.start_val), len(t_ho)))
         uncalibrated = copy.deepcopy(model.state_dict())
         if c.calibrate:
             self.calibration = calibrate_regression(
-                model, image_scores(model, train_pack), np.asarray(t_tr)
+                model,
+                image_scores(model, train_pack),
+                np.asarray(t_tr),
+                factors=image_factors(model, train_pack),
             )
         with _cpu_threads(c.threads_for(self.adapt) if self.device.type == "cpu" else None):
             return self._train(model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho)
 
     def _train(self, model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho):
-        from .heads_fit import FeaturePack, calibrate_regression, image_scores
+        from .heads_fit import FeaturePack, calibrate_regression, image_factors, image_scores
 
         c = self.cfg
         if self._select(model, train_pack, hold_pack, resume_state):
@@ -413,14 +429,20 @@ class _Run:
             # the held-out images' windows, capped as a training image's; with head maps all of
             # them (a pack's rows must match its maps)
             cap = None if self.adapt else c.windows_per_image
+            f_tr, l_tr = _rows_of(train_pack)
+            f_ho, l_ho = _rows_of(hold_pack, cap, c.seed)
             all_pack = FeaturePack(
-                [*_rows_of(train_pack), *_rows_of(hold_pack, cap, c.seed)],
+                [*f_tr, *f_ho],
                 t_tr + t_ho,
                 [*train_pack.maps, *hold_pack.maps] if self.adapt else None,
+                levels=[*l_tr, *l_ho] if train_pack.levels is not None else None,
             )
             if c.calibrate:
                 self.calibration = calibrate_regression(
-                    model, image_scores(model, all_pack), np.asarray(t_tr + t_ho)
+                    model,
+                    image_scores(model, all_pack),
+                    np.asarray(t_tr + t_ho),
+                    factors=image_factors(model, all_pack),
                 )
             epochs = c.refit_epochs_for(len(all_pack), int(self.best[1]))
             self.refit_epochs = epochs
@@ -700,18 +722,21 @@ class _Run:
         )
 
 
-def _rows_of(pack, cap: int | None = None, seed: int = 0) -> list:
-    """The per-image feature blocks of a pack (at most ``cap`` windows each, a seeded choice)."""
+def _rows_of(pack, cap: int | None = None, seed: int = 0) -> tuple[list, list]:
+    """The per-image feature blocks of a pack and their defect levels (``None`` each where the
+    pack holds none), at most ``cap`` windows each, a seeded choice."""
     import torch
 
-    out = []
+    feats, levels = [], []
     for i in range(len(pack)):
-        f = pack.rows[pack.offsets[i] : pack.offsets[i] + pack.counts[i]]
+        f, lv = pack.image_rows(i)
         if cap is not None and f.shape[0] > cap:
             pick = np.sort(np.random.default_rng((int(seed), 99, i)).choice(f.shape[0], cap, False))
             f = f[torch.from_numpy(pick)]
-        out.append(f)
-    return out
+            lv = lv[torch.from_numpy(pick)] if lv is not None else None
+        feats.append(f)
+        levels.append(lv)
+    return feats, levels
 
 
 class _cpu_threads:

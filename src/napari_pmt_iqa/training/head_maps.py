@@ -75,6 +75,7 @@ def window_blocks(
     precision: str = "fp32",
     patch: int = PATCH_WINDOWS,
     whole_up_to: int | None = None,
+    levels: bool = False,
 ):
     """Pooled rows and head-input maps of the cached windows of one image.
 
@@ -91,15 +92,16 @@ def window_blocks(
         keeps ``ceil(max_windows / 16)`` seeded, non-overlapping patches of 4 x 4 windows, each
         computed with the backbone's context around it as scoring's tiles are (``None``: every
         window).
-    seed, memory_mb, precision
+    seed, memory_mb, precision, levels
         As for :func:`~.features.window_features`.
 
     Returns
     -------
-    (torch.Tensor, list of torch.Tensor, int)
+    (torch.Tensor, list of torch.Tensor, int) or (..., torch.Tensor | None)
         ``(k, D)`` float32 rows (the layout of :class:`~.features.FeatureLayout`), the float32
         ``(C, h, w)`` maps entering the head (their windows, map by map and row-major, are the
-        rows), and the number of windows of the whole image.
+        rows), and the number of windows of the whole image; where ``levels``, fourth the
+        ``(k, K)`` defect levels of the rows (``None`` for a model without a defect head).
     """
     import torch
 
@@ -122,18 +124,22 @@ def window_blocks(
     regions = _regions(ny, nx, max_windows, whole, (int(seed), 4243, H, W), patch)
     halo = 0 if whole else tile_halo(model.config.backbone)
     bb = model.backbone
-    rows, maps = [], []
+    rows, maps, lvs = [], [], []
     was_training = bb.training
     bb.eval()
     try:
         with torch.no_grad(), autocast(dev, precision):
             for region in regions:
-                r, m = region_pass(model, rgb, region, halo, split=True)
+                r, m, lv = region_pass(model, rgb, region, halo, split=True, levels=levels)
                 rows.append(r.clone())
                 maps.append(m.clone())
+                if lv is not None:
+                    lvs.append(lv.clone())
     finally:
         bb.train(was_training)
-    return torch.cat(rows), maps, ny * nx
+    if not levels:
+        return torch.cat(rows), maps, ny * nx
+    return torch.cat(rows), maps, ny * nx, (torch.cat(lvs) if lvs else None)
 
 
 def head_tap(model, maps: Sequence):

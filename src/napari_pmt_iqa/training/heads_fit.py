@@ -4,14 +4,17 @@ Pieces of :mod:`napari_pmt_iqa.training.finetune`, free of events and files so t
 tested and benchmarked on their own:
 
 * :class:`FeaturePack`: the cached window features of a list of images in one tensor, with their
-  targets (internal 0-100 scale); :meth:`FeaturePack.batch` samples a few windows per image.
+  targets (internal 0-100 scale) and, for a model with a defect-aware score, the windows' defect
+  levels; :meth:`FeaturePack.batch` samples a few windows per image.
 * :func:`image_scores`: the score of every image of a pack (mean over its windows, as
-  :func:`~napari_pmt_iqa.scoring.score` does), no gradients.
+  :func:`~napari_pmt_iqa.scoring.score` does, the defect-aware score where the model has one
+  and the pack holds levels), no gradients.
 * :func:`batch_loss`: regression of the image scores on the ratings, a margin ranking loss on every
   pair of images of the batch rated differently (ratings are ordinal), the class head's
   cross-entropy on the windows, and an L2 pull towards the starting weights (L2-SP).
 * :func:`calibrate_regression`: the affine map of the starting model's scores onto the ratings,
-  folded into its (linear) regression head.
+  folded into its (linear) regression head (:func:`image_factors` makes it exact for a
+  defect-aware score).
 * :func:`epoch_batches`: the seeded order of one epoch, every image once, in near-equal batches.
 """
 
@@ -34,15 +37,30 @@ class FeaturePack:
     maps
         For the adaptation of the backbone head (:mod:`~.head_maps`): one list of head-input maps
         per image, whose windows are that image's rows (:func:`~.head_maps.window_blocks`).
+    levels
+        For a model with a defect-aware score (``PMTIQA.fuse``): one ``(k_i, K)`` tensor of the
+        defect levels of each image's windows (``levels=True`` of
+        :func:`~.features.window_features`); the heads then train and score through that score.
     """
 
-    def __init__(self, feats: Sequence, targets: Sequence[float], maps: Sequence | None = None):
+    def __init__(
+        self,
+        feats: Sequence,
+        targets: Sequence[float],
+        maps: Sequence | None = None,
+        levels: Sequence | None = None,
+    ):
         import torch
 
         if len(feats) != len(targets):
             raise ValueError(f"{len(feats)} feature blocks but {len(targets)} targets")
         if maps is not None and len(maps) != len(feats):
             raise ValueError(f"{len(feats)} feature blocks but {len(maps)} map lists")
+        if levels is not None:
+            if len(levels) != len(feats) or any(
+                a is None or int(a.shape[0]) != int(f.shape[0]) for a, f in zip(levels, feats)
+            ):
+                raise ValueError("The defect levels must have one row per feature row.")
         if maps is None:
             self.maps = None
         else:  # stored channels-last: a step's blocks are then read without a transposing copy
@@ -54,6 +72,19 @@ class FeaturePack:
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.targets = torch.tensor(np.asarray(targets, dtype=np.float32))
+        self.levels = (
+            torch.cat([torch.as_tensor(a).float() for a in levels])
+            if levels is not None and len(levels)
+            else None
+        )
+
+    def image_rows(self, i: int):
+        """``(features, levels)`` of image ``i`` (levels ``None`` where the pack holds none)."""
+        a, b = int(self.offsets[i]), int(self.offsets[i] + self.counts[i])
+        return self.rows[a:b], (self.levels[a:b] if self.levels is not None else None)
+
+    def _levels_at(self, idx):
+        return self.levels[idx] if self.levels is not None else None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -63,8 +94,9 @@ class FeaturePack:
 
         Returns
         -------
-        (torch.Tensor, torch.Tensor)
-            ``(R, D)`` features and ``(R,)`` the position in ``images`` of each row's image.
+        (torch.Tensor, torch.Tensor, torch.Tensor | None)
+            ``(R, D)`` features, ``(R,)`` the position in ``images`` of each row's image, and the
+            ``(R, K)`` defect levels of the rows (``None`` where the pack holds none).
         """
         import torch
 
@@ -78,15 +110,16 @@ class FeaturePack:
             rows.append(self.offsets[i] + pick)
             seg.append(np.full(len(pick), b))
         idx = torch.from_numpy(np.concatenate(rows))
-        return self.rows[idx], torch.from_numpy(np.concatenate(seg))
+        return self.rows[idx], torch.from_numpy(np.concatenate(seg)), self._levels_at(idx)
 
     def batch_blocks(
         self, images: Sequence[int], per_image: int | None, rng: np.random.Generator, cells: int
     ):
         """Like :meth:`batch`, but each image's windows are a block of adjacent windows of one of
         its maps (2 rows of ``ceil(per_image / 2)``, fewer where the map is smaller; a whole map
-        where ``None``), so that the head runs on few cells: returns the rows, their image and the
-        part of the map under each block (an image's rows are its block's windows, row-major).
+        where ``None``), so that the head runs on few cells: returns the rows, their image, the
+        part of the map under each block (an image's rows are its block's windows, row-major) and
+        the rows' defect levels (``None`` where the pack holds none).
         """
         import torch
 
@@ -114,7 +147,7 @@ class FeaturePack:
             seg.append(np.full(bh * bw, b))
             subs.append(m[:, y0 : y0 + bh + cells - 1, x0 : x0 + bw + cells - 1])
         idx = torch.from_numpy(np.concatenate(rows))
-        return self.rows[idx], torch.from_numpy(np.concatenate(seg)), subs
+        return self.rows[idx], torch.from_numpy(np.concatenate(seg)), subs, self._levels_at(idx)
 
 
 def segment_mean(values, seg, n: int):
@@ -126,9 +159,18 @@ def segment_mean(values, seg, n: int):
     return sums / cnt.clamp_min(1)
 
 
+def _fused(model, s, levels):
+    """Window scores ``s`` made defect-aware with their ``levels`` (as scoring does), where the
+    model fuses and the levels are known."""
+    if levels is None or not model.fuses_defects:
+        return s
+    return model.fuse(s, levels.to(s.device))
+
+
 def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray:
     """Internal scores of every image of ``pack`` (mean over its cached windows; where the pack
-    holds head maps, the fourth tap comes from the model's backbone head on them)."""
+    holds head maps, the fourth tap comes from the model's backbone head on them; where it holds
+    defect levels and the model has a defect-aware score, that score, as scoring gives it)."""
     import torch
 
     from .features import FeatureLayout, heads_from_features
@@ -149,14 +191,34 @@ def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray
                 b = int(pack.offsets[i1 - 1] + pack.counts[i1 - 1])
                 tap4 = head_tap(model, [m for i in range(i0, i1) for m in pack.maps[i]])
                 s, _ = heads_from_features(model, pack.rows[a:b].to(dev), layout, tap4)
+                s = _fused(model, s, pack._levels_at(slice(a, b)))
                 out.append(s.float().cpu())
         else:
             for k in range(0, pack.rows.shape[0], chunk_rows):
                 s, _ = heads_from_features(model, pack.rows[k : k + chunk_rows].to(dev), layout)
+                s = _fused(model, s, pack._levels_at(slice(k, k + chunk_rows)))
                 out.append(s.float().cpu())
     s = torch.cat(out)
     seg = torch.from_numpy(np.repeat(np.arange(len(pack)), pack.counts))
     return segment_mean(s.double(), seg, len(pack)).numpy()
+
+
+def image_factors(model, pack: FeaturePack) -> np.ndarray:
+    """The mean over each image's windows of the defect-aware score's factor ``exp(-p)``
+    (``PMTIQA.fuse``; ones where the model does not fuse or the pack holds no levels).
+
+    With it an affine map ``a * s + b`` of the window scores changes an image's defect-aware score
+    ``S`` to ``a * S + b * F`` (windows of positive score), which :func:`calibrate_regression`
+    fits exactly.
+    """
+    import torch
+
+    if pack.levels is None or not model.fuses_defects or len(pack) == 0:
+        return np.ones(len(pack))
+    with torch.no_grad():
+        f = torch.exp(-model._penalty(pack.levels)).double()
+    seg = torch.from_numpy(np.repeat(np.arange(len(pack)), pack.counts))
+    return segment_mean(f, seg, len(pack)).numpy()
 
 
 def head_parameters(model) -> list:
@@ -215,17 +277,28 @@ def batch_loss(
     if pack.maps is not None:
         from .head_maps import head_tap, window_cells
 
-        rows, seg, subs = pack.batch_blocks(images, windows, rng, window_cells(model))
+        rows, seg, subs, levels = pack.batch_blocks(images, windows, rng, window_cells(model))
         tap4 = head_tap(model, subs)
     else:
-        rows, seg = pack.batch(images, windows, rng)
+        rows, seg, levels = pack.batch(images, windows, rng)
     rows, seg = rows.to(dev), seg.to(dev)
     s, logits = heads_from_features(model, rows, layout, tap4)
     t = pack.targets[torch.as_tensor(list(images))].to(dev)
-    p = segment_mean(s.float(), seg, len(images))
+    # a defect-aware model trains through its defect-aware score and classes (what it scores)
+    fuse = levels is not None and model.fuses_defects
+    p = segment_mean(_fused(model, s, levels).float(), seg, len(images))
     reg = F.smooth_l1_loss(p, t, beta=5.0)
     rank = ranking_hinge(p, t, rank_margin)
-    ce = F.cross_entropy(logits.float(), score_to_class(t[seg], model.config.num_classes))
+    want = score_to_class(t[seg], model.config.num_classes)
+    if fuse:
+        probs = model.fuse_classes(torch.softmax(logits.float(), dim=1), levels.to(dev))
+        # a crop whose factor leaves its rated class no share cannot reach it whatever its
+        # logits: it has no gradient to give, and is left out of the figure
+        got = probs.gather(1, want[:, None])[:, 0]
+        ok = got > 0
+        ce = -torch.log(got[ok]).mean() if bool(ok.any()) else logits.sum() * 0.0
+    else:
+        ce = F.cross_entropy(logits.float(), want)
     pull = torch.zeros((), device=dev)
     if anchor > 0 and start_params is not None:
         pull = sum(((q - q0) ** 2).sum() for q, q0 in zip(head_parameters(model), start_params))
@@ -240,7 +313,11 @@ def batch_loss(
 
 
 def calibrate_regression(
-    model, scores: np.ndarray, targets: np.ndarray, max_gain: float = 10.0
+    model,
+    scores: np.ndarray,
+    targets: np.ndarray,
+    max_gain: float = 10.0,
+    factors: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Fold the least-squares map ``a * score + b`` of ``scores`` onto ``targets`` into the model.
 
@@ -248,7 +325,10 @@ def calibrate_regression(
     ``a * s + b`` where the model scored ``s``. Where the fit is no use (scores that do not
     vary, or fall as the targets rise) or would amplify the model's float rounding (a gain
     beyond ``max_gain``: scores that barely vary, e.g. new random heads), only the mean is
-    moved (``a = 1``).
+    moved (``a = 1``). For a defect-aware score give ``factors`` (:func:`image_factors`): the
+    image scores then become ``a * score + b * factor``, and that is what is fitted (exactly
+    where every window's score stays positive before and after the map: the penalty leaves a
+    negative score as it is).
 
     Returns
     -------
@@ -261,9 +341,10 @@ def calibrate_regression(
     t = np.asarray(targets, dtype=np.float64)
     if s.size == 0:
         return 1.0, 0.0
-    a, b = 1.0, float(np.mean(t - s))
+    m = np.ones_like(s) if factors is None else np.asarray(factors, dtype=np.float64)
+    a, b = 1.0, float(np.sum(t - s) / max(np.sum(m), 1e-12))
     if s.size >= 2 and np.ptp(s) > 0:
-        fa, fb = np.polyfit(s, t, 1)
+        (fa, fb), *_ = np.linalg.lstsq(np.stack([s, m], axis=1), t, rcond=None)
         if np.isfinite(fa) and np.isfinite(fb) and 0 < fa <= max_gain:
             a, b = float(fa), float(fb)
     head = model.reg_head
@@ -288,6 +369,7 @@ __all__ = [
     "calibrate_regression",
     "epoch_batches",
     "head_parameters",
+    "image_factors",
     "image_scores",
     "ranking_hinge",
     "segment_mean",

@@ -116,10 +116,14 @@ def load_state(path: Path, fingerprint: dict) -> tuple[dict, Path]:
         raise TrainingError(f"Cannot resume: {path} is not a napari-pmt-iqa training state.")
     saved = json.loads(st["check"])
     now = fingerprint
-    diff = [f"{k}: {saved.get(k)} then, {now[k]} now" for k in now if saved.get(k) != now[k]]
+    keys = [*now, *(k for k in saved if k not in now)]
+    diff = [
+        f"{k}: {saved.get(k)} then, {now.get(k)} now" for k in keys if saved.get(k) != now.get(k)
+    ]
     if diff:
         raise TrainingError(
             f"Cannot resume from {path}: the run had other settings or data ({'; '.join(diff)}).",
-            "Resume with the same data, seed, epochs, batch size and backbone.",
+            "Resume with the same data, seed, epochs, batch size, backbone and defect-aware "
+            "score setting.",
         )
     return st, path

@@ -204,8 +204,9 @@ class _Run:
                     )
                 )
             else:
-                # the heads learn the ratings as they are (as in a fine-tune): no defect-aware
-                # penalty on top of them; the defect head and its maps stay
+                # the heads learn the ratings as they are: no defect-aware penalty on top of
+                # them (the few-shot fine-tune can keep it: it trains through it); the defect
+                # head and its maps stay
                 from .defects import drop_defect_weights
 
                 drop_defect_weights(model)
