@@ -9,6 +9,8 @@ own ratings. This benchmark plays a user who minds that defect: for each seed it
    is), rated 5 stars for level 0 down to 1 star for level 4 (90, 70, 50, 30, 10 as the rating
    widget maps them), each photo once;
 2. fine-tunes ``--init`` on them with the recipe's defaults;
+   (``--mix M``: plus M BIQ2021 training photos rated by their MOS, as a user who also rates
+   general quality);
 3. measures, before and after: the graded order of ``--kind`` on Kodak24 (other photos; levels
    1-5, all 10 pairs of each photo), the graded order of blur, noise and JPEG (the sanity set),
    and the SRCC on the 500 BIQ2021 validation photos of the default recipe against their human
@@ -79,6 +81,13 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--skip-start", action="store_true", help="do not measure the starting model again"
     )
+    ap.add_argument(
+        "--mix",
+        type=int,
+        default=0,
+        help="also rate this many BIQ2021 training photos (stars from their MOS, as a user "
+        "rating general quality; the training part, never the validation part measured)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ft_fix"))
     args = ap.parse_args(argv)
 
@@ -98,8 +107,12 @@ def main(argv=None) -> None:
     photos = photos_in(args.photos)
     if len(photos) < args.n:
         sys.exit(f"{len(photos)} photos, fewer than --n {args.n}")
-    *_, bq_val = E.splits(args.livec, args.biq)
+    *_, bq_train, bq_val = E.splits(args.livec, args.biq)
     human = list(bq_val.samples)
+    general = list(bq_train.samples)
+    from bench_finetune import star_scores
+
+    general_stars = star_scores(np.array([x.mos for x in general]))
     kodak = sorted(p for p in Path(args.kodak).iterdir() if p.suffix.lower() in (".png", ".bmp"))
     kinds = (args.kind, *SANITY_KINDS)
     prec = E.PRECISION
@@ -113,7 +126,9 @@ def main(argv=None) -> None:
     before = None if args.skip_start else measure(start)
     print(f"start: {json.dumps(before)} ({time.time() - t0:.0f} s)", flush=True)
     extra = {} if args.anchor is None else {"anchor": args.anchor}
-    tag = "" if args.anchor is None else f"-anchor{args.anchor:g}"
+    tag = ("" if args.anchor is None else f"-anchor{args.anchor:g}") + (
+        f"-mix{args.mix}" if args.mix else ""
+    )
     rows = []
     for seed in args.seeds:
         rng = np.random.default_rng((seed, 77))
@@ -124,6 +139,8 @@ def main(argv=None) -> None:
             img = load_rgb(photos[i])
             img = distort(img, args.kind, int(lv), seed=seed * 1000 + k) if lv else img
             pairs.append((img, RATING_OF_LEVEL[int(lv)]))
+        for i in rng.choice(len(general), args.mix, replace=False) if args.mix else []:
+            pairs.append((load_rgb(general[i].path), float(general_stars[i])))
         t0 = time.time()
         res = finetune(
             FinetuneConfig(
@@ -141,6 +158,7 @@ def main(argv=None) -> None:
             "seed": seed,
             "n": args.n,
             "anchor": args.anchor,
+            "mix": args.mix,
             "seconds": round(took, 1),
             "holdout_before": res.start_val.get("srcc"),
             "holdout_after": res.best_val.get("srcc"),

@@ -415,31 +415,25 @@ def test_defect_weights_are_checked_stored_and_dropped(fused, tmp_path):
     assert plain.config.defect_thresholds == ()
 
 
-def test_a_fine_tune_keeps_the_defect_aware_score_unless_told(fused, tmp_path):
+def _finetune(init, data, out, **kw):
     from napari_pmt_iqa.training import FinetuneConfig, finetune
 
+    return finetune(FinetuneConfig(data=str(data), init=str(init), out_dir=str(out), **kw))
+
+
+def test_a_fine_tune_keeps_the_defect_aware_score_unless_told(fused, tmp_path):
     init = save_checkpoint(
         tmp_path / "fused.safetensors", fused, metadata=build_metadata(fused, fusion={"w": 1})
     )
     data = make_dataset(tmp_path / "ft", n=24, size=96)
-    kept = finetune(
-        FinetuneConfig(data=str(data), init=str(init), out_dir=str(tmp_path / "a"), epochs=1)
-    )
+    kept = _finetune(init, data, tmp_path / "a", epochs=1)
     tuned = load_checkpoint(kept.best_path)
     assert tuned.config.defect_kinds == fused.config.defect_kinds and tuned.fuses_defects
     assert tuned.config.defect_weights == fused.config.defect_weights
     assert tuned.config.defect_thresholds == fused.config.defect_thresholds
     meta = read_metadata(kept.best_path)
     assert meta["fusion"] == {"w": 1} and meta["training"]["defect_aware_score"] is True
-    dropped = finetune(
-        FinetuneConfig(
-            data=str(data),
-            init=str(init),
-            out_dir=str(tmp_path / "b"),
-            epochs=1,
-            defect_score=False,
-        )
-    )
+    dropped = _finetune(init, data, tmp_path / "b", epochs=1, defect_score=False)
     plain = load_checkpoint(dropped.best_path)
     assert plain.config.defect_kinds == fused.config.defect_kinds
     assert plain.config.defect_weights == () == plain.config.defect_thresholds
@@ -516,21 +510,12 @@ def test_cached_levels_follow_their_rows_when_sampled_tiled_and_patched(fused):
 
 
 def test_a_heads_only_fine_tune_with_sampled_windows_keeps_the_score(fused, tmp_path):
-    from napari_pmt_iqa.training import FinetuneConfig, finetune
-
     init = save_checkpoint(tmp_path / "fused.safetensors", fused)
     data = make_dataset(tmp_path / "ft", n=24, size=288)  # 3 x 3 windows an image, 4 kept
-    res = finetune(
-        FinetuneConfig(
-            data=str(data),
-            init=str(init),
-            out_dir=str(tmp_path / "run"),
-            epochs=2,
-            adapt_head=False,
-            windows_per_image=4,
-            holdout_windows=4,
-        )
-    )
+    res = _finetune(
+        init, data, tmp_path / "run", epochs=2, adapt_head=False, windows_per_image=4,
+        holdout_windows=4,
+    )  # fmt: skip
     assert res.refit and load_checkpoint(res.best_path).fuses_defects
     assert np.isfinite(res.start_val["srcc"]) and np.isfinite(res.best_val["srcc"])
 
