@@ -428,7 +428,12 @@ class PMTIQA(nn.Module):
     def windows(
         self, maps: list[torch.Tensor], step: int | None = None
     ) -> tuple[PMTOutput, int, int]:
-        """Outputs of every lattice window of whole-image stage maps (see :meth:`window_pooled`)."""
+        """Outputs of every lattice window of whole-image stage maps (see :meth:`window_pooled`).
+
+        The scores are the regression head's, without the defect-aware score (:meth:`fuse` needs
+        the raw first stages, which :meth:`stage_maps` has reduced): scoring
+        (:func:`napari_pmt_iqa.scoring.score`) applies it, from the backbone's raw maps.
+        """
         pooled, ny, nx = self.window_pooled(maps, step)
         taps = self.taps_from_pooled(pooled)
         score, logits = self.heads(taps)
