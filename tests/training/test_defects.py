@@ -668,3 +668,36 @@ def test_a_refit_or_a_dropped_head_forgets_the_fusion_record(fused, tmp_path):
     meta = read_metadata(out)
     assert "fusion" not in meta and "description" not in meta and meta["format_version"] == 2
     assert "fusion" not in drop_defect_weights(load_checkpoint(fused_file)).meta
+
+
+def test_a_stopped_fused_fine_tune_resumes_into_the_uninterrupted_model(fused, tmp_path):
+    from safetensors.torch import load_file
+
+    from napari_pmt_iqa.training.events import Control
+
+    init = save_checkpoint(tmp_path / "fused.safetensors", fused)
+    data = make_dataset(tmp_path / "ft", n=24, size=288)
+    kw = dict(epochs=4, patience=100, windows_per_image=4)
+    full = _finetune(init, data, tmp_path / "a", **kw)
+    control, steps = Control(), []
+
+    def stop_at_step_3(ev):
+        if type(ev).__name__ == "BatchEnd":
+            steps.append(ev)
+            if len(steps) == 3:
+                control.request_stop()
+
+    from napari_pmt_iqa.training import FinetuneConfig, finetune
+
+    out = tmp_path / "b"
+    cfg = FinetuneConfig(data=str(data), init=str(init), out_dir=str(out), **kw)
+    part = finetune(cfg, listeners=[stop_at_step_3], control=control)
+    assert part.stopped and part.state_path
+    # the other setting does not resume it
+    with pytest.raises(TrainingError, match="defect_score"):
+        _finetune(init, data, out, resume=out, defect_score=False, **kw)
+    rest = _finetune(init, data, out, resume=out, **kw)
+    a, b = load_file(full.best_path), load_file(rest.best_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert rest.best_val == full.best_val and rest.start_val == full.start_val
+    assert load_checkpoint(rest.best_path).fuses_defects
