@@ -71,9 +71,10 @@ def graded(model, photos, kinds=None) -> dict:
     return out
 
 
-def main(argv=None) -> None:
+def fine_tune_parser(doc: str, work: str) -> argparse.ArgumentParser:
+    """The arguments the fine-tune benchmarks share (data, Kodak24, starting model, draws)."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--livec", required=True, help="LIVE-C folder (the recipe's splits need it)")
     ap.add_argument("--biq", required=True)
@@ -82,8 +83,12 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ft_defects"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--work", type=Path, default=Path(work))
+    return ap
+
+
+def main(argv=None) -> None:
+    args = fine_tune_parser(__doc__, "/tmp/bench_ft_defects").parse_args(argv)
 
     import evaluate_default as E
     import torch

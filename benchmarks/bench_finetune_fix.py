@@ -27,7 +27,6 @@ Usage (prints a table; writes ``results.json`` in ``--work``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
-from bench_finetune_defects import graded, rest_srcc  # noqa: E402
+from bench_finetune_defects import fine_tune_parser, graded, rest_srcc  # noqa: E402
 
 #: Stars (as 0-100 ratings) of levels 0 (as it is) to 4.
 RATING_OF_LEVEL = (90.0, 70.0, 50.0, 30.0, 10.0)
@@ -60,18 +59,9 @@ def photos_in(folders) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--livec", required=True, help="LIVE-C folder (the recipe's splits need it)")
-    ap.add_argument("--biq", required=True)
-    ap.add_argument("--kodak", required=True)
+    ap = fine_tune_parser(__doc__, "/tmp/bench_ft_fix")
     ap.add_argument("--photos", nargs="+", required=True, help="folders of pristine photos")
     ap.add_argument("--kind", default="desaturate")
-    ap.add_argument("--init", default=None, help="starting model (default: the default model)")
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--anchor",
         type=float,
@@ -88,7 +78,6 @@ def main(argv=None) -> None:
         help="also rate this many BIQ2021 training photos (stars from their MOS, as a user "
         "rating general quality; the training part, never the validation part measured)",
     )
-    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_ft_fix"))
     args = ap.parse_args(argv)
 
     import evaluate_default as E

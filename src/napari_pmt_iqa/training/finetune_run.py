@@ -208,7 +208,7 @@ class _Run:
                 precision=self.cfg.precision,
                 levels=fuse,
             )
-            lv = None
+            # (the levels come as a last value only when asked for)
             if self.adapt:
                 f, m, _, *lv = window_blocks(model, self.store.get(i), whole_up_to=whole, **kw)
                 maps.append(m)

@@ -160,11 +160,10 @@ def segment_mean(values, seg, n: int):
 
 
 def _fused(model, s, levels):
-    """Window scores ``s`` made defect-aware with their ``levels`` (as scoring does), where the
-    model fuses and the levels are known."""
-    if levels is None or not model.fuses_defects:
-        return s
-    return model.fuse(s, levels.to(s.device))
+    """Window scores ``s`` made defect-aware with their ``levels`` (``PMTIQA.fuse``, which leaves
+    them as they are where the model does not fuse or the levels are unknown), the levels moved
+    to the scores' device."""
+    return model.fuse(s, None if levels is None else levels.to(s.device))
 
 
 def image_scores(model, pack: FeaturePack, chunk_rows: int = 4096) -> np.ndarray:
