@@ -22,7 +22,10 @@ Usage (prints a table; writes ``results.json`` in ``--work``)::
         --biq ~/iqa-data/biq --kodak ~/iqa-data/ffdnet/testsets/Kodak24 \\
         --photos ~/iqa-data/ffdnet/testsets/CBSD68 ~/iqa-data/ffdnet/testsets/McMaster \\
         ~/iqa-data/dncnn/testsets/LIVE1 ~/iqa-data/dncnn/testsets/Set14 \\
-        --kind desaturate --n 100 --seeds 0 1 2
+        --kind desaturate --n 100 --seeds 0 1 2 [--mix 100] [--blend 1] [--skip-start]
+
+``--blend`` sets ``FinetuneConfig.blend`` (default: the recipe's, half the step); the figures
+of ``docs/results.md`` measured before the blend existed are ``--blend 1``.
 """
 
 from __future__ import annotations
@@ -115,8 +118,12 @@ def main(argv=None) -> None:
     before = None if args.skip_start else measure(start)
     print(f"start: {json.dumps(before)} ({time.time() - t0:.0f} s)", flush=True)
     extra = {} if args.anchor is None else {"anchor": args.anchor}
-    tag = ("" if args.anchor is None else f"-anchor{args.anchor:g}") + (
-        f"-mix{args.mix}" if args.mix else ""
+    if args.blend is not None:
+        extra["blend"] = args.blend
+    tag = (
+        ("" if args.anchor is None else f"-anchor{args.anchor:g}")
+        + (f"-mix{args.mix}" if args.mix else "")
+        + ("" if args.blend is None else f"-blend{args.blend:g}")
     )
     rows = []
     for seed in args.seeds:
@@ -148,6 +155,7 @@ def main(argv=None) -> None:
             "n": args.n,
             "anchor": args.anchor,
             "mix": args.mix,
+            "blend": args.blend,
             "seconds": round(took, 1),
             "holdout_before": res.start_val.get("srcc"),
             "holdout_after": res.best_val.get("srcc"),

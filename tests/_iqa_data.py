@@ -98,3 +98,17 @@ def fake_biq(root: Path, bad_score: bool = False) -> None:
         + ",,\n"
     )
     (root / "Test (Images and MOS).csv").write_text("Image Name,MOS\nss03 (6).jpg,0.4\n")
+
+
+def stop_at_step(control, n: int):
+    """A training listener that asks ``control`` (a ``training.events.Control``) to stop at the
+    ``n``-th optimiser step (the ``n``-th ``BatchEnd`` event)."""
+    seen = []
+
+    def listener(ev):
+        if type(ev).__name__ == "BatchEnd":
+            seen.append(ev)
+            if len(seen) == n:
+                control.request_stop()
+
+    return listener

@@ -223,6 +223,11 @@ def test_config_from_the_settings_uses_the_recipe_defaults(
     w.defect_check.setChecked(False)
     assert w.make_config().defect_score is False
     w.defect_check.setChecked(True)
+    # the blend: the recipe's (auto) by default, any share on request
+    assert w.blend_combo.currentText() == "auto" and cfg.blend is defaults.blend is None
+    w.blend_combo.setCurrentIndex(w.blend_combo.findData(1.0))
+    assert w.make_config().blend == 1.0
+    w.blend_combo.setCurrentIndex(0)
     from napari_pmt_iqa.weights import DEFAULT_MODEL
 
     assert cfg.epochs is None and cfg.init == DEFAULT_MODEL and cfg.backbone is None

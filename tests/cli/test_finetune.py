@@ -42,7 +42,7 @@ def test_defaults_are_the_recipe_s(data_csv, tmp_path):
     assert cfg.init is None and cfg.backbone is None and cfg.epochs is None
     for name in (
         "holdout_fraction", "seed", "device", "refit", "batch_size", "lr", "adapt_head", "head_lr",
-        "defect_score",
+        "defect_score", "blend",
     ):  # fmt: skip
         assert getattr(cfg, name) == getattr(d, name), name
     args = cli.build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--heads-only"])
@@ -51,6 +51,8 @@ def test_defaults_are_the_recipe_s(data_csv, tmp_path):
         ["finetune", "--data", "d", "--out", "o", "--no-defect-score"]
     )
     assert cli_finetune.config_from_args(args).defect_score is False
+    args = cli.build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--blend", "1"])
+    assert cli_finetune.config_from_args(args).blend == 1.0
 
 
 def test_finetune_prints_the_held_out_srcc_before_and_after(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _iqa_data import make_dataset
+from _iqa_data import make_dataset, stop_at_step
 from napari_pmt_iqa.model import PMTIQA
 from napari_pmt_iqa.model.network import ModelConfig
 from napari_pmt_iqa.scoring import score, score_batch
@@ -679,14 +679,8 @@ def test_a_stopped_fused_fine_tune_resumes_into_the_uninterrupted_model(fused, t
     data = make_dataset(tmp_path / "ft", n=24, size=288)
     kw = dict(epochs=4, patience=100, windows_per_image=4)
     full = _finetune(init, data, tmp_path / "a", **kw)
-    control, steps = Control(), []
-
-    def stop_at_step_3(ev):
-        if type(ev).__name__ == "BatchEnd":
-            steps.append(ev)
-            if len(steps) == 3:
-                control.request_stop()
-
+    control = Control()
+    stop_at_step_3 = stop_at_step(control, 3)
     from napari_pmt_iqa.training import FinetuneConfig, finetune
 
     out = tmp_path / "b"

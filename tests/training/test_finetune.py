@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _iqa_data import make_dataset, make_pairs
+from _iqa_data import make_dataset, make_pairs, stop_at_step
 from napari_pmt_iqa.scoring import score
 from napari_pmt_iqa.training import FinetuneConfig, TrainingError, finetune
 from napari_pmt_iqa.training.events import Control, EventLog
@@ -207,26 +207,27 @@ def test_head_adaptation_where_the_backbone_has_no_pointwise_head_is_refused(tmp
     assert res.best_path
 
 
-def test_stop_then_resume_gives_the_uninterrupted_model(data_csv, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("blend", [0.5, 1.0])
+def test_stop_then_resume_gives_the_uninterrupted_model(data_csv, tiny_checkpoint, tmp_path, blend):
+    """Exact both ways: a blending run keeps its unblended best epoch in the state (its
+    best.safetensors is the blend); a plain one reads it back from best.safetensors."""
     from safetensors.torch import load_file
 
-    full = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "a", epochs=8, patience=100))
+    full = finetune(
+        _cfg(data_csv, tiny_checkpoint, tmp_path / "a", epochs=8, patience=100, blend=blend)
+    )
     control = Control()
-    seen = []
-
-    def stop_at_step_7(ev):
-        if type(ev).__name__ == "BatchEnd":
-            seen.append(ev)
-            if len(seen) == 7:
-                control.request_stop()
-
+    stop_at_step_7 = stop_at_step(control, 7)
     out = tmp_path / "b"
-    cfg = _cfg(data_csv, tiny_checkpoint, out, epochs=8, patience=100)
+    cfg = _cfg(data_csv, tiny_checkpoint, out, epochs=8, patience=100, blend=blend)
     part = finetune(cfg, listeners=[stop_at_step_7], control=control)
     assert part.stopped and part.state_path and (out / "best.safetensors").exists()
     assert 1 <= part.epochs_done < 8
     log = EventLog()
-    rest = finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=8, patience=100, resume=out), [log])
+    rest = finetune(
+        _cfg(data_csv, tiny_checkpoint, out, epochs=8, patience=100, resume=out, blend=blend),
+        [log],
+    )
     assert not rest.stopped and log.events and log.of(Baseline)
     started = [e for e in log.events if type(e).__name__ == "Started"][0]
     assert started.start_epoch == part.epochs_done and started.resumed_from
@@ -238,6 +239,65 @@ def test_stop_then_resume_gives_the_uninterrupted_model(data_csv, tiny_checkpoin
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert json.dumps(drop_time(rest.history)) == json.dumps(drop_time(full.history))
+
+
+def test_the_blend_takes_its_share_of_the_step_from_the_start(data_csv, tiny_checkpoint, tmp_path):
+    """One epoch and no refit, so that both runs train the same weights: the blend at 0.5 is the
+    midpoint of the start and the plain fine-tune, at 0 the start itself (uncalibrated here),
+    and its held-out figures are the blend's."""
+    from napari_pmt_iqa.training.weight_blend import blend_state
+
+    kw = dict(epochs=1, refit=False, calibrate=False)
+    plain = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "a", blend=1.0, **kw))
+    half = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "b", blend=0.5, **kw))
+    none = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "c", blend=0.0, **kw))
+    start = load_checkpoint(tiny_checkpoint).state_dict()
+    tuned = load_checkpoint(plain.best_path).state_dict()
+    got = load_checkpoint(half.best_path).state_dict()
+    want = blend_state(start, tuned, 0.5)
+    moved = 0
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=1e-6, msg=k)
+        if v.is_floating_point() and not torch.equal(start[k], tuned[k]):
+            moved += 1
+            assert not torch.equal(v, tuned[k]) and not torch.equal(v, start[k]), k
+    assert moved > 0
+    zero = load_checkpoint(none.best_path).state_dict()
+    assert all(torch.equal(zero[k], start[k]) for k in start)
+    assert none.best_val["srcc"] == pytest.approx(none.start_val["srcc"], abs=1e-9)
+    assert read_metadata(half.best_path)["training"]["recipe"]["blend"] == 0.5
+    assert read_metadata(half.best_path)["training"]["blend"] == 0.5
+
+
+def test_the_recipe_blends_half_from_a_quality_model_and_keeps_new_heads_whole():
+    cfg = FinetuneConfig()
+    assert cfg.blend is None and cfg.blend_for(new_heads=False) == 0.5
+    assert cfg.blend_for(new_heads=True) == 1.0
+    assert FinetuneConfig(blend=0.3).blend_for(new_heads=True) == 0.3
+
+
+def test_blend_state_checks_its_models():
+    from napari_pmt_iqa.training.weight_blend import blend_state
+
+    a = {"w": torch.zeros(2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2), "n": torch.tensor(5)}
+    out = blend_state(a, b, 0.25)
+    assert torch.equal(out["w"], torch.full((2,), 0.25)) and int(out["n"]) == 5
+    assert blend_state(a, b, 1.0)["w"] is b["w"]
+    assert blend_state(a, b, 0.25, keys=set())["w"] is b["w"]  # only the keys given are blended
+    with pytest.raises(ValueError, match="same weights"):
+        blend_state(a, {"w": torch.ones(2)}, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        blend_state(a, {"w": torch.ones(3), "n": torch.tensor(5)}, 0.5)
+
+
+def test_a_resume_with_another_blend_is_refused(data_csv, tiny_checkpoint, tmp_path):
+    control = Control()
+    stop_at_once = stop_at_step(control, 1)
+    out = tmp_path / "run"
+    finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=3, blend=0.5), [stop_at_once], control)
+    with pytest.raises(TrainingError, match="other settings or data"):
+        finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=3, blend=1.0, resume=out))
 
 
 def test_a_stop_during_the_refit_resumes_into_the_same_model(data_csv, tiny_checkpoint, tmp_path):
@@ -300,11 +360,7 @@ def test_the_refit_never_runs_more_than_max_refit_steps():
 
 def test_resume_with_other_data_is_refused(data_csv, tiny_checkpoint, tmp_path):
     control = Control()
-
-    def stop_at_once(ev):
-        if type(ev).__name__ == "BatchEnd":
-            control.request_stop()
-
+    stop_at_once = stop_at_step(control, 1)
     out = tmp_path / "run"
     res = finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=3), [stop_at_once], control)
     assert res.stopped and res.best_path is None and res.state_path  # no epoch ended yet
@@ -343,6 +399,8 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, tiny_checkpoint, dat
         ({"epochs": 0}, "epochs"),
         ({"head_lr": 0.0}, "backbone head"),
         ({"max_refit_steps": 0}, "max_refit_steps"),
+        ({"blend": 1.5}, "blend"),
+        ({"blend": -0.1}, "blend"),
     ):
         with pytest.raises(TrainingError, match=words):
             finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "x", **kw))

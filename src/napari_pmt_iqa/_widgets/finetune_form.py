@@ -41,6 +41,14 @@ BACKBONES = [
 ]
 CHOOSE_FILE = "Checkpoint file..."
 LAYOUTS = ["auto", "csv", "livec", "biq2021"]
+#: Choices of ``FinetuneConfig.blend`` (the share of the fine-tuned step kept; None: the recipe's).
+BLENDS = [
+    ("auto", None),
+    ("0.25", 0.25),
+    ("0.5", 0.5),
+    ("0.75", 0.75),
+    ("1 (all)", 1.0),
+]
 #: The epochs box at this value means "automatic" (from the number of ratings).
 AUTO = 0
 
@@ -143,6 +151,17 @@ class FinetuneForm(QWidget):
             "Off: the new model learns your ratings alone (for images whose noise or compression "
             "you rate as fine). No effect for a starting model without it."
         )
+        self.blend_combo = QComboBox()
+        for label, value in BLENDS:
+            self.blend_combo.addItem(label, value)
+        self.blend_combo.setCurrentIndex([v for _, v in BLENDS].index(self.defaults.blend))
+        self.blend_combo.setToolTip(
+            "How much of the fine-tune the new model keeps: every trained weight moves this "
+            "share of the way from the starting model to the fine-tuned one. auto: half from a "
+            "quality model (100 ratings gained most so, and lost nothing on photos the model "
+            "already judged well), all of it from an ImageNet backbone. 1 learns a defect the "
+            "model misjudges most fully, and forgets more of what the ratings do not show."
+        )
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.epochs_spin = QSpinBox()
@@ -170,6 +189,7 @@ class FinetuneForm(QWidget):
         out_row.addWidget(self.out_browse)
         form.addRow("Start from", self.init_combo)
         form.addRow(self.defect_check)  # both columns: the dock stays narrow
+        form.addRow("Blend", self.blend_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Seed", self.seed_spin)
@@ -193,6 +213,7 @@ class FinetuneForm(QWidget):
             self.layout_combo,
             self.init_combo,
             self.defect_check,
+            self.blend_combo,
             self.device_combo,
             self.epochs_spin,
             self.seed_spin,
@@ -308,6 +329,7 @@ class FinetuneForm(QWidget):
             epochs=None if epochs == AUTO else epochs,
             seed=int(self.seed_spin.value()),
             defect_score=self.defect_check.isChecked(),
+            blend=self.blend_combo.currentData(),
             resume=str(resume) if resume else None,
             **kw,
         )

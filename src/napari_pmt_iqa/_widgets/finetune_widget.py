@@ -168,7 +168,7 @@ class FinetuneWidget(QWidget):
             f.layout_combo,
         )
         self.init_combo, self.device_combo = f.init_combo, f.device_combo
-        self.defect_check = f.defect_check
+        self.defect_check, self.blend_combo = f.defect_check, f.blend_combo
         self.epochs_spin, self.seed_spin = f.epochs_spin, f.seed_spin
         self.out_edit, self.name_edit = f.out_edit, f.name_edit
         self.epoch_bar, self.batch_bar = r.epoch_bar, r.batch_bar

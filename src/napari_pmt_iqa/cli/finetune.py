@@ -100,6 +100,14 @@ def add_subcommands(sub) -> None:
         "default they train through it and the fine-tuned model keeps it",
     )
     p.add_argument(
+        "--blend",
+        type=float,
+        default=d.blend,
+        help="share of the fine-tuned step kept in the saved model, between the calibrated "
+        "starting model (0) and the fine-tuned weights alone (1); default 0.5 from a quality "
+        "model, 1 from --backbone (new heads)",
+    )
+    p.add_argument(
         "--no-refit",
         action="store_true",
         help="keep the selection run's model instead of refitting on every rating",
@@ -133,6 +141,7 @@ def config_from_args(args):
         adapt_head=False if args.heads_only else d_adapt,
         head_lr=args.head_lr,
         defect_score=not args.no_defect_score,
+        blend=args.blend,
         refit=not args.no_refit,
         resume=args.resume,
         description=args.name,

@@ -38,10 +38,12 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
    without a gain).
 7. **Refit** on every rating (training and held-out images) for the selected number of epochs
    (at least ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps,
-   :meth:`FinetuneConfig.refit_epochs_for`): that is the model written as
-   ``best.safetensors``. The held-out SRCC reported for it (the
-   "after" beside the starting model's "before") is the one of the selection run, which did not
-   see those images.
+   :meth:`FinetuneConfig.refit_epochs_for`).
+8. **Blend**: take ``blend`` (half) of the step from the calibrated start to the trained weights
+   (:mod:`~napari_pmt_iqa.training.weight_blend`); the blend is the model written as
+   ``best.safetensors``. Its held-out SRCC (the "after" beside the starting model's "before") is
+   the selection run's blend, which did not see those images; the selection run chose its epoch
+   on that blend too.
 
 Files in ``out_dir`` (atomic writes): ``best.safetensors`` (the model, with the recipe, the
 held-out metrics before and after and the data used in its metadata), ``report.json`` (the same

@@ -21,9 +21,12 @@ from .events import Event
 #: Units of ratings given in napari (1-5 stars are 10, 30, 50, 70, 90 on it).
 RATINGS_SCALE_ARGS = (0.0, 100.0, True, "quality (0-100, rated in napari)")
 #: Version of the recipe (stored in checkpoints and state files).
-RECIPE = "few-shot-2"
+RECIPE = "few-shot-3"  # 3: the blend (half the fine-tuned step); 2: the backbone head adapted
 #: About how many optimiser steps the selection run makes (:meth:`FinetuneConfig.epochs_for`).
 SELECTION_STEPS = 600
+#: Share of the fine-tuned step kept when starting from a quality model
+#: (:meth:`FinetuneConfig.blend_for`; measured in ``docs/results.md`` section 8).
+DEFAULT_BLEND = 0.5
 
 
 def ratings_scale():
@@ -118,6 +121,17 @@ class FinetuneConfig:
         penalty is dropped and the heads learn the ratings as they are (for images whose noise
         or compression you rate as fine); the defect maps stay. No effect on a model without
         such a score. Measured in ``docs/results.md`` section 8.
+    blend
+        Share of the fine-tuned step kept in the saved model: every trained weight becomes
+        ``start + blend * (tuned - start)``, ``start`` being the starting model after its
+        calibration to the ratings (a weight-space ensemble, :mod:`~.weight_blend`). 1: the
+        fine-tuned weights alone (the recipe before the blend); 0: the calibrated start.
+        ``None``: 0.5 from a quality model, 1 from an ImageNet ``backbone`` (its new heads know
+        nothing worth keeping; :meth:`blend_for`). The held-out figures, the epoch selection and
+        the saved model are the blend's. On photos
+        like the starting model's training data, 100 star ratings cost it about 0.03 SRCC at 1
+        and nothing at 0.5; on a defect it did not know, 0.5 keeps the fix and forgets less of
+        the rest (``docs/results.md`` section 8, *Taking half the step*).
     refit
         Train the final model on every rating (training and held-out images).
     min_refit_steps
@@ -178,6 +192,7 @@ class FinetuneConfig:
     anchor: float = 0.0
     calibrate: bool = True
     defect_score: bool = True
+    blend: float | None = None
     refit: bool = True
     min_refit_steps: int = 300
     max_refit_steps: int | None = SELECTION_STEPS
@@ -213,6 +228,13 @@ class FinetuneConfig:
         if self.max_refit_steps is not None:  # the limit never goes below the minimum
             epochs = min(epochs, max(floor, int(self.max_refit_steps) // steps_per_epoch))
         return max(1, int(epochs))
+
+    def blend_for(self, new_heads: bool) -> float:
+        """The share of the fine-tuned step kept (``blend``; ``None``: 0.5, or 1 for a start
+        with ``new_heads``)."""
+        if self.blend is not None:
+            return float(self.blend)
+        return 1.0 if new_heads else DEFAULT_BLEND
 
     def threads_for(self, adapt_head: bool) -> int | None:
         """CPU threads while the heads train (see ``head_threads``); ``None``: torch's setting."""

@@ -50,6 +50,8 @@ class _Run:
         self.best_path: Path | None = None
         self._best_state: dict | None = None
         self._best_dirty = False
+        self._base: dict | None = None  # the calibrated start, the blend's other end
+        self._eval_model = None  # a copy that scores the blend on the held-out images
         self.t0 = time.time()
 
     # ------------------------------------------------------------------ checks
@@ -64,6 +66,8 @@ class _Run:
             checks.whole_number("max_refit_steps (None: no limit)", c.max_refit_steps)
         checks.whole_number("epochs", c.epochs, optional=True)
         checks.fraction("holdout_fraction", c.holdout_fraction)
+        if c.blend is not None:  # None: the recipe's
+            checks.fraction("blend (the share of the fine-tuned step kept)", c.blend, closed=True)
         checks.positive("lr (the learning rate)", c.lr)
         checks.positive("head_lr (the learning rate of the backbone head)", c.head_lr)
         for name in ("reg_weight", "rank_weight", "rank_margin", "cls_weight", "anchor"):
@@ -240,6 +244,8 @@ class _Run:
         }
         if self.start_model.fuses_defects:  # (a run that drops the penalty resumes as before)
             fp["defect_score"] = True
+        if self._blending:  # (a run without a blend resumes as before)
+            fp["blend"] = self.blend
         return fp
 
     def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
@@ -262,6 +268,7 @@ class _Run:
             "adapted_backbone_head": bool(self.adapt),
             "defect_aware_score": bool(model.fuses_defects),
             "calibration": list(self.calibration),
+            "blend": self.blend,
         }
         desc = c.description or (
             f"PMT-IQA ({model.config.backbone}) fine-tuned on {len(self.train_idx) + len(self.hold_idx)} "
@@ -304,6 +311,9 @@ class _Run:
             "history": json.dumps(self.history),
             "check": json.dumps(self._fingerprint()),
         }
+        if self._blending and self._best_state is not None:
+            # best.safetensors holds the blend: the unblended best epoch is kept here
+            st["best_state"] = self._best_state
         buf = io.BytesIO()
         torch.save(st, buf)
         atomic_write_bytes(self.state_path, buf.getvalue())
@@ -328,6 +338,7 @@ class _Run:
             "epochs_done": len(self.history),
             "refit_on_all": bool(refit),
             "refit_epochs": getattr(self, "refit_epochs", None) if refit else None,
+            "blend": self.blend,
             "feature_seconds": round(self.feature_seconds, 3),
             "seconds": round(time.time() - self.t0, 3),
             "best_path": str(self.best_path) if self.best_path else None,
@@ -414,6 +425,7 @@ class _Run:
                 np.asarray(t_tr),
                 factors=image_factors(model, train_pack),
             )
+        self._base = copy.deepcopy(model.state_dict())  # the blend's start (calibrated)
         with _cpu_threads(c.threads_for(self.adapt) if self.device.type == "cpu" else None):
             return self._train(model, train_pack, hold_pack, resume_state, uncalibrated, t_tr, t_ho)
 
@@ -444,12 +456,16 @@ class _Run:
                     np.asarray(t_tr + t_ho),
                     factors=image_factors(model, all_pack),
                 )
+            refit_base = copy.deepcopy(model.state_dict())
             epochs = c.refit_epochs_for(len(all_pack), int(self.best[1]))
             self.refit_epochs = epochs
             if not self._refit(model, all_pack, epochs):
                 # continue later from the end of the selection run (the refit starts over)
                 self._save_state(model, self._opt, len(self.history), 0, [0.0] * 4)
                 return self._stop_result()
+            self._blend_into(model, refit_base)
+        else:
+            self._blend_into(model, self._base)
         self._save_best(model, self.best[2] or {}, len(self.history), refit, self.best[1] or 0)
         self._best_dirty = False
         report = self._write_report(refit)
@@ -470,7 +486,7 @@ class _Run:
 
         from ..metrics import iqa_metrics
         from .features import FeatureLayout
-        from .heads_fit import epoch_batches, head_parameters, image_scores
+        from .heads_fit import epoch_batches, head_parameters
 
         c = self.cfg
         params = head_parameters(model)
@@ -493,7 +509,9 @@ class _Run:
             ]
             self.history = json.loads(resume_state["history"])
             best_file = self.out / "best.safetensors"
-            if self.best[1] is not None and best_file.exists():
+            if "best_state" in resume_state:  # (a blending run: best.safetensors is the blend)
+                self._best_state = dict(resume_state["best_state"])
+            elif self.best[1] is not None and best_file.exists():
                 from ..weights import load_checkpoint
 
                 self.best_path = best_file
@@ -563,7 +581,9 @@ class _Run:
             model.eval()
             val = (
                 iqa_metrics(
-                    image_scores(model, hold_pack), hold_pack.targets.numpy(), logistic=False
+                    self._held_out_scores(model, hold_pack),
+                    hold_pack.targets.numpy(),
+                    logistic=False,
                 )
                 if has_holdout
                 else {}
@@ -608,9 +628,49 @@ class _Run:
             model.load_state_dict(self._best_state)
             if has_holdout:  # the full metrics (with the logistic PLCC) of the selected epoch
                 self.best[2] = iqa_metrics(
-                    image_scores(model, hold_pack), hold_pack.targets.numpy()
+                    self._held_out_scores(model, hold_pack), hold_pack.targets.numpy()
                 )
         return False
+
+    # ------------------------------------------------------------------ the blend
+    @property
+    def blend(self) -> float:
+        """The share of the fine-tuned step kept (``FinetuneConfig.blend_for``)."""
+        return self.cfg.blend_for(new_heads=self.cfg.backbone is not None)
+
+    @property
+    def _blending(self) -> bool:
+        return self.blend != 1.0
+
+    def _blend_into(self, model, base: dict) -> None:
+        """Load ``base + blend * (model - base)`` into ``model`` (nothing to do at blend 1); only
+        the trained weights (the heads' and the backbone head's) are computed."""
+        if self._blending:
+            from .weight_blend import blend_state
+
+            trained = {n for n, p in model.named_parameters() if not n.startswith("backbone.")}
+            if self.adapt:
+                from ..model.backbones import pointwise_head
+
+                head = pointwise_head(model.backbone)
+                ids = {id(p) for p in head.parameters()} if head is not None else set()
+                trained |= {n for n, p in model.named_parameters() if id(p) in ids}
+            state = blend_state(base, model.state_dict(), self.blend, keys=trained)
+            model.load_state_dict(state)
+
+    def _held_out_scores(self, model, pack):
+        """Image scores of ``pack`` by the model that would be saved now: the blend of the
+        calibrated start and ``model`` (``model`` itself at blend 1)."""
+        from .heads_fit import image_scores
+
+        if not self._blending:
+            return image_scores(model, pack)
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(model)
+        self._eval_model.load_state_dict(model.state_dict())
+        self._blend_into(self._eval_model, self._base)
+        self._eval_model.eval()
+        return image_scores(self._eval_model, pack)
 
     def _optimizer(self, model):
         """Adam on the heads (``lr``) and, when adapting, on the backbone head (``head_lr``)."""
@@ -687,6 +747,7 @@ class _Run:
         if self._best_state is not None and self._best_dirty:
             model = copy.deepcopy(self.start_model)
             model.load_state_dict(self._best_state)
+            self._blend_into(model, self._base)
             self._save_best(model, self.best[2], len(self.history), False, int(self.best[1]))
             self._best_dirty = False
         self.emit(
