@@ -300,10 +300,15 @@ def test_a_resume_with_another_blend_is_refused(data_csv, tiny_checkpoint, tmp_p
         finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=3, blend=1.0, resume=out))
 
 
-def test_a_stop_during_the_refit_resumes_into_the_same_model(data_csv, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("blend", [0.5, 1.0])
+def test_a_stop_during_the_refit_resumes_into_the_same_model(
+    data_csv, tiny_checkpoint, tmp_path, blend
+):
+    """Stopped in the refit, resumed and stopped there again, then resumed to the end: the
+    model of a run never stopped; each stop keeps the selected epoch as the model so far."""
     from safetensors.torch import load_file
 
-    full = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "a", epochs=4))
+    full = finetune(_cfg(data_csv, tiny_checkpoint, tmp_path / "a", epochs=4, blend=blend))
     control = Control()
 
     def stop_in_refit(ev):
@@ -311,12 +316,16 @@ def test_a_stop_during_the_refit_resumes_into_the_same_model(data_csv, tiny_chec
             control.request_stop()
 
     out = tmp_path / "b"
-    part = finetune(
-        _cfg(data_csv, tiny_checkpoint, out, epochs=4), [stop_in_refit], control=control
-    )
-    assert part.stopped and part.state_path
+    cfg = _cfg(data_csv, tiny_checkpoint, out, epochs=4, blend=blend)
+    part = finetune(cfg, [stop_in_refit], control=control)
+    assert part.stopped and part.state_path and part.best_path
     assert part.best_val == full.best_val  # the selected epoch is kept as the model so far
-    rest = finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=4, resume=out / "state.pt"))
+    control = Control()
+    cfg.resume = out / "state.pt"
+    again = finetune(cfg, [stop_in_refit], control=control)
+    assert again.stopped and again.state_path
+    assert again.best_path == part.best_path  # still there to publish after the second stop
+    rest = finetune(_cfg(data_csv, tiny_checkpoint, out, epochs=4, resume=out, blend=blend))
     a, b = load_file(full.best_path), load_file(rest.best_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -158,9 +158,10 @@ class FinetuneForm(QWidget):
         self.blend_combo.setToolTip(
             "How much of the fine-tune the new model keeps: every trained weight moves this "
             "share of the way from the starting model to the fine-tuned one. auto: half from a "
-            "quality model (100 ratings gained most so, and lost nothing on photos the model "
-            "already judged well), all of it from an ImageNet backbone. 1 learns a defect the "
-            "model misjudges most fully, and forgets more of what the ratings do not show."
+            "quality model (100 ratings gained as much as with any share measured, and lost "
+            "nothing on photos the model already judged well), all of it from an ImageNet "
+            "backbone. 1 learns a defect the model misjudges most fully, and forgets more of "
+            "what the ratings do not show."
         )
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())

@@ -39,7 +39,8 @@ Recipe (the defaults; measured by ``benchmarks/bench_finetune.py``, numbers in `
 7. **Refit** on every rating (training and held-out images) for the selected number of epochs
    (at least ``min_refit_steps`` and at most ``max_refit_steps`` optimiser steps,
    :meth:`FinetuneConfig.refit_epochs_for`).
-8. **Blend**: take ``blend`` (half) of the step from the calibrated start to the trained weights
+8. **Blend**: take ``blend`` (half) of the step from the calibrated start (calibrated again on
+   every rating for the refit) to the trained weights
    (:mod:`~napari_pmt_iqa.training.weight_blend`); the blend is the model written as
    ``best.safetensors``. Its held-out SRCC (the "after" beside the starting model's "before") is
    the selection run's blend, which did not see those images; the selection run chose its epoch

@@ -124,7 +124,8 @@ class FinetuneConfig:
     blend
         Share of the fine-tuned step kept in the saved model: every trained weight becomes
         ``start + blend * (tuned - start)``, ``start`` being the starting model after its
-        calibration to the ratings (a weight-space ensemble, :mod:`~.weight_blend`). 1: the
+        calibration to the ratings (to every rating for the refitted model; a weight-space
+        ensemble, :mod:`~.weight_blend`). 1: the
         fine-tuned weights alone (the recipe before the blend); 0: the calibrated start.
         ``None``: 0.5 from a quality model, 1 from an ImageNet ``backbone`` (its new heads know
         nothing worth keeping; :meth:`blend_for`). The held-out figures, the epoch selection and

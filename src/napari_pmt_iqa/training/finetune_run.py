@@ -244,8 +244,7 @@ class _Run:
         }
         if self.start_model.fuses_defects:  # (a run that drops the penalty resumes as before)
             fp["defect_score"] = True
-        if self._blending:  # (a run without a blend resumes as before)
-            fp["blend"] = self.blend
+        fp["blend"] = self.blend
         return fp
 
     def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
@@ -509,12 +508,13 @@ class _Run:
             ]
             self.history = json.loads(resume_state["history"])
             best_file = self.out / "best.safetensors"
+            if self.best[1] is not None and best_file.exists():
+                self.best_path = best_file  # a second stop publishes it again
             if "best_state" in resume_state:  # (a blending run: best.safetensors is the blend)
                 self._best_state = dict(resume_state["best_state"])
-            elif self.best[1] is not None and best_file.exists():
+            elif self.best_path is not None:
                 from ..weights import load_checkpoint
 
-                self.best_path = best_file
                 self._best_state = load_checkpoint(best_file).state_dict()
         n_batches = len(epoch_batches(len(train_pack), c.batch_size, c.seed, 0))
         self.emit(

@@ -123,7 +123,7 @@ def load_state(path: Path, fingerprint: dict) -> tuple[dict, Path]:
     if diff:
         raise TrainingError(
             f"Cannot resume from {path}: the run had other settings or data ({'; '.join(diff)}).",
-            "Resume with the same data, seed, epochs, batch size, backbone and defect-aware "
-            "score setting.",
+            "Resume with the same data, seed, epochs, batch size, backbone, defect-aware "
+            "score setting and blend.",
         )
     return st, path
