@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from napari_pmt_iqa.training.defects import drop_defect_head  # noqa: E402
+from napari_pmt_iqa.training.weight_blend import blend_state  # noqa: E402
 from napari_pmt_iqa.weights import build_metadata, load_checkpoint, save_checkpoint  # noqa: E402
 
 
@@ -42,12 +43,11 @@ def blend(path_a, path_b, alpha: float):
     ca, cb = a.config.to_dict(), b.config.to_dict()
     if ca != cb:
         raise SystemExit(f"the two checkpoints differ in their configuration: {ca} against {cb}")
-    sa, sb = a.state_dict(), b.state_dict()
-    mixed = {
-        k: torch.lerp(v.float(), sb[k].float(), alpha) if v.is_floating_point() else sb[k]
-        for k, v in sa.items()
-    }
-    a.load_state_dict(mixed)
+    sa, sb = (
+        {k: v.float() if v.is_floating_point() else v for k, v in m.state_dict().items()}
+        for m in (a, b)
+    )
+    a.load_state_dict(blend_state(sa, sb, alpha))
     from napari_pmt_iqa.weights import sha256_of
 
     ends = [

@@ -646,15 +646,14 @@ class _Run:
         """Load ``base + blend * (model - base)`` into ``model`` (nothing to do at blend 1); only
         the trained weights (the heads' and the backbone head's) are computed."""
         if self._blending:
+            from .head_maps import adapted_parameters
+            from .heads_fit import head_parameters
             from .weight_blend import blend_state
 
-            trained = {n for n, p in model.named_parameters() if not n.startswith("backbone.")}
-            if self.adapt:
-                from ..model.backbones import pointwise_head
-
-                head = pointwise_head(model.backbone)
-                ids = {id(p) for p in head.parameters()} if head is not None else set()
-                trained |= {n for n, p in model.named_parameters() if id(p) in ids}
+            # what the optimiser trains (``_optimizer``)
+            params = head_parameters(model) + (adapted_parameters(model) if self.adapt else [])
+            ids = {id(p) for p in params}
+            trained = {n for n, p in model.named_parameters() if id(p) in ids}
             state = blend_state(base, model.state_dict(), self.blend, keys=trained)
             model.load_state_dict(state)
 

@@ -53,7 +53,7 @@ def blend_state(
                 f"Weight {k} has shape {tuple(b.shape)} in one model, {tuple(t.shape)} in the other."
             )
         if t.is_floating_point():
-            out[k] = (b.to(t.dtype) + share * (t - b.to(t.dtype))).to(t.dtype)
+            out[k] = b.to(t.dtype).lerp(t, share)
         else:
             out[k] = t
     return out
