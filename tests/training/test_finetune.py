@@ -223,6 +223,13 @@ def test_stop_then_resume_gives_the_uninterrupted_model(data_csv, tiny_checkpoin
     part = finetune(cfg, listeners=[stop_at_step_7], control=control)
     assert part.stopped and part.state_path and (out / "best.safetensors").exists()
     assert 1 <= part.epochs_done < 8
+    # the state keeps the weights the fine-tune changed, never the frozen backbone
+    st = torch.load(part.state_path, weights_only=True)
+    whole = load_checkpoint(tiny_checkpoint).state_dict()
+    for stored in [st["model"], *([st["best_state"]] if blend != 1 else [])]:
+        assert stored and set(stored) < set(whole)
+        assert not any(k.startswith("backbone.") and "head" not in k for k in stored), stored
+    assert ("best_state" in st) == (blend != 1)
     log = EventLog()
     rest = finetune(
         _cfg(data_csv, tiny_checkpoint, out, epochs=8, patience=100, resume=out, blend=blend),

@@ -296,10 +296,13 @@ class _Run:
 
         from ..atomic import atomic_write_bytes
         from .state import STATE_FORMAT
+        from .weight_blend import state_delta
 
+        # weights as changes from the calibrated start, which a resume computes again: the
+        # frozen backbone is not stored
         st = {
             "format": STATE_FORMAT,
-            "model": model.state_dict(),
+            "model": state_delta(self._base, model.state_dict()),
             "optim": opt.state_dict(),
             "epoch": int(epoch),
             "batch": int(batch),
@@ -312,7 +315,7 @@ class _Run:
         }
         if self._blending and self._best_state is not None:
             # best.safetensors holds the blend: the unblended best epoch is kept here
-            st["best_state"] = self._best_state
+            st["best_state"] = state_delta(self._base, self._best_state)
         buf = io.BytesIO()
         torch.save(st, buf)
         atomic_write_bytes(self.state_path, buf.getvalue())
@@ -497,7 +500,9 @@ class _Run:
         has_holdout = len(hold_pack) > 0
         start_epoch, start_batch, sums0 = 0, 0, [0.0] * 4
         if resume_state is not None:
-            model.load_state_dict(resume_state["model"])
+            from .weight_blend import with_delta
+
+            model.load_state_dict(with_delta(self._base, resume_state["model"]))
             opt.load_state_dict(resume_state["optim"])
             start_epoch, start_batch = int(resume_state["epoch"]), int(resume_state["batch"])
             sums0 = list(resume_state["sums"])
@@ -511,7 +516,7 @@ class _Run:
             if self.best[1] is not None and best_file.exists():
                 self.best_path = best_file  # a second stop publishes it again
             if "best_state" in resume_state:  # (a blending run: best.safetensors is the blend)
-                self._best_state = dict(resume_state["best_state"])
+                self._best_state = with_delta(self._base, resume_state["best_state"])
             elif self.best_path is not None:
                 from ..weights import load_checkpoint
 

@@ -57,3 +57,34 @@ def blend_state(
         else:
             out[k] = t
     return out
+
+
+def state_delta(base: Mapping, state: Mapping) -> dict:
+    """The entries of ``state`` that differ from ``base`` (what a fine-tune changed).
+
+    A fine-tune trains its heads (and perhaps the backbone's head layer) and leaves a frozen
+    backbone as it was: keeping only the changed entries makes its resume state a fraction of
+    a whole model. ``with_delta(base, state_delta(base, state))`` gives ``state`` back exactly.
+    """
+    import torch
+
+    out = {}
+    for k, v in state.items():
+        b = base.get(k)
+        if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
+            out[k] = v
+    return out
+
+
+def with_delta(base: Mapping, delta: Mapping) -> dict:
+    """``base`` with the entries of ``delta`` in place of its own (see ``state_delta``).
+
+    Raises
+    ------
+    ValueError
+        If ``delta`` holds an entry that ``base`` does not have (it belongs to another model).
+    """
+    extra = sorted(set(delta) - set(base))
+    if extra:
+        raise ValueError(f"The saved weights belong to another model (e.g. {extra[:3]}).")
+    return {**base, **delta}
