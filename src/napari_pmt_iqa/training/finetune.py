@@ -51,8 +51,11 @@ held-out metrics before and after and the data used in its metadata), ``report.j
 report) and, after a stop, ``state.pt`` (``resume`` continues from it).
 
 Where the code lives: the settings, the result, the recipe's events and the held-out split in
-:mod:`~napari_pmt_iqa.training.finetune_config`; the run itself (checks, backbone cache, selection,
-refit, files) in :mod:`~napari_pmt_iqa.training.finetune_run`; the head training on cached
+:mod:`~napari_pmt_iqa.training.finetune_config`; the run itself (selection, blend, refit) in
+:mod:`~napari_pmt_iqa.training.finetune_run`, its setup (checks, data, backbone cache) in
+:mod:`~napari_pmt_iqa.training.finetune_setup` and its files in
+:mod:`~napari_pmt_iqa.training.finetune_files`; the blend in
+:mod:`~napari_pmt_iqa.training.weight_blend`; the head training on cached
 features in :mod:`~napari_pmt_iqa.training.heads_fit`, :mod:`~napari_pmt_iqa.training.features`
 and (the backbone head's maps) :mod:`~napari_pmt_iqa.training.head_maps`.
 """

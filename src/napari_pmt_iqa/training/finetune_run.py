@@ -1,6 +1,8 @@
 """The few-shot fine-tuning run behind :func:`napari_pmt_iqa.training.finetune` (its recipe is
-described there): checks, the backbone cache, the selection run, the refit, checkpoints and the
-report. Internal: use :func:`~napari_pmt_iqa.training.finetune`.
+described there): the selection run, the blend, the refit and how a run ends. Its setup (checks,
+data, starting model, the backbone's feature cache) is in :mod:`.finetune_setup`, its files
+(``best.safetensors``, ``state.pt``, ``report.json``) in :mod:`.finetune_files`. Internal: use
+:func:`~napari_pmt_iqa.training.finetune`.
 """
 
 from __future__ import annotations
@@ -9,18 +11,14 @@ import copy
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .config import _describe_data
 from .errors import TrainingError
 from .events import (
     BatchEnd,
-    CheckpointSaved,
     Control,
-    DataIssue,
     Emitter,
     EpochEnd,
     Finished,
@@ -31,18 +29,19 @@ from .events import (
     Stopped,
 )
 from .finetune_config import (
-    RECIPE,
     Baseline,
     FinetuneConfig,
     FinetuneResult,
     Refitting,
-    holdout_split,
-    is_ratings_csv,
-    ratings_scale,
 )
+from .finetune_files import RunFiles
+from .finetune_setup import RunSetup
 
 
-class _Run:
+class _Run(RunSetup, RunFiles):
+    """One fine-tuning run: the selection run, the blend, the refit and the endings (its setup
+    in :mod:`.finetune_setup`, its files in :mod:`.finetune_files`)."""
+
     def __init__(self, cfg: FinetuneConfig, emit: Emitter, control: Control) -> None:
         self.cfg = cfg
         self.emit = emit
@@ -53,308 +52,6 @@ class _Run:
         self._base: dict | None = None  # the calibrated start, the blend's other end
         self._eval_model = None  # a copy that scores the blend on the held-out images
         self.t0 = time.time()
-
-    # ------------------------------------------------------------------ checks
-    def _validate(self) -> None:
-        from ..devices import PRECISIONS
-        from . import checks
-
-        c = self.cfg
-        for name in ("batch_size", "windows_per_image", "windows_per_step", "holdout_windows"):
-            checks.whole_number(name, getattr(c, name))
-        if c.max_refit_steps is not None:  # None: no limit
-            checks.whole_number("max_refit_steps (None: no limit)", c.max_refit_steps)
-        checks.whole_number("epochs", c.epochs, optional=True)
-        checks.fraction("holdout_fraction", c.holdout_fraction)
-        if c.blend is not None:  # None: the recipe's
-            checks.fraction("blend (the share of the fine-tuned step kept)", c.blend, closed=True)
-        checks.positive("lr (the learning rate)", c.lr)
-        checks.positive("head_lr (the learning rate of the backbone head)", c.head_lr)
-        for name in ("reg_weight", "rank_weight", "rank_margin", "cls_weight", "anchor"):
-            checks.non_negative(name, getattr(c, name))
-        checks.one_of("precision", c.precision, PRECISIONS)
-        if c.head_threads not in (None, "auto"):
-            checks.whole_number("head_threads", c.head_threads)
-        if c.init is not None and c.backbone is not None:
-            raise TrainingError(
-                "Give either init (a model to fine-tune) or backbone (an ImageNet backbone with "
-                "new heads), not both."
-            )
-
-    # ------------------------------------------------------------------ data
-    def _dataset(self):
-        from .config import TrainConfig
-        from .prepare import resolve_dataset
-
-        c = self.cfg
-        init_scale = getattr(self.start_model, "score_scale", None) if c.backbone is None else None
-        scale = c.score_scale
-        if scale is None and is_ratings_csv(c.data):
-            scale = ratings_scale()
-        return resolve_dataset(
-            TrainConfig(
-                data=c.data, layout=c.layout, score_scale=scale, seed=c.seed, limit=c.limit
-            ),
-            init_scale,
-        )
-
-    def _prepare(self) -> None:
-        from .data import ImageStore
-
-        c = self.cfg
-        ds = self._dataset()
-        usable = [s for s in ds.samples if s.split != "test"]
-        n_test = len(ds.samples) - len(usable)
-        store = ImageStore(usable, min_side=self.crop, budget_mb=c.cache_mb)
-        bad = store.check(threads=2, progress=lambda a, b: self.emit(Preparing(a, b)))
-        skipped = list(getattr(ds, "skipped", []) or []) + [r for _, r in bad]
-        n_all = len(usable) + len(getattr(ds, "skipped", []) or [])
-        from .prepare import report_unusable
-
-        report_unusable(skipped, n_all, c.max_bad_fraction, self.emit)
-        bad_idx = {i for i, _ in bad}
-        good = [i for i in range(len(usable)) if i not in bad_idx]
-        if len(good) < c.min_ratings:
-            why = f" ({n_test} rows are split=test and never used)" if n_test else ""
-            raise TrainingError(
-                f"{len(good)} usable rated images{why}: the few-shot recipe needs at least "
-                f"{c.min_ratings}, so that the held-out part can say whether the fine-tune helped.",
-                f"Rate at least {c.min_ratings} images (about 100 give a clear gain), with scores "
-                "that use the whole range.",
-            )
-        mos = [usable[i].mos for i in good]
-        if len(set(mos)) < 2:
-            raise TrainingError(
-                f"All {len(mos)} ratings are equal ({mos[0]:g}): nothing can be learnt from them.",
-                "Rate better and worse images with different scores.",
-            )
-        samples = [usable[i] for i in good]
-        marked = [k for k, s in enumerate(samples) if s.split in ("val", "valid", "validation")]
-        if marked:
-            hold = marked
-        else:
-            hold = holdout_split(samples, c.holdout_fraction, c.min_holdout, c.seed)
-        hold_set = set(hold)
-        self.train_idx = [good[k] for k in range(len(samples)) if k not in hold_set]
-        self.hold_idx = [good[k] for k in hold]
-        self.ds, self.store, self.samples = ds, store, usable
-        self.scale = ds.scale
-        self.skipped = skipped
-        if len(self.train_idx) < 2:
-            raise TrainingError(
-                f"Only {len(self.train_idx)} images are left to train on after the held-out part.",
-                "Rate more images, or lower holdout_fraction.",
-            )
-
-    # ------------------------------------------------------------------ model
-    def _start_model(self):
-        import torch
-
-        from ..model import PMTIQA
-        from ..weights import load_model
-
-        c = self.cfg
-        torch.manual_seed(int(c.seed))
-        if c.backbone is not None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                model = PMTIQA(backbone=c.backbone, pretrained=True)
-            for w in caught:
-                self.emit(DataIssue(str(w.message)))
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            self.init_desc = f"ImageNet {c.backbone} with new heads"
-        else:
-            model = load_model(c.init, device="cpu")
-            self.init_desc = str(c.init) if c.init is not None else "the default model"
-            if not c.defect_score:
-                # the fine-tuned heads learn the user's ratings as they are: no defect-aware
-                # penalty on top of them (the defect maps stay)
-                from .defects import drop_defect_weights
-
-                drop_defect_weights(model)
-        return model.float().eval()
-
-    def _adapting(self, model) -> bool:
-        """Whether this run adapts the backbone head (see ``FinetuneConfig.adapt_head``)."""
-        from .head_maps import supports_head_adaptation
-
-        want = self.cfg.adapt_head
-        able = supports_head_adaptation(model)
-        if want and not able:
-            why = (
-                "the model has no multi-scale taps (the single-scale ablation)"
-                if not model.config.multiscale
-                else f"the {model.config.backbone} backbone has no pointwise head to adapt "
-                "(EfficientNet-Lite backbones have one)"
-            )
-            raise TrainingError(
-                f"adapt_head=True, but {why}.",
-                "Leave adapt_head at None (adapt where possible) or set it to False.",
-            )
-        return able if want is None else bool(want)
-
-    def _features(self, model, idx: list[int], cap: int, done0: int, total: int, whole: int):
-        """Cached rows (and head maps when adapting: one whole map for images of up to ``whole``
-        windows) of images ``idx``; ``None`` if stopped."""
-        from .features import window_features
-        from .head_maps import window_blocks
-
-        rows, maps, levels = [], [], []
-        # the defect levels of the windows, for a model whose score is defect-aware
-        fuse = bool(model.fuses_defects)
-        for k, i in enumerate(idx):
-            if self._interrupted():
-                return None
-            kw = dict(
-                max_windows=cap,
-                seed=(int(self.cfg.seed) * 1_000_003 + i) % 2**32,
-                memory_mb=self.cfg.memory_mb,
-                precision=self.cfg.precision,
-                levels=fuse,
-            )
-            # (the levels come as a last value only when asked for)
-            if self.adapt:
-                f, m, _, *lv = window_blocks(model, self.store.get(i), whole_up_to=whole, **kw)
-                maps.append(m)
-            else:
-                f, _, *lv = window_features(model, self.store.get(i), **kw)
-            lv = lv[0] if lv else None
-            rows.append(f)
-            levels.append(lv)
-            self.emit(Preparing(done0 + k + 1, total, "features"))
-        return rows, (maps if self.adapt else None), (levels if fuse else None)
-
-    def _interrupted(self) -> bool:
-        if self.control.paused and not self.control.stop_requested:
-            self.control.wait_if_paused()
-        return self.control.stop_requested
-
-    # ------------------------------------------------------------------ files
-    def _fingerprint(self) -> dict:
-        c = self.cfg
-        fp = {
-            "recipe": RECIPE,
-            "init": str(c.init) if c.backbone is None else f"imagenet:{c.backbone}",
-            "n_train": len(self.train_idx),
-            "n_holdout": len(self.hold_idx),
-            "seed": int(c.seed),
-            "epochs": int(self.epochs),
-            "batch_size": int(c.batch_size),
-            "adapt_head": bool(self.adapt),
-        }
-        if self.start_model.fuses_defects:  # (a run that drops the penalty resumes as before)
-            fp["defect_score"] = True
-        fp["blend"] = self.blend
-        return fp
-
-    def _metadata(self, model, val: dict, epochs_done: int, refit: bool) -> dict:
-        from ..weights import build_metadata
-
-        c = self.cfg
-        training = {
-            "data": {
-                "name": self.ds.name,
-                "root": str(self.ds.root) if self.ds.root else None,
-                "n_train": len(self.train_idx),
-                "n_holdout": len(self.hold_idx),
-                "n_skipped": len(self.skipped),
-                "score_scale": self.scale.to_dict(),
-            },
-            "init": self.init_desc,
-            "recipe": c.recipe(),
-            "epochs_done": int(epochs_done),
-            "refit_on_all": bool(refit),
-            "adapted_backbone_head": bool(self.adapt),
-            "defect_aware_score": bool(model.fuses_defects),
-            "calibration": list(self.calibration),
-            "blend": self.blend,
-        }
-        desc = c.description or (
-            f"PMT-IQA ({model.config.backbone}) fine-tuned on {len(self.train_idx) + len(self.hold_idx)} "
-            f"ratings ({self.ds.name})"
-        )
-        return build_metadata(
-            model,
-            score_scale=self.scale,
-            training=training,
-            metrics={"holdout": _jsonable(val), "start_holdout": _jsonable(self.start_val)},
-            description=desc,
-        )
-
-    def _save_best(self, model, val: dict, epochs_done: int, refit: bool, epoch: int) -> None:
-        from ..weights import save_checkpoint
-
-        path = self.out / "best.safetensors"
-        save_checkpoint(path, model, self._metadata(model, val, epochs_done, refit))
-        self.best_path = path
-        self.emit(CheckpointSaved(str(path), epoch, "best", float(val.get("srcc", math.nan))))
-
-    def _save_state(self, model, opt, epoch: int, batch: int, sums: list[float]) -> None:
-        import io
-
-        import torch
-
-        from ..atomic import atomic_write_bytes
-        from .state import STATE_FORMAT
-        from .weight_blend import state_delta
-
-        # weights as changes from the calibrated start, which a resume computes again: the
-        # frozen backbone is not stored
-        st = {
-            "format": STATE_FORMAT,
-            "model": state_delta(self._base, model.state_dict()),
-            "optim": opt.state_dict(),
-            "epoch": int(epoch),
-            "batch": int(batch),
-            "sums": [float(v) for v in sums],
-            "best_key": float(self.best[0]) if self.best[0] is not None else None,
-            "best_epoch": self.best[1],
-            "best_val": json.dumps(_jsonable(self.best[2])),
-            "history": json.dumps(self.history),
-            "check": json.dumps(self._fingerprint()),
-        }
-        if self._blending and self._best_state is not None:
-            # best.safetensors holds the blend: the unblended best epoch is kept here
-            st["best_state"] = state_delta(self._base, self._best_state)
-        buf = io.BytesIO()
-        torch.save(st, buf)
-        atomic_write_bytes(self.state_path, buf.getvalue())
-        self.emit(CheckpointSaved(str(self.state_path), epoch, "state"))
-
-    def _write_report(self, refit: bool) -> Path:
-        from ..atomic import atomic_write_text
-
-        c = self.cfg
-        report = {
-            "recipe": c.recipe(),
-            "init": self.init_desc,
-            "data": _describe_data(c.data),
-            "score_scale": self.scale.to_dict(),
-            "n_train": len(self.train_idx),
-            "n_holdout": len(self.hold_idx),
-            "n_skipped": len(self.skipped),
-            "holdout_before": _jsonable(self.start_val),
-            "holdout_after": _jsonable(self.best[2] or {}),
-            "improved": self._improved(),
-            "best_epoch": self.best[1],
-            "epochs_done": len(self.history),
-            "refit_on_all": bool(refit),
-            "refit_epochs": getattr(self, "refit_epochs", None) if refit else None,
-            "blend": self.blend,
-            "feature_seconds": round(self.feature_seconds, 3),
-            "seconds": round(time.time() - self.t0, 3),
-            "best_path": str(self.best_path) if self.best_path else None,
-        }
-        path = self.out / "report.json"
-        atomic_write_text(path, json.dumps(report, indent=2))
-        return path
-
-    def _improved(self) -> bool:
-        after = (self.best[2] or {}).get("srcc", math.nan)
-        before = self.start_val.get("srcc", math.nan)
-        if not math.isfinite(after):
-            return False
-        return not math.isfinite(before) or after > before
 
     # ------------------------------------------------------------------ run
     def run(self) -> FinetuneResult:
@@ -824,14 +521,3 @@ class _cpu_threads:
 
         if self.old is not None:
             torch.set_num_threads(self.old)
-
-
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in dict(d or {}).items():
-        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-            v = float(v)
-            out[str(k)] = None if not math.isfinite(v) else v
-        else:
-            out[str(k)] = v if isinstance(v, (str, bool)) or v is None else str(v)
-    return out
