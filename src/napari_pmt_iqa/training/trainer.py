@@ -33,7 +33,6 @@ import json
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -45,7 +44,6 @@ from .errors import TrainingError, explain, is_oom
 from .evaluation import predict_images
 from .events import (
     BatchEnd,
-    CheckpointSaved,
     Control,
     DataIssue,
     Emitter,
@@ -58,10 +56,9 @@ from .events import (
     Started,
     Stopped,
 )
-from .state import _set_rng_state, load_state, save_state
-
-#: The running sums of an epoch (kept in ``state.pt`` for an exact resume mid-epoch).
-SUMS = ("loss", "l1", "ce", "images", "rank", "rank_acc", "pairs")
+from .state import _set_rng_state
+from .trainer_files import SUMS, TrainFiles
+from .trainer_setup import TrainSetup
 
 
 # --------------------------------------------------------------------------- the loop
@@ -123,8 +120,9 @@ def train(
             close_process_group()
 
 
-class _Run:
-    """One training run (the state of :func:`train`)."""
+class _Run(TrainSetup, TrainFiles):
+    """One training run (the state of :func:`train`): the loop (its setup in
+    :mod:`.trainer_setup`, its files in :mod:`.trainer_files`)."""
 
     def __init__(
         self, config: TrainConfig, emit: Emitter, control: Control, d: _Dist, device
@@ -136,210 +134,13 @@ class _Run:
         self.device = device
         self.best_path: Path | None = None
 
-    # ------------------------------------------------------------------ setup
-    def _validate(self) -> None:
-        from ..devices import PRECISIONS
-        from . import checks
-
-        c = self.cfg
-        for name in ("epochs", "batch_size", "crops_per_image"):
-            checks.whole_number(name, getattr(c, name))
-        checks.whole_number("max_batches", c.max_batches, optional=True)
-        checks.positive("lr (the learning rate)", c.lr)
-        checks.positive("head_lr (the heads' learning rate)", c.head_lr, optional=True)
-        checks.fraction("val_fraction", c.val_fraction)
-        checks.one_of("precision", c.precision, PRECISIONS)
-        checks.one_of("lr_schedule", c.lr_schedule, ("step", "cosine"))
-        if c.precision == "fp16" and self.device.type != "cuda":
-            raise TrainingError(
-                "precision 'fp16' needs a CUDA GPU.", "Use --precision bf16 on a CPU."
-            )
-        if c.batch_size % self.d.world:
-            raise TrainingError(
-                f"batch_size ({c.batch_size}) is the number of images per step over all "
-                f"{self.d.world} processes and must be a multiple of it."
-            )
-        if c.synthetic is not None and int(c.synthetic_pairs) % self.d.world:
-            raise TrainingError(
-                f"synthetic_pairs ({c.synthetic_pairs}) is the number of pairs per step over all "
-                f"{self.d.world} processes and must be a multiple of it."
-            )
-
-    def _init_scale(self):
-        if self.cfg.init is None:
-            return None
-        from ..score_scale import ScoreScale
-        from ..weights import read_metadata, resolve_weights
-
-        meta = read_metadata(resolve_weights(self.cfg.init))
-        return ScoreScale.from_dict(meta["score_scale"])
-
-    def _build_model(self):
-        from ..model import PMTIQA
-        from ..weights import load_model
-
-        c = self.cfg
-        if c.init is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                model = PMTIQA(
-                    backbone=c.backbone, pretrained=c.pretrained, multiscale=c.multiscale
-                )
-            for w in caught:
-                self.emit(DataIssue(str(w.message)))
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        else:
-            model = load_model(c.init, device="cpu")
-            if model.defect_head is not None and not c.freeze_backbone:
-                from .defects import drop_defect_head
-
-                drop_defect_head(model)
-                self.emit(
-                    DataIssue(
-                        "The starting model's defect head (its defect maps) is left out of this "
-                        "run: it reads the backbone's first stages, which this run trains. Fit a "
-                        "new one on the result with 'pmt-iqa defects --model RESULT --photos "
-                        "CLEAN_PHOTOS/ --out NEW.safetensors', or train with freeze_backbone to "
-                        "keep it."
-                    )
-                )
-            else:
-                # the heads learn the ratings as they are: no defect-aware penalty on top of
-                # them (the few-shot fine-tune can keep it: it trains through it); the defect
-                # head and its maps stay
-                from .defects import drop_defect_weights
-
-                drop_defect_weights(model)
-        return model
-
-    def _prepare_data(self):
-        from .prepare import prepare_training_data
-
-        data = prepare_training_data(self.cfg, self._init_scale(), self.emit)
-        self.data = data
-        self.ds = data.sources[0].ds
-        self.scale = data.scale
-        self.store, self.samples = data.store, data.samples
-        self.train_idx, self.val_idx = data.train_idx, data.val_idx
-        self.skipped = data.skipped
-
-    def _make_optimizer(self, model):
-        import torch
-
-        c = self.cfg
-        head_lr = c.head_lr if c.head_lr is not None else 10 * c.lr
-        heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-        groups = []
-        if c.freeze_backbone:
-            for p in model.backbone.parameters():
-                p.requires_grad_(False)
-        else:
-            groups.append(
-                {"params": list(model.backbone.parameters()), "lr": c.lr, "base_lr": c.lr}
-            )
-        groups.append({"params": heads, "lr": head_lr, "base_lr": head_lr})
-        return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
-
-    def _schedule(self, epoch: int) -> tuple[float, float]:
-        from ..model.losses import constant_weights, progressive_weights
-
-        if self.cfg.progressive:
-            return progressive_weights(epoch, self.cfg.epochs)
-        return constant_weights(*self.cfg.loss_weights)(epoch, self.cfg.epochs)
-
-    def _lr_factor(self, epoch: int) -> float:
-        c = self.cfg
-        if c.lr_schedule == "cosine":
-            t = epoch / max(c.epochs - 1, 1)
-            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
-        step = int(c.lr_step or 0)
-        # the authors set lr / 10 ** (t // 6) at the END of epoch t: epoch e runs at
-        # lr / 10 ** ((e - 1) // 6), so the first decay comes at epoch step + 1
-        return 0.1 ** (max(epoch - 1, 0) // step) if step > 0 else 1.0
-
-    # ------------------------------------------------------------------ files
-    def _metadata(self, model, epoch: int, val: dict) -> dict:
-        from ..weights import build_metadata
-
-        c = self.cfg
-        described = [
-            {
-                "name": src.name,
-                "root": str(src.ds.root) if src.ds.root else None,
-                "n_train": len(src.train_idx),
-                "n_val": len(src.val_idx),
-                "score_scale": src.ds.scale.to_dict(),
-                "repeat": src.repeat,
-            }
-            for src in self.data.sources
-        ]
-        if c.data_description is not None:  # the caller's words (e.g. which public part)
-            described = c.data_description
-        training = {
-            "data": described[0] if len(described) == 1 else described,
-            "n_skipped": len(self.skipped),
-            "recipe": c.recipe(),
-            **({"command": c.recipe_command} if c.recipe_command else {}),
-            **({"synthetic": self.synthetic.describe()} if self.synthetic else {}),
-            "epochs_done": epoch + 1,
-            "schedule": "progressive" if c.progressive else f"constant {list(c.loss_weights)}",
-            "world_size": self.d.world,
-        }
-        names = " + ".join(src.name for src in self.data.sources)
-        desc = c.description or f"PMT-IQA ({model.config.backbone}) trained on {names}"
-        return build_metadata(
-            model,
-            score_scale=self.scale,
-            training=training,
-            metrics={"val": val, "epoch": epoch},
-            description=desc,
-        )
-
-    def _save_state(
-        self, model, opt, scaler, epoch: int, batch: int, sums: list[float], best
-    ) -> None:
-        save_state(
-            self.state_path,
-            model,
-            opt,
-            scaler,
-            epoch,
-            batch,
-            sums,
-            best,
-            self.history,
-            self._fingerprint(),
-        )
-        self.emit(CheckpointSaved(str(self.state_path), epoch, "state"))
-
-    def _fingerprint(self) -> dict:
-        c = self.cfg
-        return {
-            "backbone": c.backbone if c.init is None else str(c.init),
-            "n_train": len(self.train_idx),
-            "n_val": len(self.val_idx),
-            "batch_size": c.batch_size,
-            "crops_per_image": c.crops_per_image,
-            "seed": c.seed,
-            "epochs": c.epochs,
-            "data_repeat": [src.repeat for src in self.data.sources],
-            "synthetic_photos": len(self.synthetic.train_idx) if self.synthetic else 0,
-            "synthetic_pairs": int(c.synthetic_pairs) if self.synthetic else 0,
-        }
-
-    def _load_state(self, path: Path) -> dict:
-        st, path = load_state(path, self._fingerprint())
-        self.resumed_from = str(path)
-        return st
-
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         import torch
 
-        from ..devices import autocast
         from ..model.losses import PMTLoss
         from .data import CropDataset, plan_batches, rank_share
-        from .synthetic import SyntheticTask, ranking_loss
+        from .synthetic import SyntheticTask
 
         c = self.cfg
         t_start = time.time()
@@ -371,27 +172,8 @@ class _Run:
         best: list = [None, None, {}]  # key, epoch, val dict
         start_epoch, start_batch, sums0 = 0, 0, [0.0] * len(SUMS)
         if c.resume:
-            st = self._load_state(Path(c.resume).expanduser())
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optim"])
-            if scaler is not None and st.get("scaler"):
-                scaler.load_state_dict(st["scaler"])
-            start_epoch, start_batch = int(st["epoch"]), int(st["batch"])
-            sums0 = list(st["sums"]) + [0.0] * (len(SUMS) - len(st["sums"]))
-            best = [st["best_key"], st["best_epoch"], json.loads(st["best_val"])]
-            self.history = json.loads(st["history"])
-            _set_rng_state(st["rng"])
-            if self.d.main and best[1] is not None and (out / "best.safetensors").exists():
-                self.best_path = out / "best.safetensors"
-
-        net = model
-        if self.d.active:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            if use_sync_batchnorm(c, self.d.world, self.device.type):
-                # converts the BatchNorm children in place: `model` (saved, evaluated) shares them
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            net = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            start_epoch, start_batch, sums0, best = self._resume(model, opt, scaler)
+        model, net = self._wrap(model)
 
         crop = model.config.crop_size
         n_batches = self.data.epoch_size() // c.batch_size
@@ -411,8 +193,6 @@ class _Run:
             )
         )
         K = c.crops_per_image
-        last_path = out / "last.safetensors"
-        epoch = start_epoch
         syn = self.synthetic
         for epoch in range(start_epoch, c.epochs):
             t_epoch = time.time()
@@ -446,7 +226,6 @@ class _Run:
             if c.freeze_backbone:
                 model.backbone.eval()
             t_mark = time.perf_counter()
-            bi = b0
             for bi, (x, y) in enumerate(loader, start=b0):
                 pair = next(pairs, None)
                 data_s = time.perf_counter() - t_mark
@@ -456,39 +235,9 @@ class _Run:
                     self.emit(Resumed(epoch, bi))
                 if self._should_stop():
                     return self._stop(model, opt, scaler, epoch, bi, sums, best, t_start)
-                x = x.to(self.device, non_blocking=True).flatten(0, 1)
-                n_h = x.shape[0]
-                if pair is not None:  # the two versions of every pair after the human-scored crops
-                    xp, steps = pair
-                    xp = xp.to(self.device, non_blocking=True)
-                    x = torch.cat([x, xp[:, 0], xp[:, 1]])
-                x = model.normalize(x.float().div_(255.0))
-                y = y.to(self.device).float().repeat_interleave(K)
-                with autocast(self.device, c.precision):
-                    outp = net(x)
-                loss, l1, ce = loss_fn(outp.score[:n_h], outp.logits[:n_h], y)
-                rank_v = acc_v = float("nan")
-                if pair is not None:
-                    n_p = xp.shape[0]
-                    better = outp.score[n_h : n_h + n_p]
-                    worse = outp.score[n_h + n_p :]
-                    rank, acc_v = ranking_loss(better, worse, steps, c.synthetic_margin)
-                    loss = loss + w_syn * rank
-                    rank_v = float(rank.item())
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                lv, l1v, cev = float(loss.item()), float(l1.item()), float(ce.item())
-                if not math.isfinite(lv):
-                    raise TrainingError(
-                        f"The loss became {lv} at epoch {epoch}, batch {bi}.",
-                        "Lower the learning rates (--lr, --head-lr) or use --precision fp32.",
-                    )
+                lv, l1v, cev, rank_v, acc_v, n_p = self._step(
+                    net, model, loss_fn, opt, scaler, x, y, pair, w_syn, epoch, bi
+                )
                 nb_img = len(mine[bi])
                 sums[0] += lv * nb_img
                 sums[1] += l1v * nb_img
@@ -517,73 +266,7 @@ class _Run:
                 t_mark = time.perf_counter()
             if self._should_stop():  # a stop during the last batch
                 return self._stop(model, opt, scaler, epoch, n_batches, sums, best, t_start)
-            train_s = time.time() - t_epoch
-            tot = self._reduce(sums)
-            val = self._validate_epoch(model)
-            if len(self.val_idx) < 3:  # no usable validation part: keep the last epoch
-                key, is_best = float("nan"), True
-            else:
-                key = val.get("select", float("nan"))
-                key = key if math.isfinite(key) else -math.inf
-                is_best = best[0] is None or key > best[0]
-            extra = {}
-            if syn:
-                extra = {
-                    "w_syn": w_syn,
-                    "train_rank": tot[4] / max(tot[6], 1),
-                    "train_rank_acc": tot[5] / max(tot[6], 1),
-                }
-            if is_best:
-                best = [key, epoch, val]
-            rec = {
-                "epoch": epoch,
-                "w_reg": w_reg,
-                "w_cls": w_cls,
-                "lr": c.lr * factor,
-                "train_loss": tot[0] / max(tot[3], 1),
-                "train_l1": tot[1] / max(tot[3], 1),
-                "train_ce": tot[2] / max(tot[3], 1),
-                **{f"val_{k}": v for k, v in val.items()},
-                "seconds": time.time() - t_epoch,
-                "train_seconds": train_s,
-                "is_best": is_best,
-                **extra,
-            }
-            self.history.append(rec)
-            if self.d.main:
-                from ..weights import save_checkpoint
-
-                meta = self._metadata(model, epoch, val)
-                save_checkpoint(last_path, model, meta)
-                self.emit(
-                    CheckpointSaved(str(last_path), epoch, "last", val.get("srcc", float("nan")))
-                )
-                if is_best:
-                    self.best_path = out / "best.safetensors"
-                    save_checkpoint(self.best_path, model, meta)
-                    self.emit(
-                        CheckpointSaved(
-                            str(self.best_path), epoch, "best", val.get("srcc", float("nan"))
-                        )
-                    )
-                self._save_state(model, opt, scaler, epoch + 1, 0, [0.0] * len(SUMS), best)
-            self.emit(
-                EpochEnd(
-                    epoch=epoch,
-                    epochs=c.epochs,
-                    w_reg=w_reg,
-                    w_cls=w_cls,
-                    train_loss=rec["train_loss"],
-                    train_l1=rec["train_l1"],
-                    train_ce=rec["train_ce"],
-                    val=val,
-                    lr=c.lr * factor,
-                    seconds=rec["seconds"],
-                    is_best=is_best,
-                    extra=extra,
-                )
-            )
-            self._barrier()
+            best = self._end_epoch(model, opt, scaler, epoch, t_epoch, sums, best, w_syn)
         best_path = str(out / "best.safetensors") if (out / "best.safetensors").exists() else None
         self.emit(
             Finished(
@@ -595,7 +278,147 @@ class _Run:
         )
         return self._result(False, best)
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ pieces of the run
+    def _resume(self, model, opt, scaler) -> tuple[int, int, list[float], list]:
+        """Load ``state.pt`` into the model, optimiser and scaler: where to go on, and the best
+        epoch so far."""
+        st = self._load_state(Path(self.cfg.resume).expanduser())
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optim"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        sums0 = list(st["sums"]) + [0.0] * (len(SUMS) - len(st["sums"]))
+        best = [st["best_key"], st["best_epoch"], json.loads(st["best_val"])]
+        self.history = json.loads(st["history"])
+        _set_rng_state(st["rng"])
+        if self.d.main and best[1] is not None and (self.out / "best.safetensors").exists():
+            self.best_path = self.out / "best.safetensors"
+        return int(st["epoch"]), int(st["batch"]), sums0, best
+
+    def _wrap(self, model):
+        """``(model, net)``: the model (saved, evaluated) and what the steps run (its DDP
+        wrapper in a multi-process run, the model itself otherwise)."""
+        if not self.d.active:
+            return model, model
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if use_sync_batchnorm(self.cfg, self.d.world, self.device.type):
+            # converts the BatchNorm children in place: `model` (saved, evaluated) shares them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return model, DDP(model, device_ids=ids)
+
+    def _step(self, net, model, loss_fn, opt, scaler, x, y, pair, w_syn: float, epoch, bi):
+        """One optimiser step on a batch of human-scored images (and ranking pairs).
+
+        Returns
+        -------
+        tuple
+            ``(loss, l1, ce, rank, rank_acc, n_pairs)``: the rank figures are NaN and
+            ``n_pairs`` 0 without pairs.
+        """
+        import torch
+
+        from ..devices import autocast
+        from .synthetic import ranking_loss
+
+        c = self.cfg
+        x = x.to(self.device, non_blocking=True).flatten(0, 1)
+        n_h, n_p = x.shape[0], 0
+        if pair is not None:  # the two versions of every pair after the human-scored crops
+            xp, steps = pair
+            xp = xp.to(self.device, non_blocking=True)
+            x = torch.cat([x, xp[:, 0], xp[:, 1]])
+        x = model.normalize(x.float().div_(255.0))
+        y = y.to(self.device).float().repeat_interleave(c.crops_per_image)
+        with autocast(self.device, c.precision):
+            outp = net(x)
+        loss, l1, ce = loss_fn(outp.score[:n_h], outp.logits[:n_h], y)
+        rank_v = acc_v = float("nan")
+        if pair is not None:
+            n_p = xp.shape[0]
+            better = outp.score[n_h : n_h + n_p]
+            worse = outp.score[n_h + n_p :]
+            rank, acc_v = ranking_loss(better, worse, steps, c.synthetic_margin)
+            loss = loss + w_syn * rank
+            rank_v = float(rank.item())
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        lv, l1v, cev = float(loss.item()), float(l1.item()), float(ce.item())
+        if not math.isfinite(lv):
+            raise TrainingError(
+                f"The loss became {lv} at epoch {epoch}, batch {bi}.",
+                "Lower the learning rates (--lr, --head-lr) or use --precision fp32.",
+            )
+        return lv, l1v, cev, rank_v, acc_v, n_p
+
+    def _end_epoch(self, model, opt, scaler, epoch: int, t_epoch: float, sums, best, w_syn):
+        """Validate, record and checkpoint an epoch; the best epoch so far is returned."""
+        c = self.cfg
+        w_reg, w_cls = self._schedule(epoch)
+        factor = self._lr_factor(epoch)
+        train_s = time.time() - t_epoch
+        tot = self._reduce(sums)
+        val = self._validate_epoch(model)
+        if len(self.val_idx) < 3:  # no usable validation part: keep the last epoch
+            key, is_best = float("nan"), True
+        else:
+            key = val.get("select", float("nan"))
+            key = key if math.isfinite(key) else -math.inf
+            is_best = best[0] is None or key > best[0]
+        extra = {}
+        if self.synthetic:
+            extra = {
+                "w_syn": w_syn,
+                "train_rank": tot[4] / max(tot[6], 1),
+                "train_rank_acc": tot[5] / max(tot[6], 1),
+            }
+        if is_best:
+            best = [key, epoch, val]
+        rec = {
+            "epoch": epoch,
+            "w_reg": w_reg,
+            "w_cls": w_cls,
+            "lr": c.lr * factor,
+            "train_loss": tot[0] / max(tot[3], 1),
+            "train_l1": tot[1] / max(tot[3], 1),
+            "train_ce": tot[2] / max(tot[3], 1),
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": time.time() - t_epoch,
+            "train_seconds": train_s,
+            "is_best": is_best,
+            **extra,
+        }
+        self.history.append(rec)
+        if self.d.main:
+            self._save_epoch(model, opt, scaler, epoch, val, is_best, best)
+        self.emit(
+            EpochEnd(
+                epoch=epoch,
+                epochs=c.epochs,
+                w_reg=w_reg,
+                w_cls=w_cls,
+                train_loss=rec["train_loss"],
+                train_l1=rec["train_l1"],
+                train_ce=rec["train_ce"],
+                val=val,
+                lr=c.lr * factor,
+                seconds=rec["seconds"],
+                is_best=is_best,
+                extra=extra,
+            )
+        )
+        self._barrier()
+        return best
+
+    # ------------------------------------------------------------------ helpers
     def _loader(self, dataset, batch_sampler, epoch: int):
         import torch
 
