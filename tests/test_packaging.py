@@ -72,3 +72,31 @@ def test_wheel_ships_the_registered_weights(wheel):
     for entry in reg:
         if entry.get("file"):
             assert f"napari_pmt_iqa/weights/{entry['file']}" in names
+
+
+def test_readme_links_are_absolute_and_point_at_files_of_this_repo():
+    """The napari hub and PyPI render the README with absolute URLs only: every image and link
+    is absolute, and those into this repository name files that exist."""
+    import re
+
+    # (no tomllib: the oldest supported Python is 3.10)
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    repo = re.search(r'^"Source Code" = "([^"]+)"', pyproject, re.M).group(1).rstrip("/")
+    owner_name = repo.removeprefix("https://github.com/")
+    ours = {
+        f"{repo}/blob/main/": "link",
+        f"https://raw.githubusercontent.com/{owner_name}/main/": "image",
+    }
+    targets = re.findall(r"(!?)\[[^\]]*\]\(([^)\s]+)\)", (ROOT / "README.md").read_text("utf-8"))
+    assert len(targets) > 10
+    relative = [t for _, t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert not relative, f"relative targets in README.md: {relative}"
+    into_repo = 0
+    for bang, target in targets:
+        for prefix, kind in ours.items():
+            if target.startswith(prefix):
+                path = ROOT / target.removeprefix(prefix).split("#")[0]
+                assert path.is_file(), f"README.md points at {target}, but {path} is missing"
+                assert (kind == "image") == bool(bang), f"{target}: use the {kind} form"
+                into_repo += 1
+    assert into_repo >= 10
