@@ -510,6 +510,74 @@ def test_real_pause_resume_stop_then_resume_from_checkpoint_publishes_once(
     qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
 
 
+def test_pause_in_the_refit_offers_resume_and_the_run_ends(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    """The refit (most of a small run) pauses like the epochs do: Paused state, a Resume button."""
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=2)
+    w.ask_use_anyway = lambda text: True
+    w.start()
+    qtbot.waitUntil(lambda: len(_kinds(w, "Refitting")) >= 3, timeout=60_000)
+    w.pause()
+    qtbot.waitUntil(lambda: w.state == State.PAUSED, timeout=TIMEOUT)
+    assert w.pause_button.text() == "Resume" and w.pause_button.isEnabled()
+    n = len(_kinds(w, "Refitting"))
+    qtbot.wait(300)
+    assert len(_kinds(w, "Refitting")) == n  # it waits
+    w.pause_button.click()  # Resume
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
+    assert w.state == State.DONE, w.last_error
+    assert _kinds(w, "Paused") and _kinds(w, "Resumed")
+    qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
+
+
+def test_a_second_start_keeps_the_first_run_and_its_model(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    """Start again with the same output folder: the earlier run's files and published model stay,
+    the new run goes to the next free folder and is published under its own name."""
+    from napari_pmt_iqa.weights import read_metadata, user_models_dir
+
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=2)
+    w.ask_use_anyway = lambda text: False
+    w.name_edit.setText("run A")
+    w.start()
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
+    first = w.published_path
+    first_bytes = first.read_bytes()
+    w.name_edit.setText("run B")
+    w.blend_combo.setCurrentIndex(len(w.blend_combo) - 1)  # 1 (all): another model
+    w.start()
+    assert w.out_edit.text() == str(tmp_path / "run-2")
+    qtbot.waitUntil(lambda: w.state in (State.DONE, State.ERROR), timeout=120_000)
+    assert w.state == State.DONE, w.last_error
+    assert w.published_path.name == "run-B.safetensors" != first.name
+    assert first.read_bytes() == first_bytes  # untouched
+    assert sorted(p.name for p in user_models_dir().glob("*.safetensors")) == sorted(
+        [first.name, "run-B.safetensors"]
+    )
+    assert (tmp_path / "run" / "best.safetensors").exists()
+    assert read_metadata(w.published_path)["training"]["napari"]["run_dir"] == str(
+        tmp_path / "run-2"
+    )
+    qtbot.waitUntil(lambda: w.worker is None and _no_train_threads(), timeout=TIMEOUT)
+
+
+def test_a_start_refused_by_its_checks_says_so_in_the_result_box(
+    make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
+):
+    viewer, _ = _rated_viewer(make_napari_viewer)
+    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint)
+    w.result_label.setText("an earlier run's words")
+    w.out_edit.setText("")
+    assert not w.start()
+    assert w.result_label.text().startswith("Not started: ")
+    assert "output folder" in w.result_label.text()
+    assert w.state == State.IDLE
+
+
 def test_gui_and_cli_give_the_same_model_from_the_same_ratings_and_seed(
     make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
 ):

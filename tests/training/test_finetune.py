@@ -11,7 +11,7 @@ import torch
 from _iqa_data import make_dataset, make_pairs, stop_at_step
 from napari_pmt_iqa.scoring import score
 from napari_pmt_iqa.training import FinetuneConfig, TrainingError, finetune
-from napari_pmt_iqa.training.events import Control, EventLog
+from napari_pmt_iqa.training.events import Control, EventLog, Preparing
 from napari_pmt_iqa.training.features import FeatureLayout, heads_from_features, window_features
 from napari_pmt_iqa.training.finetune import (
     RECIPE,
@@ -296,6 +296,29 @@ def test_blend_state_checks_its_models():
         blend_state(a, {"w": torch.ones(2)}, 0.5)
     with pytest.raises(ValueError, match="shape"):
         blend_state(a, {"w": torch.ones(3), "n": torch.tensor(5)}, 0.5)
+
+
+def test_a_pause_while_preparing_or_refitting_is_announced(data_csv, tiny_checkpoint, tmp_path):
+    """Every wait of a paused run comes between Paused and Resumed (a GUI offers Resume then)."""
+    control = Control()
+    seen = []
+
+    def pause_twice(ev):
+        seen.append(type(ev).__name__)
+        if (isinstance(ev, Preparing) and ev.stage == "features" and ev.done == 2) or (
+            isinstance(ev, Refitting) and ev.done == 3
+        ):
+            control.pause()
+        elif type(ev).__name__ == "Paused":
+            control.resume()  # (the run waits after announcing it)
+
+    res = finetune(
+        _cfg(data_csv, tiny_checkpoint, tmp_path / "p", epochs=2), [pause_twice], control
+    )
+    assert not res.stopped and res.best_path
+    paused = [i for i, k in enumerate(seen) if k == "Paused"]
+    assert len(paused) == 2 and all(seen[i + 1] == "Resumed" for i in paused)
+    assert seen.index("Started") > paused[0] and seen[paused[1] - 1] == "Refitting"
 
 
 def test_a_resume_with_another_blend_is_refused(data_csv, tiny_checkpoint, tmp_path):

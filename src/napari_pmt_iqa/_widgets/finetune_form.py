@@ -60,6 +60,27 @@ def default_out_dir() -> Path:
     return cache_dir() / "runs" / time.strftime("finetune-%Y%m%d-%H%M%S")
 
 
+#: The files of a run folder (a new run there would replace them).
+RUN_FILES = ("best.safetensors", "state.pt", "report.json")
+
+
+def fresh_run_folder(folder: Path) -> Path:
+    """``folder`` if it holds no run yet, else the first ``<folder>-2``, ``<folder>-3``, ...
+    beside it that holds none: a new run never replaces an earlier run's model or ``state.pt``
+    (*Resume from checkpoint* continues a run in its own folder)."""
+
+    def holds_run(p: Path) -> bool:
+        return any((p / name).exists() for name in RUN_FILES)
+
+    folder = Path(folder)
+    i = 2
+    cand = folder
+    while holds_run(cand):
+        cand = folder.with_name(f"{folder.name}-{i}")
+        i += 1
+    return cand
+
+
 def rated_images(layers: Iterable[Any]) -> list[Any]:
     """The Image layers that carry ratings, overlays of this plugin left out."""
     return rated_layers(layers)

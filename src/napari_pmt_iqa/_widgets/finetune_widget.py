@@ -260,8 +260,22 @@ class FinetuneWidget(QWidget):
         try:
             config = self.make_config(resume=resume or None)
         except Exception as exc:
-            self._report_error(user_message(exc))
+            msg = user_message(exc)
+            self._report_error(msg)
+            self.status_label.setText("Not started (see the message).")
+            self.result_label.setText(f"Not started: {msg}")
             return False
+        if not resume:
+            from .finetune_form import fresh_run_folder
+
+            asked = Path(str(config.out_dir))
+            free = fresh_run_folder(asked)
+            if free != asked:  # the folder holds an earlier run: keep it, use the next one
+                from napari.utils.notifications import show_info
+
+                config.out_dir = str(free)
+                self.out_edit.setText(str(free))
+                show_info(f"{asked} holds an earlier run, which is kept: this run goes to {free}.")
         return self.start_with(config)
 
     def start_with(self, config: Any) -> bool:

@@ -22,9 +22,7 @@ from .events import (
     Emitter,
     EpochEnd,
     Finished,
-    Paused,
     Preparing,
-    Resumed,
     Started,
     Stopped,
 )
@@ -244,11 +242,7 @@ class _Run(RunSetup, RunFiles):
             model.train()
             model.backbone.eval()
             for bi in range(b0, len(batches)):
-                if self.control.paused and not self.control.stop_requested:
-                    self.emit(Paused(epoch, bi))
-                    self.control.wait_if_paused()
-                    self.emit(Resumed(epoch, bi))
-                if self.control.stop_requested:
+                if self._interrupted(epoch, bi):
                     self._save_state(model, opt, epoch, bi, sums)
                     return True
                 t_b = time.perf_counter()
@@ -428,7 +422,7 @@ class _Run(RunSetup, RunFiles):
         self.emit(Refitting(0, total, epochs, len(pack)))
         for epoch, batches in enumerate(plan):
             for bi, b in enumerate(batches):
-                if self._interrupted():
+                if self._interrupted(epoch, bi):
                     model.eval()
                     return False
                 rng = np.random.default_rng((int(c.seed), 8, epoch, bi))

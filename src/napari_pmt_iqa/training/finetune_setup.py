@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 
 from .errors import TrainingError
-from .events import DataIssue, Preparing
+from .events import DataIssue, Paused, Preparing, Resumed
 from .finetune_config import holdout_split, is_ratings_csv, ratings_scale
 
 
@@ -164,7 +164,7 @@ class RunSetup:
         # the defect levels of the windows, for a model whose score is defect-aware
         fuse = bool(model.fuses_defects)
         for k, i in enumerate(idx):
-            if self._interrupted():
+            if self._interrupted(0, k):
                 return None
             kw = dict(
                 max_windows=cap,
@@ -185,7 +185,11 @@ class RunSetup:
             self.emit(Preparing(done0 + k + 1, total, "features"))
         return rows, (maps if self.adapt else None), (levels if fuse else None)
 
-    def _interrupted(self) -> bool:
+    def _interrupted(self, epoch: int = 0, batch: int = 0) -> bool:
+        """Wait while paused (announced by ``Paused`` and ``Resumed``, so that a controller can
+        offer Resume); True when a stop was asked for. ``epoch`` and ``batch`` say where."""
         if self.control.paused and not self.control.stop_requested:
+            self.emit(Paused(epoch, batch))
             self.control.wait_if_paused()
+            self.emit(Resumed(epoch, batch))
         return self.control.stop_requested
