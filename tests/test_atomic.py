@@ -29,3 +29,12 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_to_a_folder_is_refused_and_writes_nothing(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder, not a file") as err:
+        atomic_write_text(folder, "x")
+    assert err.value.filename == str(folder)
+    assert list(tmp_path.rglob("*")) == [folder]  # no temporary file left

@@ -27,10 +27,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     DiskFullError
         No space left (full disk, quota): the message names the file and says that the previous
         version is unchanged; no temporary file is left behind.
+    IsADirectoryError
+        ``path`` is a folder (nothing is written).
     OSError
         Any other failure to write, also with the previous file unchanged.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, "a folder, not a file: give the name of a file to write in it", str(path)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -31,6 +31,8 @@ def test_error_text_for_the_viewer(caplog):
     assert error_text(missing) == (
         "Could not read /data/x.png: No such file or directory. Check the path in the widget."
     )
+    folder = IsADirectoryError(21, "a folder, not a file", "/data/out")
+    assert error_text(folder) == "/data/out is a folder, not a file: give a file name in it."
     with caplog.at_level(logging.ERROR, logger="napari_pmt_iqa"):
         text = error_text(KeyError("frame 3"))
     assert "Unexpected error (KeyError)" in text and "in the log" in text

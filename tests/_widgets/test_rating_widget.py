@@ -201,6 +201,32 @@ def test_save_without_ratings_and_bad_csv_give_clear_errors(make_napari_viewer, 
             load_ratings_csv(bad, viewer)
 
 
+def test_a_bad_row_loads_no_rating_at_all(make_napari_viewer, tmp_path, rgb):
+    """A CSV is loaded whole or not at all: a bad score, or an image that cannot be read, on a
+    later line leaves the ratings and layers as they were."""
+    from PIL import Image
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(rgb, name="a")
+    set_rating(layer, (), 50.0)
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    csv_path = tmp_path / "r.csv"
+    for bad_row, why in [
+        ("a.png,60,a\nb.png,notanumber,b\n", "line 3: the score 'notanumber' is not a number"),
+        ("a.png,60,a\nb.png,70,b\nmissing.png,80,c\n", "line 4: .*missing.png: file not found"),
+    ]:
+        csv_path.write_text("image,mos,layer\n" + bad_row)
+        with pytest.raises(ValueError, match=why) as err:
+            load_ratings_csv(csv_path, viewer)
+        assert "No rating was loaded" in str(err.value)
+        assert layer.metadata[RATINGS_KEY] == {(): 50.0}
+        assert [ly.name for ly in viewer.layers] == ["a"]
+    csv_path.write_text("image,mos,layer\na.png,60,a\nb.png,70,b\n")
+    assert load_ratings_csv(csv_path, viewer) == 2
+    assert layer.metadata[RATINGS_KEY] == {(): 60.0}
+    assert viewer.layers["b"].metadata[RATINGS_KEY] == {(): 70.0}
+
+
 def test_rates_the_selected_layer_never_an_overlay(make_napari_viewer, qtbot, rgb, tiny_checkpoint):
     """Docked from the manifest (napari hands the widget a ``PublicOnlyProxy`` of the viewer), with
     three images and the maps of one open: the rating lands on the layer selected in the layer list,

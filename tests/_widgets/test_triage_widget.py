@@ -85,6 +85,10 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
     assert all(not r.get("error") for r in widget.shown_rows())
     widget.min_spin.setValue(-1e9)
     # export the table as shown
+    assert widget.export_table(str(tmp_path)) is None  # a folder: said so, nothing written
+    assert widget.last_error == (
+        f"Could not export the table: {tmp_path} is a folder, not a file: give a file name in it."
+    )
     out = widget.export_table(str(tmp_path / "table.csv"))
     with open(out, newline="") as f:
         table = list(csv.DictReader(f))

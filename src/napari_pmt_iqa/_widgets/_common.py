@@ -257,6 +257,8 @@ def error_text(exc: BaseException) -> str:
             "Out of memory: lower the widget's Memory budget (or Preferences > napari-pmt-iqa) or "
             "crop the image."
         )
+    if isinstance(exc, IsADirectoryError) and exc.filename:
+        return f"{exc.filename} is a folder, not a file: give a file name in it."
     if isinstance(exc, OSError) and (exc.filename or exc.strerror):
         what = exc.strerror or type(exc).__name__
         where = f" {exc.filename}" if exc.filename else ""

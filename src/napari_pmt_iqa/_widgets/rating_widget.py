@@ -373,43 +373,51 @@ def load_ratings_csv(csv_path: str | os.PathLike, viewer: Any) -> int:
     if not rows or "image" not in rows[0] or "mos" not in rows[0]:
         raise ValueError(f"{csv_path} needs the columns image,mos (as written by Save).")
     by_name = {ly.name: ly for ly in viewer.layers if _is_image(ly)}
-    n = 0
+    # every row is checked (and every new image read) first: a bad row changes nothing
+    on_layers: list[tuple[Any, tuple, float]] = []
+    new_images: list[tuple[str, Path, Any, float]] = []
     for i, row in enumerate(rows, start=2):
         try:
             score = float(row["mos"])
         except (TypeError, ValueError) as exc:
             raise ValueError(
-                f"{csv_path}, line {i}: the score {row['mos']!r} is not a number."
+                f"{csv_path}, line {i}: the score {row['mos']!r} is not a number. No rating "
+                "was loaded."
             ) from exc
         if not SCALE_LOW <= score <= SCALE_HIGH:
             raise ValueError(
                 f"{csv_path}, line {i}: the score {score} is outside {SCALE_LOW:g}-{SCALE_HIGH:g}, the "
-                "scale of ratings given in napari."
+                "scale of ratings given in napari. No rating was loaded."
             )
         plane = (row.get("plane") or "").strip()
         if plane and not re.fullmatch(r"\d+(-\d+)*", plane):
             raise ValueError(
                 f"{csv_path}, line {i}: the plane {plane!r} is not plane indices such as 3 or 0-3 "
-                "(as written by Save); fix or empty that cell."
+                "(as written by Save); fix or empty that cell. No rating was loaded."
             )
         key = tuple(int(k) for k in plane.split("-")) if plane else ()
         layer = by_name.get((row.get("layer") or "").strip())
         if layer is not None and len(key) <= max(0, layer.ndim - 2):
             shape = _level0(layer).shape
             if all(0 <= k < shape[a] for a, k in enumerate(key)):
-                set_rating(layer, key, score)
-                n += 1
+                on_layers.append((layer, key, score))
                 continue
-        path = (csv_path.parent / row["image"]).resolve()
-        data = read_image(path)
-        name = (row.get("layer") or "").strip() or path.stem
+        path = (csv_path.parent / (row.get("image") or "")).resolve()
+        try:
+            data = read_image(path)
+        except (ValueError, OSError) as exc:  # ImageError: missing, a folder, unreadable
+            raise ValueError(f"{csv_path}, line {i}: {exc} No rating was loaded.") from exc
+        new_images.append(((row.get("layer") or "").strip(), path, data, score))
+    for layer, key, score in on_layers:
+        set_rating(layer, key, score)
+    for name, path, data, score in new_images:
+        name = name or path.stem
         if name in by_name:
             name = f"{name} [{path.stem}]"
         new = viewer.add_image(data, name=name, metadata={RATINGS_KEY: {(): score}})
         by_name[new.name] = new
         ratings_changed.emit(new)
-        n += 1
-    return n
+    return len(on_layers) + len(new_images)
 
 
 # --------------------------------------------------------------------------- widget
