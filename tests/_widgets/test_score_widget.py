@@ -66,6 +66,13 @@ def test_score_2d_image_adds_registered_overlays(qtbot, viewer_widget, rgb_image
     # scoring again replaces the overlays instead of piling them up
     run(qtbot, widget, layer)
     assert len(overlays(viewer, "photo")) == 7
+    # scored again without maps: the earlier maps go (they would not match the new score)
+    widget.maps_check.setChecked(False)
+    run(qtbot, widget, layer)
+    assert overlays(viewer, "photo") == {} and "maps of an earlier score were removed" in (
+        widget.status.text()
+    )
+    assert [lay.name for lay in viewer.layers] == ["photo"]
 
 
 @pytest.mark.parametrize(
@@ -433,8 +440,11 @@ def test_a_small_colour_image_read_as_a_stack_gets_a_message_that_says_so(qtbot,
         run(qtbot, widget, layer)
         assert widget.result is not None and not widget.last_error
         return
+    run(qtbot, widget, viewer.add_image(data[..., 0], name="grey"))  # a result is shown
+    assert widget.result is not None
     widget.score(layer)
     assert widget.worker is None
+    assert widget.result is None and "No score" in widget.score_label.text()  # nothing stale
     msg = widget.last_error
     assert "20 x 20 RGB image" in msg and "20 planes of 20 x 3 pixels" in msg
     assert "rgb=True" in msg and "File > Open" not in msg  # advice that works

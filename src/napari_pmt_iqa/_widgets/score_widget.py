@@ -308,6 +308,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.options.set_layer(layer)
             request = self.options.request(layer, self.viewer)
         except Exception as exc:
+            self._clear_result("No score: see the message below.")
             self._message(error_text(exc), error=True)
             return
         self._layer = layer
@@ -416,9 +417,22 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self._show_stack_plot(result.scores, result.score_range, result.units)
         else:
             self.stack_plot.setVisible(False)
+        done = f"Scored '{shown_name(layer.name)}' in {self.last_seconds:.2f} s."
         if first.maps is not None:
             self.add_overlays(result, layer)
-        self.status.setText(f"Scored '{shown_name(layer.name)}' in {self.last_seconds:.2f} s.")
+        elif self.remove_overlays(layer):
+            done += " Its maps of an earlier score were removed (they no longer match)."
+        self.status.setText(done)
+
+    def remove_overlays(self, layer) -> int:
+        """Remove the map layers of ``layer`` (shown and still to come); how many were shown."""
+        self._pending_overlays = [
+            item for item in self._pending_overlays if item[1].name != layer.name
+        ]
+        old = [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]
+        for lay in old:
+            self.viewer.layers.remove(lay)
+        return len(old)
 
     def add_overlays(self, result, layer) -> None:
         """Put the maps of ``result`` over ``layer``, one layer per turn of the event loop.
