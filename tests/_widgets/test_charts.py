@@ -98,3 +98,35 @@ def test_progress_repaints_the_chart_only_when_it_gained_points(qtbot, monkeypat
     assert calls == []  # the bars moved, the chart did not change
     prog.on_events([BatchEnd(0, 0, 5, 1.0, 1.0, 0.1)], show_progress=True)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("width", [260, 420])
+def test_the_curves_legend_sits_above_the_plot_and_epochs_are_whole(qtbot, width):
+    plot = CurvesPlot()
+    qtbot.addWidget(plot)
+    plot.resize(width, plot.height())
+    plot.clear(epochs=3)
+    plot.add("train loss", 1, 0.5)
+    plot.grab()
+    a = plot._area()
+    fm = QFontMetricsF(plot._label_font())
+    title = plot.text_layout()["title"][0]
+    entries = plot.legend_layout()
+    assert list(entries) == ["batch loss", "train loss", "val SRCC", "val PLCC"]
+    for name, (x, y) in entries.items():
+        right = x + 15 + fm.horizontalAdvance(name)
+        assert right <= width and y - fm.ascent() >= title.bottom() - 1, name  # under the title
+        assert y + fm.descent() <= a.top(), name  # above the curves, never over them
+    layout = plot.text_layout()
+    assert (layout["x_min"][2], layout["x_max"][2]) == ("0", "3")
+
+
+def test_scatter_points_at_the_ends_lie_inside_the_plot(qtbot):
+    plot = ScatterPlot()
+    qtbot.addWidget(plot)
+    plot.resize(300, 220)
+    plot.set_points([0.0, 50.0, 100.0], [10.0, 20.0, 90.0])
+    a = plot._area()
+    for i in (0, 2):
+        q = plot.point_position(i)
+        assert a.left() + 3 <= q.x() <= a.right() - 3 and a.top() + 3 <= q.y() <= a.bottom() - 3

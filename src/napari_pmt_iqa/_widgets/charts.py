@@ -37,6 +37,12 @@ def _nice_range(
     return lo, hi
 
 
+def _padded(r: tuple[float, float], share: float = 0.04) -> tuple[float, float]:
+    """``r`` widened by ``share`` of its span on each side (points at the ends stay whole)."""
+    pad = (r[1] - r[0]) * share
+    return r[0] - pad, r[1] + pad
+
+
 class _PlotBase(QWidget):
     """Margins, axes, labels and the value-to-pixel mapping shared by the plots."""
 
@@ -202,8 +208,8 @@ class ScatterPlot(_PlotBase):
 
     def _update_ranges(self) -> np.ndarray:
         ok = np.isfinite(self.x) & np.isfinite(self.y)
-        self._xr = _nice_range(self.x[ok])
-        self._yr = _nice_range(self.y[ok])
+        self._xr = _padded(_nice_range(self.x[ok]))
+        self._yr = _padded(_nice_range(self.y[ok]))
         return ok
 
     def point_position(self, index: int) -> QPointF:
@@ -301,7 +307,7 @@ class CurvesPlot(_PlotBase):
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent, height=170)
+        super().__init__(parent, height=200)
         self.x_label = "epoch"
         self.title = "loss (left)  ·  val SRCC / PLCC (right, -1 to 1)"
         self.series: dict[str, tuple[list[float], list[float]]] = {
@@ -385,19 +391,40 @@ class CurvesPlot(_PlotBase):
                     for pt in run:
                         p.drawEllipse(pt, 2.5, 2.5)
             p.setBrush(Qt.BrushStyle.NoBrush)
-        # legend
-        f = p.font()
-        x0 = a.left() + 4
-        for name, color in _CURVE_COLORS.items():
-            p.setPen(QPen(color, 2))
-            p.drawLine(QPointF(x0, a.top() + 8), QPointF(x0 + 12, a.top() + 8))
+        # legend, in its own row(s) between the title and the plot
+        p.setFont(self._label_font())
+        for name, (x, y) in self.legend_layout().items():
+            p.setPen(QPen(_CURVE_COLORS[name], 2))
+            p.drawLine(QPointF(x, y - 4), QPointF(x + 12, y - 4))
             p.setPen(QPen(QColor(200, 200, 200), 1))
-            w = p.fontMetrics().horizontalAdvance(name)
-            p.drawText(QPointF(x0 + 15, a.top() + 12), name)
-            x0 += w + 26
-        p.setFont(f)
+            p.drawText(QPointF(x + 15, y), name)
         p.end()
+
+    def legend_layout(self) -> dict[str, tuple[float, float]]:
+        """Where each legend entry starts (``x``, text baseline ``y``): in rows under the title,
+        as many per row as the width takes, so that no entry covers a curve or is cut."""
+        fm = QFontMetricsF(self._label_font())
+        row = fm.height() + 1
+        x0, right = 58.0, float(self.width() - 4)
+        x, y = x0, _PlotBase.TOP + fm.ascent()
+        out = {}
+        for name in _CURVE_COLORS:
+            w = 15 + fm.horizontalAdvance(name) + 10
+            if x > x0 and x + w > right:
+                x, y = x0, y + row
+            out[name] = (x, y)
+            x += w
+        return out
+
+    def _legend_height(self) -> float:
+        fm = QFontMetricsF(self._label_font())
+        rows = len({y for _, y in self.legend_layout().values()})
+        return rows * (fm.height() + 1) + 2
+
+    def _x_tick_texts(self, span: float) -> tuple[str, str]:
+        return "0", f"{self.epochs:d}"  # whole epochs
 
     def _area(self) -> QRectF:
         r = super()._area()
-        return QRectF(r.left(), r.top(), max(10, r.width() - 14), r.height())
+        top = self._legend_height()
+        return QRectF(r.left(), r.top() + top, max(10, r.width() - 14), max(10, r.height() - top))

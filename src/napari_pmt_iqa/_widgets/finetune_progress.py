@@ -54,7 +54,8 @@ class RunView(QWidget):
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         self.plot = CurvesPlot(self)
-        self.plot.title = "loss (left)  ·  held-out SRCC / PLCC (right; epoch 0: starting model)"
+        self.plot.title = "loss (left)  ·  held-out SRCC / PLCC (right)"
+        self.plot.x_label = "epoch (0: the starting model)"
         self.result_label = QLabel()
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
