@@ -362,6 +362,8 @@ def test_before_after_report_and_the_question_when_it_did_not_improve(
     else:
         assert announced == [] and "Not used in the scorer" in w.result_label.text()
         assert scorer.chooser.current_model() == before_model
+        # but listed there at once, to choose later
+        assert scorer.chooser.model_combo.findData(str(w.published_path)) >= 0
         assert w.use_button.isEnabled()  # the user can still choose it
         w.use_button.click()
         assert announced == [str(w.published_path)]

@@ -44,6 +44,7 @@ from .rating_widget import ratings_changed
 from .training_worker import (
     Outcome,
     State,
+    model_saved,
     model_trained,
     publish_model,
     rss_mb,
@@ -479,9 +480,12 @@ class FinetuneWidget(QWidget):
             if use:
                 self._announce()
             else:
+                from ..weights import read_metadata
+
+                model_saved.emit(str(self.published_path), read_metadata(self.published_path))
                 text.append(
                     "Not used in the scorer: it did not improve on the held-out ratings "
-                    "('Use in scorer' selects it anyway)."
+                    "(it is in the scorer's model list; 'Use in scorer' selects it)."
                 )
                 self.result_label.setText("\n".join(text))
         from napari.utils.notifications import show_info

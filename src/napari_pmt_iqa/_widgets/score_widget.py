@@ -215,23 +215,36 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.viewer.layers.selection.events.active.connect(self._follow_active)
         self._refresh_layers()
         # models fine-tuned in the GUI (fine-tune widget) are offered and selected at once
-        from .training_worker import model_trained
+        # (a model saved but not chosen is only listed)
+        from .training_worker import model_saved, model_trained
 
         model_trained.connect(self._on_model_trained)
+        model_saved.connect(self._on_model_saved)
 
     def _on_model_trained(self, path: str, meta: dict | None = None) -> None:
         """A model was fine-tuned in the GUI: add it to the model list and select it."""
-        from .training_worker import model_trained
+        self._offer_model(path, select=True)
 
+    def _on_model_saved(self, path: str, meta: dict | None = None) -> None:
+        """A fine-tuned model was saved but not chosen: list it, keep the current model."""
+        self._offer_model(path, select=False)
+
+    def _offer_model(self, path: str, select: bool) -> None:
         try:
-            self.chooser.add_model(path)
+            self.chooser.add_model(path, select=select)
         except RuntimeError:  # this widget's Qt side is gone (its viewer was closed)
             # psygnal 0.9 (the floor) cannot disconnect a method of a deleted Qt object (it raises the
             # same RuntimeError); its weak reference drops the slot once the wrapper is collected
-            with contextlib.suppress(RuntimeError):
-                model_trained.disconnect(self._on_model_trained, missing_ok=True)
+            self._disconnect_models()
         except Exception as exc:
             self._message(f"Could not offer the trained model {path}: {error_text(exc)}", warn=True)
+
+    def _disconnect_models(self) -> None:
+        from .training_worker import model_saved, model_trained
+
+        with contextlib.suppress(RuntimeError):
+            model_trained.disconnect(self._on_model_trained, missing_ok=True)
+            model_saved.disconnect(self._on_model_saved, missing_ok=True)
 
     # ------------------------------------------------------------------ layers
     def _image_layers(self) -> list:
@@ -599,9 +612,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self.cancel("The widget was closed.")
         self._overlay_timer.stop()
         self._pending_overlays = []
-        from .training_worker import model_trained
-
-        model_trained.disconnect(self._on_model_trained, missing_ok=True)
+        self._disconnect_models()
         super().closeEvent(event)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "State",
     "TrainingSignals",
     "estimate_time_left",
+    "model_saved",
     "model_trained",
     "publish_model",
     "release_memory",
@@ -73,6 +74,9 @@ class TrainingSignals:
 
     #: Emitted with ``(checkpoint_path, metadata)`` when a fine-tuned model has been saved.
     model_trained = Signal(str, dict)
+    #: Emitted with ``(checkpoint_path, metadata)`` when a fine-tuned model was saved to the user
+    #: models but not chosen for the scorer (it did not improve and the user said no).
+    model_saved = Signal(str, dict)
 
 
 _SIGNALS = TrainingSignals()
@@ -80,6 +84,9 @@ _SIGNALS = TrainingSignals()
 #: ``model_trained.connect(callback(path: str, meta: dict))``: a model trained in the GUI is ready.
 #: The score widget listens to it and adds (and selects) the new checkpoint in its model list.
 model_trained = _SIGNALS.model_trained
+#: ``model_saved.connect(callback(path: str, meta: dict))``: a model saved but not chosen; the
+#: score widget adds it to its model list without selecting it.
+model_saved = _SIGNALS.model_saved
 
 
 @dataclass
