@@ -106,6 +106,16 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
     widget.table.cellClicked.emit(1, 0)
     qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
     assert len(viewer.layers) == 8  # the first image and its maps were closed
+    # the maps go in one per turn of the event loop; a row opened before they are all in place
+    # still closes every layer of the rows before it
+    widget.table.cellClicked.emit(0, 0)
+    qtbot.waitUntil(lambda: widget._open_worker is None, timeout=30000)
+    widget.table.cellClicked.emit(2, 0)
+    qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
+    assert len(viewer.layers) == 8
+    shown = [lay for lay in viewer.layers if TRIAGE_KEY in lay.metadata]
+    assert [lay.metadata[TRIAGE_KEY]["path"] for lay in shown] == [widget.shown_rows()[2]["path"]]
+    assert viewer.layers.selection.active is shown[0]  # the maps did not take the selection
     # the broken file cannot be opened: a message
     widget.errors_check.setChecked(True)
     widget.open_row(widget.table.rowCount() - 1)

@@ -545,6 +545,26 @@ def class_table(result: Any) -> dict[str, list]:
     }
 
 
+def add_keeping_selection(viewer: Any, spec: OverlaySpec) -> Any:
+    """Add the overlay of ``spec`` without touching the layer selection; the new layer.
+
+    napari makes a new layer the only selected one; putting the user's selection back after
+    that would switch napari's layer controls twice and redraw the layer list for every map.
+    The selection's events are held while the layer goes in and the selection is restored, so
+    nobody hears of a change that is undone at once.
+    """
+    selection = viewer.layers.selection
+    before, active = list(selection), selection.active
+    with selection.events.blocker_all():
+        layer = spec.add_to(viewer)
+        before = [lay for lay in before if lay in viewer.layers]
+        selection.clear()
+        if active is not None and active in viewer.layers:
+            selection.active = active
+        selection.update(before)
+    return layer
+
+
 def is_overlay_of(layer: Any, image_name: str) -> bool:
     """Whether ``layer`` is an overlay this plugin made for the image layer ``image_name``."""
     if not is_plugin_overlay(layer):

@@ -34,6 +34,7 @@ from .names import shown_name
 from .overlays import (
     METADATA_KEY,
     OVERLAY_KEY,
+    add_keeping_selection,
     check_image_layer,
     class_colors,
     class_labels,
@@ -508,27 +509,9 @@ class ScoreWidget(BackgroundJobs, QWidget):
         if target is not None and target in self.viewer.layers:
             spec.update(target)
         else:
-            self._add_keeping_selection(spec)
+            add_keeping_selection(self.viewer, spec)
         if self._pending_overlays:
             self._overlay_timer.start()
-
-    def _add_keeping_selection(self, spec) -> None:
-        """Add an overlay layer without touching the layer selection.
-
-        napari makes a new layer the only selected one; putting the user's selection back after
-        that would switch napari's layer controls twice and redraw the layer list for every map.
-        The selection's events are held while the layer goes in and the selection is restored, so
-        nobody hears of a change that is undone at once.
-        """
-        selection = self.viewer.layers.selection
-        before, active = list(selection), selection.active
-        with selection.events.blocker_all():
-            spec.add_to(self.viewer)
-            before = [lay for lay in before if lay in self.viewer.layers]
-            selection.clear()
-            if active is not None and active in self.viewer.layers:
-                selection.active = active
-            selection.update(before)
 
     # ------------------------------------------------------------------ export
     def export_scores(self, path: str | None = None) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -205,6 +205,13 @@ class TriageWidget(BackgroundJobs, QWidget):
         self._t0 = 0.0
         self._open_worker = None
         self._opened: list = []  # layers opened from the table (image first, then its maps)
+        # the maps go in (and the previous image's layers out) one per turn of the event loop:
+        # napari takes about 0.1 s to build a layer, and collects garbage for each one removed
+        self._layer_jobs: list = []
+        self._layer_timer = QTimer(self)
+        self._layer_timer.setSingleShot(True)
+        self._layer_timer.setInterval(15)
+        self._layer_timer.timeout.connect(self._next_layer_job)
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("a folder of images")
@@ -462,8 +469,22 @@ class TriageWidget(BackgroundJobs, QWidget):
         self._open_worker = None
 
     def is_opening(self) -> bool:
-        """Whether an image from the table is being opened."""
-        return self._open_worker is not None
+        """Whether an image from the table is being opened (its maps included)."""
+        return self._open_worker is not None or bool(self._layer_jobs)
+
+    def _next_layer_job(self) -> None:
+        """Add one map (``("add", spec, image)``) or remove one layer (``("remove", layer)``)."""
+        from .overlays import add_keeping_selection
+
+        if self._layer_jobs:
+            job = self._layer_jobs.pop(0)
+            if job[0] == "remove":
+                if job[1] in self.viewer.layers:
+                    self.viewer.layers.remove(job[1])
+            elif job[2] in self.viewer.layers:
+                self._opened.append(add_keeping_selection(self.viewer, job[1]))
+        if self._layer_jobs:
+            self._layer_timer.start()
 
     def _on_opened(self, out) -> None:
         from .overlays import METADATA_KEY, overlay_specs, result_metadata, score_meaning
@@ -472,11 +493,12 @@ class TriageWidget(BackgroundJobs, QWidget):
             self._message(out[1], error=True)
             return
         _, path, image, result = out
-        if not self.keep_check.isChecked():
-            for lay in self._opened:
-                if lay in self.viewer.layers:
-                    self.viewer.layers.remove(lay)
+        old = [] if self.keep_check.isChecked() else self._opened
+        if old:
             self._opened = []
+        # the layers of earlier images still to remove stay to do; their maps not yet in place
+        # are no longer wanted
+        doomed = [job for job in self._layer_jobs if job[0] == "remove"]
         name = Path(path).name
         meta = {
             TRIAGE_KEY: {"path": path},
@@ -485,11 +507,18 @@ class TriageWidget(BackgroundJobs, QWidget):
         # as the file was scored: a colour image stays colour, however small (napari would show
         # a (20, 20, 3) array as 20 planes of 20 x 3 pixels)
         rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+        if old and old[0] in self.viewer.layers:  # the previous image at once, its maps below
+            self.viewer.layers.remove(old[0])
         layer = self.viewer.add_image(image, name=name, metadata=meta, rgb=rgb)
-        specs = overlay_specs(result, layer.name, layer.scale, layer.translate)
-        added = [layer] + [spec.add_to(self.viewer) for spec in specs]
-        self._opened.extend(added)
+        self._opened.append(layer)
         self.viewer.layers.selection.active = layer
+
+        specs = overlay_specs(result, layer.name, layer.scale, layer.translate)
+        # the shown map first, then the old layers out, then the hidden maps
+        specs.sort(key=lambda spec: not spec.kwargs.get("visible", False))
+        adds = [("add", spec, layer) for spec in specs]
+        self._layer_jobs = adds[:1] + doomed + [("remove", lay) for lay in old[1:]] + adds[1:]
+        self._layer_timer.start()
         self.status.setText(f"{name}: {score_meaning(result)}")
 
     # ------------------------------------------------------------------ export
@@ -517,6 +546,8 @@ class TriageWidget(BackgroundJobs, QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.cancel("The widget was closed.")
+        self._layer_timer.stop()
+        self._layer_jobs = []
         super().closeEvent(event)
 
 
