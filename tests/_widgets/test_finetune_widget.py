@@ -76,6 +76,16 @@ def _kinds(w, name):
     return [e for e in w.events if type(e).__name__ == name]
 
 
+def _paused_and_waiting(w, qtbot, kind: str) -> int:
+    """Pause the run; once the widget says Paused, no ``kind`` event may come for 0.3 s."""
+    w.pause()
+    qtbot.waitUntil(lambda: w.state == State.PAUSED, timeout=TIMEOUT)
+    n = len(_kinds(w, kind))
+    qtbot.wait(300)
+    assert len(_kinds(w, kind)) == n
+    return n
+
+
 def _no_train_threads() -> bool:
     return not any(t.name == "pmt-iqa-train" and t.is_alive() for t in threading.enumerate())
 
@@ -481,11 +491,7 @@ def test_real_pause_resume_stop_then_resume_from_checkpoint_publishes_once(
     w.ask_use_anyway = lambda text: True
     w.start()
     qtbot.waitUntil(lambda: len(_kinds(w, "EpochEnd")) >= 1, timeout=60_000)
-    w.pause()
-    qtbot.waitUntil(lambda: w.state == State.PAUSED, timeout=TIMEOUT)
-    n = len(_kinds(w, "BatchEnd"))
-    qtbot.wait(300)
-    assert len(_kinds(w, "BatchEnd")) == n
+    n = _paused_and_waiting(w, qtbot, "BatchEnd")
     w.resume()
     qtbot.waitUntil(lambda: len(_kinds(w, "BatchEnd")) > n, timeout=TIMEOUT)
     assert w.state == State.TRAINING and _kinds(w, "Resumed")
@@ -515,14 +521,26 @@ def test_real_pause_resume_stop_then_resume_from_checkpoint_publishes_once(
 def test_pause_in_the_refit_offers_resume_and_the_run_ends(
     make_napari_viewer, qtbot, tmp_path, cache, tiny_checkpoint
 ):
-    """The refit (most of a small run) pauses like the epochs do: Paused state, a Resume button."""
+    """The refit (most of a small run) pauses like the epochs do: Paused state, a Resume button.
+    The pause is asked for at the refit's second step (from the trainer's thread, so that a fast
+    refit cannot end before it)."""
+    from napari_pmt_iqa.training import finetune
+    from napari_pmt_iqa.training.finetune import Refitting
+
+    def finetune_pausing_in_the_refit(config, listeners=(), control=None):
+        def pause(event):
+            if isinstance(event, Refitting) and event.done == 2:
+                control.pause()
+
+        return finetune(config, [*listeners, pause], control)
+
     viewer, _ = _rated_viewer(make_napari_viewer)
-    w = _widget(viewer, qtbot, tmp_path, tiny_checkpoint, epochs=2)
+    w = _widget(
+        viewer, qtbot, tmp_path, tiny_checkpoint, epochs=2, train_fn=finetune_pausing_in_the_refit
+    )
     w.ask_use_anyway = lambda text: True
     w.start()
-    qtbot.waitUntil(lambda: len(_kinds(w, "Refitting")) >= 3, timeout=60_000)
-    w.pause()
-    qtbot.waitUntil(lambda: w.state == State.PAUSED, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.state == State.PAUSED, timeout=60_000)
     assert w.pause_button.text() == "Resume" and w.pause_button.isEnabled()
     n = len(_kinds(w, "Refitting"))
     qtbot.wait(300)
@@ -689,3 +707,22 @@ def test_a_window_closed_by_the_user_stops_training_once_it_is_hidden(
     window.hide()
     assert w.control.stop_requested
     qtbot.waitUntil(lambda: w.worker is None and not w.state.busy, timeout=TIMEOUT)
+
+
+def test_fresh_run_folder_numbers_a_folder_that_holds_a_run(tmp_path, monkeypatch):
+    from napari_pmt_iqa._widgets.finetune_form import fresh_run_folder
+
+    run = tmp_path / "run"
+    assert fresh_run_folder(run) == run  # not there yet
+    run.mkdir()
+    assert fresh_run_folder(run) == run  # empty
+    (run / "state.pt").write_bytes(b"x")
+    assert fresh_run_folder(run) == tmp_path / "run-2"
+    (tmp_path / "run-2").write_text("a file, not a folder")
+    (tmp_path / "run-3").mkdir()
+    (tmp_path / "run-3" / "best.safetensors").write_bytes(b"x")
+    assert fresh_run_folder(run) == tmp_path / "run-4"
+    monkeypatch.chdir(run)  # "." has no name to number: its absolute path is numbered
+    assert fresh_run_folder(Path(".")) == tmp_path / "run-4"
+    (tmp_path / "file").write_text("x")
+    assert fresh_run_folder(tmp_path / "file") == tmp_path / "file"  # the run's check says so

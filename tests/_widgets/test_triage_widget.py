@@ -106,16 +106,39 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
     widget.table.cellClicked.emit(1, 0)
     qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
     assert len(viewer.layers) == 8  # the first image and its maps were closed
+
     # the maps go in one per turn of the event loop; a row opened before they are all in place
     # still closes every layer of the rows before it
-    widget.table.cellClicked.emit(0, 0)
-    qtbot.waitUntil(lambda: widget._open_worker is None, timeout=30000)
+    def open_with_maps_pending(r):
+        widget.table.cellClicked.emit(r, 0)
+        qtbot.waitUntil(lambda: widget._open_worker is None, timeout=30000)
+        widget._layer_timer.stop()  # (its maps wait)
+        assert widget.is_opening()
+
+    def shown_paths():
+        return [
+            lay.metadata[TRIAGE_KEY]["path"] for lay in viewer.layers if TRIAGE_KEY in lay.metadata
+        ]
+
+    open_with_maps_pending(0)
     widget.table.cellClicked.emit(2, 0)
     qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
-    assert len(viewer.layers) == 8
+    assert len(viewer.layers) == 8 and shown_paths() == [widget.shown_rows()[2]["path"]]
     shown = [lay for lay in viewer.layers if TRIAGE_KEY in lay.metadata]
-    assert [lay.metadata[TRIAGE_KEY]["path"] for lay in shown] == [widget.shown_rows()[2]["path"]]
     assert viewer.layers.selection.active is shown[0]  # the maps did not take the selection
+    # the same row again: its maps are replaced, not renamed "... [1]" beside the old ones
+    names = sorted(lay.name for lay in viewer.layers)
+    open_with_maps_pending(2)
+    widget.table.cellClicked.emit(2, 0)
+    qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
+    assert sorted(lay.name for lay in viewer.layers) == names
+    # with "keep" ticked, an image opened before stays with all its maps
+    widget.keep_check.setChecked(True)
+    open_with_maps_pending(0)
+    widget.table.cellClicked.emit(1, 0)
+    qtbot.waitUntil(lambda: not widget.is_opening(), timeout=30000)
+    assert len(shown_paths()) == 3 and len(viewer.layers) == 3 * 8
+    widget.keep_check.setChecked(False)
     # the broken file cannot be opened: a message
     widget.errors_check.setChecked(True)
     widget.open_row(widget.table.rowCount() - 1)

@@ -300,8 +300,11 @@ def test_blend_state_checks_its_models():
 
 def test_a_pause_while_preparing_or_refitting_is_announced(data_csv, tiny_checkpoint, tmp_path):
     """Every wait of a paused run comes between Paused and Resumed (a GUI offers Resume then)."""
+    import threading
+    import time
+
     control = Control()
-    seen = []
+    seen, waits = [], []
 
     def pause_twice(ev):
         seen.append(type(ev).__name__)
@@ -310,7 +313,10 @@ def test_a_pause_while_preparing_or_refitting_is_announced(data_csv, tiny_checkp
         ):
             control.pause()
         elif type(ev).__name__ == "Paused":
-            control.resume()  # (the run waits after announcing it)
+            waits.append(time.perf_counter())
+            threading.Timer(0.3, control.resume).start()  # the run waits until then
+        elif type(ev).__name__ == "Resumed":
+            waits[-1] = time.perf_counter() - waits[-1]
 
     res = finetune(
         _cfg(data_csv, tiny_checkpoint, tmp_path / "p", epochs=2), [pause_twice], control
@@ -319,6 +325,22 @@ def test_a_pause_while_preparing_or_refitting_is_announced(data_csv, tiny_checkp
     paused = [i for i, k in enumerate(seen) if k == "Paused"]
     assert len(paused) == 2 and all(seen[i + 1] == "Resumed" for i in paused)
     assert seen.index("Started") > paused[0] and seen[paused[1] - 1] == "Refitting"
+    assert all(w >= 0.25 for w in waits), waits  # it did wait for Resume
+
+
+def test_state_delta_keeps_what_changed_and_with_delta_restores_it():
+    from napari_pmt_iqa.training.weight_blend import state_delta, with_delta
+
+    base = {"a": torch.zeros(3), "b": torch.ones(2), "n": torch.tensor(1)}
+    state = {"a": torch.zeros(3), "b": torch.tensor([1.0, 2.0]), "n": torch.tensor(1)}
+    delta = state_delta(base, state)
+    assert set(delta) == {"b"}
+    back = with_delta(base, delta)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    assert state_delta(base, {**state, "b": state["b"].double()}).keys() == {"b"}  # dtype
+    assert with_delta(base, {}) == base
+    with pytest.raises(ValueError, match="another model"):
+        with_delta(base, {"zzz": torch.zeros(1)})
 
 
 def test_a_resume_with_another_blend_is_refused(data_csv, tiny_checkpoint, tmp_path):

@@ -70,14 +70,20 @@ def fresh_run_folder(folder: Path) -> Path:
     (*Resume from checkpoint* continues a run in its own folder)."""
 
     def holds_run(p: Path) -> bool:
-        return any((p / name).exists() for name in RUN_FILES)
+        return any((p / n).exists() for n in RUN_FILES)
 
-    folder = Path(folder)
+    def taken(p: Path) -> bool:  # a run's files, or a file where the folder would be
+        return (p.exists() and not p.is_dir()) or holds_run(p)
+
+    folder = Path(folder).expanduser()
+    if not holds_run(folder):  # (a file given as the folder: the run's own check says so)
+        return folder
+    folder = folder.resolve()  # ("." or ".." have no name to number)
     i = 2
-    cand = folder
-    while holds_run(cand):
-        cand = folder.with_name(f"{folder.name}-{i}")
+    cand = folder.with_name(f"{folder.name}-{i}")
+    while taken(cand):
         i += 1
+        cand = folder.with_name(f"{folder.name}-{i}")
     return cand
 
 

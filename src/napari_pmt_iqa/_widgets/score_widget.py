@@ -245,6 +245,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
 
         with contextlib.suppress(RuntimeError):
             model_trained.disconnect(self._on_model_trained, missing_ok=True)
+        with contextlib.suppress(RuntimeError):
             model_saved.disconnect(self._on_model_saved, missing_ok=True)
 
     # ------------------------------------------------------------------ layers

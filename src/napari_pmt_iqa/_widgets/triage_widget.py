@@ -476,15 +476,17 @@ class TriageWidget(BackgroundJobs, QWidget):
         """Add one map (``("add", spec, image)``) or remove one layer (``("remove", layer)``)."""
         from .overlays import add_keeping_selection
 
-        if self._layer_jobs:
-            job = self._layer_jobs.pop(0)
-            if job[0] == "remove":
-                if job[1] in self.viewer.layers:
-                    self.viewer.layers.remove(job[1])
-            elif job[2] in self.viewer.layers:
-                self._opened.append(add_keeping_selection(self.viewer, job[1]))
-        if self._layer_jobs:
-            self._layer_timer.start()
+        try:
+            if self._layer_jobs:
+                job = self._layer_jobs.pop(0)
+                if job[0] == "remove":
+                    if job[1] in self.viewer.layers:
+                        self.viewer.layers.remove(job[1])
+                elif job[2] in self.viewer.layers:
+                    self._opened.append(add_keeping_selection(self.viewer, job[1]))
+        finally:  # (one failed layer does not hold up the others)
+            if self._layer_jobs:
+                self._layer_timer.start()
 
     def _on_opened(self, out) -> None:
         from .overlays import METADATA_KEY, overlay_specs, result_metadata, score_meaning
@@ -493,12 +495,16 @@ class TriageWidget(BackgroundJobs, QWidget):
             self._message(out[1], error=True)
             return
         _, path, image, result = out
-        old = [] if self.keep_check.isChecked() else self._opened
+        keep = self.keep_check.isChecked()
+        old = [] if keep else self._opened
         if old:
             self._opened = []
-        # the layers of earlier images still to remove stay to do; their maps not yet in place
-        # are no longer wanted
-        doomed = [job for job in self._layer_jobs if job[0] == "remove"]
+        # still to do from earlier clicks: every removal, and the maps of images that stay
+        pending = [
+            job
+            for job in self._layer_jobs
+            if job[0] == "remove" or (keep and job[2] in self.viewer.layers)
+        ]
         name = Path(path).name
         meta = {
             TRIAGE_KEY: {"path": path},
@@ -514,10 +520,23 @@ class TriageWidget(BackgroundJobs, QWidget):
         self.viewer.layers.selection.active = layer
 
         specs = overlay_specs(result, layer.name, layer.scale, layer.translate)
-        # the shown map first, then the old layers out, then the hidden maps
+        # the shown map first, then what was pending and the old layers out, then the hidden
+        # maps; an old layer of a new map's name (the same file opened again) goes out just
+        # before that map comes in, so that napari does not rename the new one
         specs.sort(key=lambda spec: not spec.kwargs.get("visible", False))
-        adds = [("add", spec, layer) for spec in specs]
-        self._layer_jobs = adds[:1] + doomed + [("remove", lay) for lay in old[1:]] + adds[1:]
+        removals = [("remove", lay) for lay in old[1:]] + [j for j in pending if j[0] == "remove"]
+        by_name = {job[1].name: job for job in removals if job[1] in self.viewer.layers}
+
+        def add(spec) -> list:
+            clash = by_name.pop(spec.name, None)
+            return ([clash] if clash else []) + [("add", spec, layer)]
+
+        first = add(specs[0]) if specs else []
+        rest = [job for spec in specs[1:] for job in add(spec)]
+        used = {id(job) for job in first + rest}
+        removals = [job for job in removals if id(job) not in used]
+        kept_adds = [job for job in pending if job[0] == "add"]
+        self._layer_jobs = first + kept_adds + removals + rest
         self._layer_timer.start()
         self.status.setText(f"{name}: {score_meaning(result)}")
 

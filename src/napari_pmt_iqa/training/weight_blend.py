@@ -62,15 +62,18 @@ def blend_state(
 def state_delta(base: Mapping, state: Mapping) -> dict:
     """The entries of ``state`` that differ from ``base`` (what a fine-tune changed).
 
-    A fine-tune trains its heads (and perhaps the backbone's head layer) and leaves a frozen
-    backbone as it was: keeping only the changed entries makes its resume state a fraction of
-    a whole model. ``with_delta(base, state_delta(base, state))`` gives ``state`` back exactly.
+        A fine-tune trains its heads (and perhaps the backbone's head layer) and leaves a frozen
+        backbone as it was: keeping only the changed entries makes its resume state a fraction of
+        a whole model. ``with_delta(base, state_delta(base, state))`` gives ``state`` back (every entry
+    equal, on the devices of ``base``).
     """
     import torch
 
     out = {}
     for k, v in state.items():
         b = base.get(k)
+        if b is not None and b.device != v.device:  # (a resumed run's delta was read to the CPU)
+            b = b.to(v.device)
         if b is None or b.shape != v.shape or b.dtype != v.dtype or not torch.equal(b, v):
             out[k] = v
     return out
@@ -87,4 +90,5 @@ def with_delta(base: Mapping, delta: Mapping) -> dict:
     extra = sorted(set(delta) - set(base))
     if extra:
         raise ValueError(f"The saved weights belong to another model (e.g. {extra[:3]}).")
-    return {**base, **delta}
+    # each entry on its base entry's device (a state.pt is read to the CPU)
+    return {**base, **{k: v.to(base[k].device) for k, v in delta.items()}}
