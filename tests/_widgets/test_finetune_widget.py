@@ -726,3 +726,25 @@ def test_fresh_run_folder_numbers_a_folder_that_holds_a_run(tmp_path, monkeypatc
     assert fresh_run_folder(Path(".")) == tmp_path / "run-4"
     (tmp_path / "file").write_text("x")
     assert fresh_run_folder(tmp_path / "file") == tmp_path / "file"  # the run's check says so
+
+
+def test_publishing_replaces_only_the_copy_of_a_resumed_run(tmp_path, tiny_checkpoint):
+    """A resumed run replaces its earlier copy (one run, one model); a new run in a folder used
+    before (emptied by the user, say) adds a model and never replaces one."""
+    from napari_pmt_iqa._widgets.publishing import publish_model
+    from napari_pmt_iqa.weights import read_metadata
+
+    dest = tmp_path / "models"
+    info = {"run_dir": str(tmp_path / "run")}
+    first = publish_model(tiny_checkpoint, "mine", info, dest_dir=dest, emit=False)
+    again = publish_model(tiny_checkpoint, "mine", info, dest_dir=dest, emit=False)
+    assert again == first  # the resumed run's copy replaced
+    new = publish_model(
+        tiny_checkpoint, "other", info, dest_dir=dest, emit=False, replace_run=False
+    )
+    assert new.name == "other.safetensors" and first.exists()
+    assert read_metadata(first)["name"] == "mine" and read_metadata(new)["name"] == "other"
+    named_alike = publish_model(
+        tiny_checkpoint, "mine", info, dest_dir=dest, emit=False, replace_run=False
+    )
+    assert named_alike.name == "mine-2.safetensors"  # a model of that name is never overwritten

@@ -299,6 +299,7 @@ class FinetuneWidget(QWidget):
         self.rss_before = rss_mb()
         name = self.name_edit.text().strip() or "finetuned"
         info = self._training_info(None)
+        resumed = bool(getattr(config, "resume", None))
 
         def publish(res: Any) -> Path | None:  # runs on the worker thread, after training
             best = getattr(res, "best_path", None)
@@ -306,7 +307,8 @@ class FinetuneWidget(QWidget):
                 return None
             extra = dict(info)
             extra.update(self._training_info(res))
-            return publish_model(best, name, extra, emit=False)
+            # a resumed run replaces its earlier copy; a new run adds a model
+            return publish_model(best, name, extra, emit=False, replace_run=resumed)
 
         worker = create_worker(
             training_events,

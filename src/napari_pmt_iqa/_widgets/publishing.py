@@ -51,6 +51,7 @@ def publish_model(
     extra: dict | None = None,
     dest_dir: str | os.PathLike | None = None,
     emit: bool = True,
+    replace_run: bool = True,
 ) -> Path:
     """Copy a trained checkpoint into the user models folder with enriched metadata; announce it.
 
@@ -72,6 +73,9 @@ def publish_model(
         Where to put it instead of the user models folder.
     emit
         Emit :data:`~napari_pmt_iqa._widgets.training_worker.model_trained` with the new path.
+    replace_run
+        Replace the earlier copy of the same run folder (a resumed run); False for a new run,
+        which never replaces a model (its folder may have been emptied and used again).
 
     Returns
     -------
@@ -98,7 +102,7 @@ def publish_model(
     meta["description"] = f"{name} (fine-tuned in napari)"
     folder = Path(dest_dir) if dest_dir is not None else user_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    dest = published_copy_of((extra or {}).get("run_dir", ""), folder)
+    dest = published_copy_of((extra or {}).get("run_dir", ""), folder) if replace_run else None
     if dest is None:
         base = _safe_name(name)
         dest = folder / f"{base}.safetensors"
