@@ -67,6 +67,30 @@ def test_load_score_plot_and_jump(qtbot, viewer_widget, tmp_path, as_stack):
         assert [lay.visible for lay in widget.layers] == [False, False, False, True, False]
 
 
+def test_loaded_images_go_in_one_per_turn_and_scoring_waits_for_them(
+    qtbot, viewer_widget, tmp_path
+):
+    """The loaded images become layers one per turn of the event loop (in the order of the
+    samples); until they are all in, the widget is busy and Score says to wait."""
+    viewer, widget = viewer_widget
+    root = make_dataset(tmp_path)
+    held = widget._layer_timer
+    held.start = lambda *a: None  # (hold them back)
+    widget.load(str(root))
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert widget._layer_jobs and widget.layers == [] and widget.is_running()
+    widget.score_all()
+    assert "still going in as layers" in widget.last_error and widget.worker is None
+    del held.start
+    held.start()
+    wait(qtbot, widget)
+    assert [lay.name for lay in widget.layers] == [s.path.name for s in widget.samples]
+    assert [lay.visible for lay in widget.layers][:2] == [True, False]
+    widget.score_all()
+    wait(qtbot, widget)
+    assert np.isfinite(widget.pred).all() and widget.pred.size == len(widget.samples)
+
+
 def test_cancel_scoring_and_bad_folder(qtbot, viewer_widget, tmp_path):
     viewer, widget = viewer_widget
     # a folder that is not a data set: a message, no traceback

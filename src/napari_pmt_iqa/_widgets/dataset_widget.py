@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -285,6 +286,13 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.dataset = None
         self.samples: list = []  # Sample of each loaded image
         self.layers: list = []  # one layer per image (layer mode)
+        # loaded images wait here and go in as layers one per turn of the event loop (the
+        # worker's yields reach the GUI thread back to back: adding each at once stalled it)
+        self._layer_jobs: list = []
+        self._layer_timer = QTimer(self)
+        self._layer_timer.setSingleShot(True)
+        self._layer_timer.setInterval(15)
+        self._layer_timer.timeout.connect(self._next_layer)
         self.stack_layer = None  # the stack (stack mode)
         self.mos = np.zeros(0)
         self.pred = np.zeros(0)
@@ -395,6 +403,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
             return
         self.path_edit.setText(path)
         self.samples, self.layers, self.stack_layer, self._images = [], [], None, []
+        self._layer_jobs = []
         self.parts, self._all_parts, self.family = [], [], ""
         self.training_label.setVisible(False)
         self.mos = np.zeros(0)
@@ -431,11 +440,29 @@ class DatasetWidget(BackgroundJobs, QWidget):
                     "index": len(self.samples) - 1,
                 }
             }
+            self._layer_jobs.append((len(self._images) - 1, sample.path.name, meta))
+            self._layer_timer.start()
+
+    def is_running(self) -> bool:
+        """Whether a job runs, or loaded images are still going in as layers."""
+        return super().is_running() or bool(self._layer_jobs)
+
+    def _next_layer(self) -> None:
+        """Add the next loaded image as a layer (only the first one shown)."""
+        if not self._layer_jobs:
+            return
+        k, name, meta = self._layer_jobs.pop(0)
+        try:
             layer = self.viewer.add_image(
-                arr, name=sample.path.name, metadata=meta, visible=len(self.layers) == 0
+                self._images[k], name=name, metadata=meta, visible=not self.layers
             )
-            self.layers.append(layer)
-            self._images[-1] = None  # the layer holds it
+        except Exception as exc:  # (one failed layer does not hold up the others)
+            layer = None  # (kept in line with the samples: scored as missing)
+            self._message(f"Could not show {name}: {error_text(exc)}", warn=True)
+        self.layers.append(layer)
+        self._images[k] = None  # the layer holds it
+        if self._layer_jobs:
+            self._layer_timer.start()
 
     def _on_loaded(self, out) -> None:
         kind = out[0]
@@ -508,6 +535,9 @@ class DatasetWidget(BackgroundJobs, QWidget):
 
     def score_all(self) -> None:
         """Score every loaded image in a worker; the scatter plot fills in as scores arrive."""
+        if self._layer_jobs and not super().is_running():
+            self._message("The images are still going in as layers; score in a moment.", warn=True)
+            return
         if self.is_running():
             self._message("A job is running; wait or cancel it.", warn=True)
             return
