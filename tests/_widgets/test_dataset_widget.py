@@ -74,7 +74,7 @@ def test_loaded_images_go_in_one_per_turn_and_scoring_waits_for_them(
     samples); until they are all in, the widget is busy and Score says to wait."""
     viewer, widget = viewer_widget
     root = make_dataset(tmp_path)
-    held = widget._layer_timer
+    held = widget._layer_jobs.timer
     held.start = lambda *a: None  # (hold them back)
     widget.load(str(root))
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)

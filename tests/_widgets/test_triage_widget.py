@@ -112,7 +112,7 @@ def test_rows_sort_filter_open_and_export(qtbot, viewer_widget, tmp_path, tiny_c
     def open_with_maps_pending(r):
         widget.table.cellClicked.emit(r, 0)
         qtbot.waitUntil(lambda: widget._open_worker is None, timeout=30000)
-        widget._layer_timer.stop()  # (its maps wait)
+        widget._layer_jobs.timer.stop()  # (its maps wait)
         assert widget.is_opening()
 
     def shown_paths():

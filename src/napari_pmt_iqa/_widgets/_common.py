@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -76,6 +78,44 @@ def notify(msg: str, error: bool) -> None:
     from napari.utils.notifications import show_error, show_warning
 
     (show_error if error else show_warning)(msg)
+
+
+class TurnQueue:
+    """Work for the GUI thread done one item per turn of the event loop (napari takes about
+    0.1 s to build a layer, and collects garbage for each one removed: doing many at once stalls
+    the viewer).
+
+    ``handle(item)`` does one item; it may return False for an item with nothing left to do
+    (e.g. its image is gone), and the next is taken in the same turn. An item that raises does
+    not hold up the others. ``items`` is the list still to do (a widget may filter it); call
+    :meth:`start` after adding to it.
+    """
+
+    def __init__(self, parent: QWidget, handle: Callable[[Any], Any], interval_ms: int = 15):
+        self.items: list = []
+        self._handle = handle
+        self.timer = QTimer(parent)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._next)
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def clear(self) -> None:
+        self.timer.stop()
+        self.items = []
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def _next(self) -> None:
+        try:
+            while self.items and self._handle(self.items.pop(0)) is False:
+                pass
+        finally:
+            if self.items:
+                self.timer.start()
 
 
 class BackgroundJobs:

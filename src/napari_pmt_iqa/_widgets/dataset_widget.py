@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -38,7 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, TurnQueue, error_text
 from .charts import ScatterPlot
 from .overlays import METADATA_KEY
 
@@ -288,11 +287,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
         self.layers: list = []  # one layer per image (layer mode)
         # loaded images wait here and go in as layers one per turn of the event loop (the
         # worker's yields reach the GUI thread back to back: adding each at once stalled it)
-        self._layer_jobs: list = []
-        self._layer_timer = QTimer(self)
-        self._layer_timer.setSingleShot(True)
-        self._layer_timer.setInterval(15)
-        self._layer_timer.timeout.connect(self._next_layer)
+        self._layer_jobs = TurnQueue(self, self._add_layer)
         self.stack_layer = None  # the stack (stack mode)
         self.mos = np.zeros(0)
         self.pred = np.zeros(0)
@@ -403,7 +398,7 @@ class DatasetWidget(BackgroundJobs, QWidget):
             return
         self.path_edit.setText(path)
         self.samples, self.layers, self.stack_layer, self._images = [], [], None, []
-        self._layer_jobs = []
+        self._layer_jobs.clear()
         self.parts, self._all_parts, self.family = [], [], ""
         self.training_label.setVisible(False)
         self.mos = np.zeros(0)
@@ -440,18 +435,16 @@ class DatasetWidget(BackgroundJobs, QWidget):
                     "index": len(self.samples) - 1,
                 }
             }
-            self._layer_jobs.append((len(self._images) - 1, sample.path.name, meta))
-            self._layer_timer.start()
+            self._layer_jobs.items.append((len(self._images) - 1, sample.path.name, meta))
+            self._layer_jobs.start()
 
     def is_running(self) -> bool:
         """Whether a job runs, or loaded images are still going in as layers."""
         return super().is_running() or bool(self._layer_jobs)
 
-    def _next_layer(self) -> None:
-        """Add the next loaded image as a layer (only the first one shown)."""
-        if not self._layer_jobs:
-            return
-        k, name, meta = self._layer_jobs.pop(0)
+    def _add_layer(self, job: tuple) -> None:
+        """Add a loaded image as a layer (only the first one shown)."""
+        k, name, meta = job
         try:
             layer = self.viewer.add_image(
                 self._images[k], name=name, metadata=meta, visible=not self.layers
@@ -461,8 +454,6 @@ class DatasetWidget(BackgroundJobs, QWidget):
             self._message(f"Could not show {name}: {error_text(exc)}", warn=True)
         self.layers.append(layer)
         self._images[k] = None  # the layer holds it
-        if self._layer_jobs:
-            self._layer_timer.start()
 
     def _on_loaded(self, out) -> None:
         kind = out[0]

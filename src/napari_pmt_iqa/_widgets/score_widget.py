@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, TurnQueue, error_text
 from .charts import BarPlot, LinePlot
 from .names import shown_name
 from .overlays import (
@@ -149,11 +148,8 @@ class ScoreWidget(BackgroundJobs, QWidget):
         self._layer = None  # layer being scored
         self._scored_layer = None  # layer of self.result
         self._stack_axis: int | None = None
-        self._pending_overlays: list = []  # (OverlaySpec, image, overlay or None) to do
-        self._overlay_timer = QTimer(self)
-        self._overlay_timer.setSingleShot(True)
-        self._overlay_timer.setInterval(15)
-        self._overlay_timer.timeout.connect(self._next_overlay)
+        # (OverlaySpec, image, overlay or None) to do, one per turn of the event loop
+        self._pending_overlays = TurnQueue(self, self._next_overlay)
 
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The Image layer to score (2D grayscale/RGB or a stack)")
@@ -307,7 +303,9 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self._clear_result(
                 f"No score: the scored layer '{html.escape(shown_name(layer.name))}' was deleted."
             )
-        self._pending_overlays = [item for item in self._pending_overlays if item[1] != layer]
+        self._pending_overlays.items = [
+            item for item in self._pending_overlays.items if item[1] != layer
+        ]
         self._refresh_layers()
 
     # ------------------------------------------------------------------ running
@@ -441,8 +439,8 @@ class ScoreWidget(BackgroundJobs, QWidget):
 
     def remove_overlays(self, layer) -> int:
         """Remove the map layers of ``layer`` (shown and still to come); how many were shown."""
-        self._pending_overlays = [
-            item for item in self._pending_overlays if item[1].name != layer.name
+        self._pending_overlays.items = [
+            item for item in self._pending_overlays.items if item[1].name != layer.name
         ]
         old = [lay for lay in self.viewer.layers if is_overlay_of(lay, layer.name)]
         for lay in old:
@@ -490,29 +488,26 @@ class ScoreWidget(BackgroundJobs, QWidget):
             self.viewer.layers.remove(stale)
         # shown maps first, then updates (cheap) before additions
         queue.sort(key=lambda item: (not item[0].kwargs.get("visible", False), item[2] is None))
-        self._pending_overlays = queue + [
-            item for item in self._pending_overlays if item[1].name != layer.name
+        self._pending_overlays.items = queue + [
+            item for item in self._pending_overlays.items if item[1].name != layer.name
         ]
-        self._overlay_timer.start()
+        self._pending_overlays.start()
 
     def overlays_pending(self) -> bool:
         """Whether map layers of the last result are still being added or updated."""
         return bool(self._pending_overlays)
 
-    def _next_overlay(self) -> None:
-        """Add or update one pending overlay (keeping the layer selection as the user left it)."""
-        while self._pending_overlays:
-            spec, image, target = self._pending_overlays.pop(0)
-            if image in self.viewer.layers:
-                break
-        else:
-            return
+    def _next_overlay(self, item: tuple) -> bool:
+        """Add or update one pending overlay (keeping the layer selection as the user left it);
+        False when its image is gone (the next one is taken at once)."""
+        spec, image, target = item
+        if image not in self.viewer.layers:
+            return False
         if target is not None and target in self.viewer.layers:
             spec.update(target)
         else:
             add_keeping_selection(self.viewer, spec)
-        if self._pending_overlays:
-            self._overlay_timer.start()
+        return True
 
     # ------------------------------------------------------------------ export
     def export_scores(self, path: str | None = None) -> str | None:
@@ -594,8 +589,7 @@ class ScoreWidget(BackgroundJobs, QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.cancel("The widget was closed.")
-        self._overlay_timer.stop()
-        self._pending_overlays = []
+        self._pending_overlays.clear()
         self._disconnect_models()
         super().closeEvent(event)
 

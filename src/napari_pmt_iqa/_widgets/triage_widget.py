@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._torch_guard import guard_triton
-from ._common import BackgroundJobs, JobState, ModelChooser, error_text
+from ._common import BackgroundJobs, JobState, ModelChooser, TurnQueue, error_text
 
 TRIAGE_KEY = "pmt_iqa_triage"
 COLUMNS = ("file", "score", "class", "error")
@@ -207,11 +207,7 @@ class TriageWidget(BackgroundJobs, QWidget):
         self._opened: list = []  # layers opened from the table (image first, then its maps)
         # the maps go in (and the previous image's layers out) one per turn of the event loop:
         # napari takes about 0.1 s to build a layer, and collects garbage for each one removed
-        self._layer_jobs: list = []
-        self._layer_timer = QTimer(self)
-        self._layer_timer.setSingleShot(True)
-        self._layer_timer.setInterval(15)
-        self._layer_timer.timeout.connect(self._next_layer_job)
+        self._layer_jobs = TurnQueue(self, self._do_layer_job)
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("a folder of images")
@@ -472,21 +468,15 @@ class TriageWidget(BackgroundJobs, QWidget):
         """Whether an image from the table is being opened (its maps included)."""
         return self._open_worker is not None or bool(self._layer_jobs)
 
-    def _next_layer_job(self) -> None:
+    def _do_layer_job(self, job: tuple) -> None:
         """Add one map (``("add", spec, image)``) or remove one layer (``("remove", layer)``)."""
         from .overlays import add_keeping_selection
 
-        try:
-            if self._layer_jobs:
-                job = self._layer_jobs.pop(0)
-                if job[0] == "remove":
-                    if job[1] in self.viewer.layers:
-                        self.viewer.layers.remove(job[1])
-                elif job[2] in self.viewer.layers:
-                    self._opened.append(add_keeping_selection(self.viewer, job[1]))
-        finally:  # (one failed layer does not hold up the others)
-            if self._layer_jobs:
-                self._layer_timer.start()
+        if job[0] == "remove":
+            if job[1] in self.viewer.layers:
+                self.viewer.layers.remove(job[1])
+        elif job[2] in self.viewer.layers:
+            self._opened.append(add_keeping_selection(self.viewer, job[1]))
 
     def _on_opened(self, out) -> None:
         from .overlays import METADATA_KEY, overlay_specs, result_metadata, score_meaning
@@ -502,7 +492,7 @@ class TriageWidget(BackgroundJobs, QWidget):
         # still to do from earlier clicks: every removal, and the maps of images that stay
         pending = [
             job
-            for job in self._layer_jobs
+            for job in self._layer_jobs.items
             if job[0] == "remove" or (keep and job[2] in self.viewer.layers)
         ]
         name = Path(path).name
@@ -536,8 +526,8 @@ class TriageWidget(BackgroundJobs, QWidget):
         used = {id(job) for job in first + rest}
         removals = [job for job in removals if id(job) not in used]
         kept_adds = [job for job in pending if job[0] == "add"]
-        self._layer_jobs = first + kept_adds + removals + rest
-        self._layer_timer.start()
+        self._layer_jobs.items = first + kept_adds + removals + rest
+        self._layer_jobs.start()
         self.status.setText(f"{name}: {score_meaning(result)}")
 
     # ------------------------------------------------------------------ export
@@ -565,8 +555,7 @@ class TriageWidget(BackgroundJobs, QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.cancel("The widget was closed.")
-        self._layer_timer.stop()
-        self._layer_jobs = []
+        self._layer_jobs.clear()
         super().closeEvent(event)
 
 
